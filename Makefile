@@ -116,7 +116,9 @@ fuzz: $(FUZZERS)
 	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 $(BUILD)/corpus/$$(basename $$f) \
 	      tests/corpus/$$(basename $$f) 2>&1 | tail -3 || exit 1; done
 
-demo: all
+demo:
+	sh tools/install-deps.sh
+	$(MAKE) all
 	sh tools/demo.sh
 
 clean:
