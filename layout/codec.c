@@ -14,6 +14,7 @@
 #include <lz4hc.h>
 #include <xxhash.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #define ZSTD_DEFAULT_LEVEL 3
 #define LZ4_MAX_LEVEL LZ4HC_CLEVEL_MAX
