@@ -1,0 +1,139 @@
+/* k2pack.c — bin/k2pack: converts a HuggingFace DeepSeek-V3 / Kimi-K2
+ * checkpoint directory into one pack file (layout/FORMAT.md). The work is done
+ * by tools/lib/import.c; this file parses options, turns SIGINT/SIGTERM into a
+ * clean abort (no half pack remains) and prints the summary line. */
+#include "cli.h"
+#include "import.h"
+#include "layout.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_text[] =
+	"usage: k2pack SRC_DIR OUT.k2 [options]\n"
+	"\n"
+	"Packs a HuggingFace checkpoint directory (config.json, model.safetensors or the\n"
+	"shards of model.safetensors.index.json, tokenizer files) into one pack.\n"
+	"\n"
+	"  --experts F       routed expert format: keep (default: as stored; bf16, fp8\n"
+	"                    with weight_scale_inv, compressed-tensors int4), bf16,\n"
+	"                    fp8 (e4m3, 128x128 block scales), int8 (per row), int4\n"
+	"                    (group 32)\n"
+	"  --codec C         zstd (default), lz4 or none\n"
+	"  --level N         codec level (zstd 1-19, lz4 0 fast or 3-12 HC; 0 default)\n"
+	"  --threads N       conversion and compression threads (default: online cores)\n"
+	"  --block-size SIZE pack block size, 4K-64M, power of two (default 256K)\n"
+	"  --help            this text\n";
+
+static volatile sig_atomic_t g_cancel;
+
+static void on_signal(int sig)
+{
+	g_cancel = sig;
+}
+
+int main(int argc, char **argv)
+{
+	const char *prog = "k2pack";
+	k2i_opts o;
+	k2i_opts_default(&o);
+	o.progress = 1;
+	o.cancel = &g_cancel;
+	const char *pos[2];
+	int npos = 0, bad = 0;
+	for (int i = 1; i < argc && !bad; i++) {
+		const char *v;
+		const char *a = argv[i];
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			k2cli_usage(stdout, usage_text);
+			return 0;
+		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--experts", &bad))) {
+			if (strcmp(v, "keep") == 0)
+				o.experts = K2_FORMAT_NONE;
+			else if (strcmp(v, "bf16") == 0)
+				o.experts = K2_FORMAT_BF16;
+			else if (strcmp(v, "fp8") == 0 || strcmp(v, "fp8-b128") == 0)
+				o.experts = K2_FORMAT_FP8_B128;
+			else if (strcmp(v, "int8") == 0)
+				o.experts = K2_FORMAT_INT8;
+			else if (strcmp(v, "int4") == 0 || strcmp(v, "int4-g32") == 0)
+				o.experts = K2_FORMAT_INT4_G32;
+			else {
+				fprintf(stderr, "%s: --experts: expected keep, bf16, fp8, int8 or int4, got '%s'\n",
+					prog, v);
+				bad = 1;
+			}
+		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--codec", &bad))) {
+			o.codec = k2_codec_parse(v);
+			if (o.codec >= K2_CODEC_COUNT) {
+				fprintf(stderr, "%s: --codec: expected zstd, lz4 or none, got '%s'\n",
+					prog, v);
+				bad = 1;
+			}
+		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--level", &bad))) {
+			long l;
+			bad = k2cli_parse_long(prog, "--level", v, 0, 22, &l) < 0;
+			o.level = (int)l;
+		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--threads", &bad))) {
+			long t;
+			bad = k2cli_parse_long(prog, "--threads", v, 1, 1024, &t) < 0;
+			o.threads = (int)t;
+		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--block-size", &bad))) {
+			uint64_t b;
+			bad = k2cli_parse_size(prog, "--block-size", v, 4096, K2P_MAX_BLOCK_BYTES,
+					       &b) < 0;
+			if (!bad && (b & (b - 1))) {
+				fprintf(stderr, "%s: --block-size: %s is not a power of two\n", prog, v);
+				bad = 1;
+			}
+			o.block_bytes = (uint32_t)b;
+		} else if (a[0] == '-' && a[1] != '\0') {
+			if (!bad)
+				fprintf(stderr, "%s: unknown option '%s' (see --help)\n", prog, a);
+			bad = 1;
+		} else if (npos < 2) {
+			pos[npos++] = a;
+		} else {
+			fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", prog, a);
+			bad = 1;
+		}
+	}
+	if (bad)
+		return 2;
+	if (npos != 2) {
+		k2cli_usage(stderr, usage_text);
+		return 2;
+	}
+
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+
+	k2i_stats st;
+	k2_err err = {{0}};
+	int rc = k2i_import(pos[0], pos[1], &o, &st, &err);
+	if (rc < 0) {
+		fprintf(stderr, "k2pack: %s\n", err.msg[0] ? err.msg : strerror(-rc));
+		if (g_cancel) {
+			signal(g_cancel, SIG_DFL);
+			raise(g_cancel);
+		}
+		return 1;
+	}
+	char raw[32], stored[32];
+	printf("k2pack: %s: %llu entries (%llu files, %llu dense, %llu experts), %s -> %s "
+	       "(ratio %.3f), %.1f s, %.0f MB/s in\n",
+	       pos[1], (unsigned long long)(st.n_files + st.n_dense + st.n_experts),
+	       (unsigned long long)st.n_files, (unsigned long long)st.n_dense,
+	       (unsigned long long)st.n_experts, k2_format_bytes(st.raw_bytes, raw, sizeof(raw)),
+	       k2_format_bytes(st.stored_bytes, stored, sizeof(stored)),
+	       st.raw_bytes ? (double)st.stored_bytes / (double)st.raw_bytes : 0.0, st.seconds,
+	       st.seconds > 0 ? (double)st.bytes_in / st.seconds / 1e6 : 0.0);
+	return 0;
+}
