@@ -407,14 +407,21 @@ static int build_index(k2p_pack *p, const struct k2p_header_disk *h, const uint8
 					  ") beyond the %" PRIu32 " in the table", path, i, at,
 					  d.first_block, d.n_blocks, h->n_blocks);
 		next_block += d.n_blocks;
-		if (d.extent_offset % K2P_ALIGN || d.extent_offset < prev_end ||
-		    d.extent_offset > h->index_offset ||
+		if (d.extent_offset % K2P_ALIGN)
+			return k2_err_set(err, -EINVAL, "%s: index entry %" PRIu32 " at offset %"
+					  PRIu64 ": extent offset %" PRIu64 " is not aligned", path, i,
+					  at, d.extent_offset);
+		if (d.extent_offset < prev_end)
+			return k2_err_set(err, -EINVAL, "%s: index entry %" PRIu32 " at offset %"
+					  PRIu64 ": extent at %" PRIu64 " overlaps the previous extent "
+					  "or the header (ending at %" PRIu64 ")", path, i, at,
+					  d.extent_offset, prev_end);
+		if (d.extent_offset > h->index_offset ||
 		    d.extent_bytes > h->index_offset - d.extent_offset)
 			return k2_err_set(err, -EINVAL, "%s: index entry %" PRIu32 " at offset %"
-					  PRIu64 ": extent [%" PRIu64 ", +%" PRIu64 ") is not aligned, "
-					  "overlaps the previous extent (ending at %" PRIu64
-					  ") or runs past the index at %" PRIu64, path, i, at,
-					  d.extent_offset, d.extent_bytes, prev_end, h->index_offset);
+					  PRIu64 ": extent [%" PRIu64 ", +%" PRIu64 ") runs past the "
+					  "index at %" PRIu64, path, i, at, d.extent_offset,
+					  d.extent_bytes, h->index_offset);
 		prev_end = d.extent_offset + d.extent_bytes;
 		uint64_t pos = d.extent_offset;
 		for (uint32_t k = 0; k < d.n_blocks; k++) {

@@ -1,0 +1,895 @@
+/* test_pack.c — Check suite for layout/'s codecs and the pack writer and reader:
+ * round trips for every codec across block boundaries, raw fallback, ranged reads,
+ * and rejection of truncated, damaged and crafted packs with the right message. */
+#include "layout.h"
+#include "pack_impl.h"
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#define BB 4096u  /* block size of the test packs: small, so entries span blocks */
+
+/* ---------------------------------------------------------------- helpers */
+
+static uint64_t rng_state = 88172645463325252ull;
+
+static uint64_t rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+static uint8_t *random_bytes(size_t n)
+{
+	uint8_t *p = malloc(n ? n : 1);
+	ck_assert_ptr_nonnull(p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(rng() >> 24);
+	return p;
+}
+
+/* Text-like data that every codec shrinks a lot. */
+static uint8_t *compressible_bytes(size_t n)
+{
+	static const char words[] = "expert gate up down scale weight block layer hidden ";
+	uint8_t *p = malloc(n ? n : 1);
+	ck_assert_ptr_nonnull(p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(words[(i + i / 997) % (sizeof(words) - 1)]);
+	return p;
+}
+
+static char tmpdir[64];
+
+static void make_tmpdir(void)
+{
+	strcpy(tmpdir, "/tmp/k2test_pack.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static void remove_tmpdir(void)
+{
+	DIR *d = opendir(tmpdir);
+	if (!d)
+		return;
+	struct dirent *de;
+	char p[512];
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			snprintf(p, sizeof(p), "%s/%s", tmpdir, de->d_name);
+			unlink(p);
+		}
+	closedir(d);
+	rmdir(tmpdir);
+}
+
+static char *tmp_path(const char *name)
+{
+	static char p[4][256];
+	static int slot;
+	char *s = p[slot++ & 3];
+	snprintf(s, 256, "%s/%s", tmpdir, name);
+	return s;
+}
+
+static uint8_t *read_whole(const char *path, size_t *n)
+{
+	char *d;
+	k2_err err;
+	ck_assert_msg(k2_read_file(path, &d, n, &err) == 0, "%s", err.msg);
+	return (uint8_t *)d;
+}
+
+static void write_whole(const char *path, const void *d, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, d, n), (ssize_t)n);
+	close(fd);
+}
+
+static uint8_t *make_image(uint32_t format, uint32_t hidden, uint32_t inter, uint32_t layer,
+			   uint32_t expert, int compressible, size_t *n)
+{
+	k2x_layout lay;
+	ck_assert_int_eq(k2x_layout_compute(format, hidden, inter, layer, expert, &lay), 0);
+	uint8_t *img = compressible ? compressible_bytes(lay.image_bytes)
+				    : random_bytes(lay.image_bytes);
+	k2x_header_write(&lay, img);
+	*n = lay.image_bytes;
+	return img;
+}
+
+/* The standard test pack: what went in, to compare with what comes out. */
+struct content {
+	const char *path;
+	uint8_t *data;
+	size_t n;
+};
+
+#define N_STD 9
+static struct content std_pack[N_STD];
+
+static void std_pack_write(const char *path, uint32_t codec, int level, int threads)
+{
+	k2p_writer_opts o = {.codec = codec, .dense_codec = codec, .level = level,
+			     .block_bytes = BB, .threads = threads};
+	k2p_writer *w;
+	k2_err err;
+	ck_assert_msg(k2p_writer_create(path, &o, &w, &err) == 0, "%s", err.msg);
+	static const char cfg[] = "{\"model_type\": \"kimi_k2\", \"hidden_size\": 64}";
+	std_pack[0] = (struct content){"config.json", (uint8_t *)strdup(cfg), strlen(cfg)};
+	ck_assert_int_eq(k2p_writer_add_file(w, "config.json", cfg, strlen(cfg), &err), 0);
+
+	/* Dense tensors smaller than, equal to and larger than a block, and empty. */
+	struct { const char *name; size_t n; int comp; } dense[] = {
+		{"small.weight", 1000, 1}, {"exact.weight", BB, 0},
+		{"large.weight", 3 * BB + 18, 1}, {"random.weight", 5 * BB + 2, 0},
+		{"empty.bias", 0, 0},
+	};
+	for (int i = 0; i < 5; i++) {
+		uint8_t *d = dense[i].comp ? compressible_bytes(dense[i].n) : random_bytes(dense[i].n);
+		uint64_t shape[2] = {dense[i].n / 2, 1};
+		char *p = malloc(64);
+		snprintf(p, 64, "dense/%s", dense[i].name);
+		std_pack[1 + i] = (struct content){p, d, dense[i].n};
+		ck_assert_msg(k2p_writer_add_dense(w, dense[i].name, K2_DTYPE_BF16, 2, shape, d,
+						   dense[i].n, &err) == 0, "%s", err.msg);
+	}
+	static const struct { uint32_t fmt, h, i, l, e; int comp; } ex[] = {
+		{K2_FORMAT_INT4_G32, 64, 32, 1, 2, 0},
+		{K2_FORMAT_BF16, 48, 40, 1, 3, 1},
+		{K2_FORMAT_FP8_B128, 200, 130, 2, 0, 1},
+	};
+	for (int i = 0; i < 3; i++) {
+		size_t n;
+		uint8_t *img = make_image(ex[i].fmt, ex[i].h, ex[i].i, ex[i].l, ex[i].e, ex[i].comp, &n);
+		char *p = malloc(64);
+		snprintf(p, 64, "experts/%03u/%03u", ex[i].l, ex[i].e);
+		std_pack[6 + i] = (struct content){p, img, n};
+		ck_assert_msg(k2p_writer_add_expert(w, img, n, &err) == 0, "%s", err.msg);
+	}
+	ck_assert_msg(k2p_writer_finish(w, &err) == 0, "%s", err.msg);
+}
+
+static void std_pack_free(void)
+{
+	for (int i = 0; i < N_STD; i++) {
+		if (i > 0)
+			free((char *)std_pack[i].path);
+		free(std_pack[i].data);
+	}
+	memset(std_pack, 0, sizeof(std_pack));
+}
+
+static k2p_pack *open_ok(const char *path)
+{
+	k2p_pack *p;
+	k2_err err;
+	ck_assert_msg(k2p_pack_open(path, &p, &err) == 0, "%s", err.msg);
+	return p;
+}
+
+static void open_fails(const char *path, const char *needle)
+{
+	k2p_pack *p = (k2p_pack *)1;
+	k2_err err = {{0}};
+	int rc = k2p_pack_open(path, &p, &err);
+	ck_assert_int_lt(rc, 0);
+	ck_assert_ptr_null(p);
+	ck_assert_msg(strstr(err.msg, needle) != NULL, "message \"%s\" lacks \"%s\"", err.msg,
+		      needle);
+	ck_assert_msg(strstr(err.msg, path) != NULL, "message \"%s\" lacks the path", err.msg);
+}
+
+static void check_entry_content(k2p_pack *p, const struct content *c)
+{
+	const k2p_entry *e = k2p_entry_find(p, c->path);
+	ck_assert_msg(e != NULL, "%s missing", c->path);
+	ck_assert_str_eq(e->path, c->path);
+	ck_assert_uint_eq(e->raw_bytes, c->n);
+	uint8_t *buf = malloc(c->n + 16);
+	k2_err err;
+	long r = k2p_entry_read(p, e, 0, buf, c->n + 16, &err);
+	ck_assert_msg(r == (long)c->n, "%s: read %ld: %s", c->path, r, err.msg);
+	ck_assert_msg(memcmp(buf, c->data, c->n) == 0, "%s differs", c->path);
+	free(buf);
+}
+
+/* ---------------------------------------------------------------- codecs */
+
+static const struct { uint32_t codec; int level; } codec_cases[] = {
+	{K2_CODEC_NONE, 0}, {K2_CODEC_ZSTD, 0}, {K2_CODEC_ZSTD, 1}, {K2_CODEC_ZSTD, 19},
+	{K2_CODEC_LZ4, 0}, {K2_CODEC_LZ4, 9},
+};
+#define N_CODEC_CASES (int)(sizeof(codec_cases) / sizeof(codec_cases[0]))
+
+START_TEST(codec_round_trip)
+{
+	uint32_t codec = codec_cases[_i].codec;
+	int level = codec_cases[_i].level;
+	static const size_t sizes[] = {1, 7, 4096, 65536 + 13, 1 << 20};
+	for (int comp = 0; comp < 2; comp++)
+		for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+			size_t n = sizes[s];
+			uint8_t *src = comp ? compressible_bytes(n) : random_bytes(n);
+			size_t cap = k2_codec_bound(codec, n);
+			ck_assert_uint_ge(cap, n);
+			uint8_t *dst = malloc(cap), *back = malloc(n + 1);
+			long c = k2_codec_compress(codec, level, src, n, dst, cap);
+			ck_assert_msg(c > 0, "%s level %d size %zu: %ld", k2_codec_name(codec), level,
+				      n, c);
+			if (comp && n >= 4096 && codec != K2_CODEC_NONE)
+				ck_assert_msg((size_t)c < n / 4, "%s compressed %zu to %ld",
+					      k2_codec_name(codec), n, c);
+			memset(back, 0xa5, n + 1);
+			ck_assert_int_eq(k2_codec_decompress(codec, dst, (size_t)c, back, n), 0);
+			ck_assert_int_eq(memcmp(src, back, n), 0);
+			ck_assert_uint_eq(back[n], 0xa5);  /* nothing written past the end */
+			/* Wrong expected lengths are rejected. */
+			ck_assert_int_eq(k2_codec_decompress(codec, dst, (size_t)c, back, n - 1),
+					 -EBADMSG);
+			ck_assert_int_eq(k2_codec_decompress(codec, dst, (size_t)c, back, n + 1),
+					 -EBADMSG);
+			/* Truncated input is rejected. */
+			if (c > 1)
+				ck_assert_int_eq(k2_codec_decompress(codec, dst, (size_t)c - 1, back,
+								     n), -EBADMSG);
+			free(src);
+			free(dst);
+			free(back);
+		}
+}
+END_TEST
+
+START_TEST(codec_errors)
+{
+	uint8_t src[8192], dst[16], big[16384];
+	for (size_t i = 0; i < sizeof(src); i++)
+		src[i] = (uint8_t)rng();
+	ck_assert_int_eq(k2_codec_compress(K2_CODEC_COUNT, 0, src, sizeof(src), big, sizeof(big)),
+			 -EINVAL);
+	ck_assert_int_eq(k2_codec_compress(K2_CODEC_ZSTD, 99, src, sizeof(src), big, sizeof(big)),
+			 -EINVAL);
+	ck_assert_int_eq(k2_codec_compress(K2_CODEC_ZSTD, -1, src, sizeof(src), big, sizeof(big)),
+			 -EINVAL);
+	ck_assert_int_eq(k2_codec_compress(K2_CODEC_ZSTD, 0, src, sizeof(src), dst, sizeof(dst)),
+			 -ENOSPC);
+	ck_assert_int_eq(k2_codec_compress(K2_CODEC_LZ4, 0, src, sizeof(src), dst, sizeof(dst)),
+			 -ENOSPC);
+	ck_assert_int_eq(k2_codec_compress(K2_CODEC_NONE, 0, src, sizeof(src), dst, sizeof(dst)),
+			 -ENOSPC);
+	ck_assert_int_eq(k2_codec_decompress(K2_CODEC_COUNT, src, 10, big, 10), -EBADMSG);
+	/* Garbage never decodes to the asked length by accident, and never overruns. */
+	for (int codec = K2_CODEC_ZSTD; codec <= K2_CODEC_LZ4; codec++)
+		for (int t = 0; t < 200; t++) {
+			size_t n = 1 + rng() % 64;
+			for (size_t i = 0; i < n; i++)
+				src[i] = (uint8_t)rng();
+			int rc = k2_codec_decompress((uint32_t)codec, src, n, big, 4096);
+			ck_assert_int_eq(rc, -EBADMSG);
+		}
+	/* A flipped byte inside a zstd frame is caught by zstd or by the length. */
+	ck_assert_uint_eq(k2_checksum("", 0), 0xef46db3751d8e999ull);  /* XXH64("") seed 0 */
+}
+END_TEST
+
+/* ---------------------------------------------------------------- pack round trips */
+
+START_TEST(pack_round_trip)
+{
+	uint32_t codec = codec_cases[_i].codec;
+	int level = codec_cases[_i].level;
+	make_tmpdir();
+	const char *path = tmp_path("rt.k2");
+	std_pack_write(path, codec, level, 1 + _i % 3);
+	k2p_pack *p = open_ok(path);
+	ck_assert_uint_eq(k2p_entry_count(p), N_STD);
+	ck_assert_uint_eq(k2p_pack_block_bytes(p), BB);
+	for (int i = 0; i < N_STD; i++) {
+		const k2p_entry *e = k2p_entry_at(p, (size_t)i);
+		ck_assert_str_eq(e->path, std_pack[i].path);  /* index order = add order */
+		check_entry_content(p, &std_pack[i]);
+		ck_assert_uint_eq(e->extent_offset % 4096, 0);
+		ck_assert_uint_eq(e->n_blocks, (std_pack[i].n + BB - 1) / BB);
+		uint64_t sum = 0;
+		for (uint32_t k = 0; k < e->n_blocks; k++) {
+			const k2p_block *b = k2p_entry_block(p, e, k);
+			ck_assert_uint_eq(b->offset, e->extent_offset + sum);
+			sum += b->stored_bytes;
+			ck_assert_uint_le(b->stored_bytes, b->raw_bytes);
+			if (codec == K2_CODEC_NONE)
+				ck_assert_uint_eq(b->codec, K2_CODEC_NONE);
+		}
+		ck_assert_uint_eq(sum, e->extent_bytes);
+		ck_assert_ptr_null(k2p_entry_block(p, e, e->n_blocks));
+	}
+	const k2p_entry *e = k2p_entry_find(p, "dense/large.weight");
+	ck_assert_uint_eq(e->kind, K2P_KIND_DENSE);
+	ck_assert_str_eq(e->name, "large.weight");
+	ck_assert_uint_eq(e->dtype, K2_DTYPE_BF16);
+	ck_assert_uint_eq(e->ndim, 2);
+	ck_assert_uint_eq(e->shape[0], (3 * BB + 18) / 2);
+	ck_assert_uint_eq(e->n_blocks, 4);
+	ck_assert_uint_eq(k2p_entry_block(p, e, 3)->raw_bytes, 18);
+	e = k2p_expert_find(p, 2, 0);
+	ck_assert_ptr_nonnull(e);
+	ck_assert_str_eq(e->path, "experts/002/000");
+	ck_assert_uint_eq(e->format, K2_FORMAT_FP8_B128);
+	ck_assert_uint_eq(e->shape[0], 200);
+	ck_assert_uint_eq(e->shape[1], 130);
+	ck_assert_ptr_null(k2p_expert_find(p, 2, 1));
+	ck_assert_ptr_null(k2p_expert_find(p, 0, 2));
+	ck_assert_ptr_null(k2p_entry_find(p, "dense/nope"));
+	ck_assert_ptr_null(k2p_entry_find(p, "experts/1/2"));
+	ck_assert_ptr_nonnull(k2p_entry_find(p, "experts/001/002"));
+	uint32_t first = 99;
+	ck_assert_uint_eq(k2p_expert_layers(p, &first), 2);
+	ck_assert_uint_eq(first, 1);
+	e = k2p_entry_find(p, "dense/empty.bias");
+	ck_assert_uint_eq(e->n_blocks, 0);
+	ck_assert_uint_eq(e->extent_bytes, 0);
+	if (codec != K2_CODEC_NONE) {
+		/* Compressible entries shrink and use the codec ... */
+		e = k2p_entry_find(p, "dense/large.weight");
+		ck_assert_uint_eq(k2p_entry_block(p, e, 0)->codec, codec);
+		ck_assert_uint_lt(e->extent_bytes, e->raw_bytes / 4);
+		/* ... random ones fall back to raw blocks. */
+		e = k2p_entry_find(p, "dense/random.weight");
+		for (uint32_t k = 0; k < e->n_blocks; k++) {
+			ck_assert_uint_eq(k2p_entry_block(p, e, k)->codec, K2_CODEC_NONE);
+			ck_assert_uint_eq(k2p_entry_block(p, e, k)->stored_bytes,
+					  k2p_entry_block(p, e, k)->raw_bytes);
+		}
+		ck_assert_uint_eq(e->extent_bytes, e->raw_bytes);
+	}
+	struct stat st;
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq((uint64_t)st.st_size, k2p_pack_file_bytes(p));
+	k2p_pack_close(p);
+	std_pack_free();
+	/* No temporary file is left next to the pack. */
+	DIR *d = opendir(tmpdir);
+	struct dirent *de;
+	int files = 0;
+	while ((de = readdir(d)))
+		files += de->d_name[0] != '.';
+	closedir(d);
+	ck_assert_int_eq(files, 1);
+	remove_tmpdir();
+}
+END_TEST
+
+START_TEST(pack_read_ranges)
+{
+	make_tmpdir();
+	const char *path = tmp_path("ranges.k2");
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 2);
+	k2p_pack *p = open_ok(path);
+	k2_err err;
+	uint8_t *buf = malloc(8 * BB);
+	for (int i = 0; i < N_STD; i++) {
+		const struct content *c = &std_pack[i];
+		const k2p_entry *e = k2p_entry_find(p, c->path);
+		for (int t = 0; t < 200; t++) {
+			uint64_t off = c->n ? rng() % (c->n + 2) : rng() % 3;
+			size_t len = (size_t)(rng() % (3 * BB));
+			/* Ranges on block boundaries too. */
+			if (t % 5 == 0 && c->n)
+				off = (rng() % (c->n / BB + 1)) * BB;
+			long r = k2p_entry_read(p, e, off, buf, len, &err);
+			size_t want = off >= c->n ? 0 : (len < c->n - off ? len : c->n - off);
+			ck_assert_msg(r == (long)want, "%s [%" PRIu64 ", +%zu): %ld, want %zu",
+				      c->path, off, len, r, want);
+			if (want)
+				ck_assert_int_eq(memcmp(buf, c->data + off, want), 0);
+		}
+	}
+	free(buf);
+	k2p_pack_close(p);
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
+START_TEST(pack_large_entry_many_threads)
+{
+	/* An entry above the writer's copy threshold is borrowed; check it and its
+	 * neighbours anyway, with 256 KiB blocks and 4 threads. */
+	make_tmpdir();
+	const char *path = tmp_path("big.k2");
+	size_t n = (100u << 20) + 12345;
+	uint8_t *d = compressible_bytes(n);
+	for (size_t i = 0; i < n; i += 4096 * 7)
+		d[i] = (uint8_t)rng();
+	k2p_writer_opts o = {.codec = K2_CODEC_LZ4, .dense_codec = K2_CODEC_LZ4, .threads = 4};
+	k2p_writer *w;
+	k2_err err;
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	uint64_t shape[1] = {n};
+	ck_assert_int_eq(k2p_writer_add_file(w, "a.txt", d, 100, &err), 0);
+	ck_assert_int_eq(k2p_writer_add_dense(w, "big", K2_DTYPE_U8, 1, shape, d, n, &err), 0);
+	ck_assert_int_eq(k2p_writer_add_file(w, "b.txt", d + 1, 100, &err), 0);
+	uint64_t raw, stored;
+	k2p_writer_totals(w, &raw, &stored);
+	ck_assert_uint_eq(raw, n + 200);
+	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
+	k2p_pack *p = open_ok(path);
+	ck_assert_uint_eq(k2p_pack_block_bytes(p), 256u << 10);
+	struct content c[3] = {{"a.txt", d, 100}, {"dense/big", d, n}, {"b.txt", d + 1, 100}};
+	for (int i = 0; i < 3; i++)
+		check_entry_content(p, &c[i]);
+	k2p_pack_close(p);
+	free(d);
+	remove_tmpdir();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- writer errors */
+
+START_TEST(writer_rejects)
+{
+	make_tmpdir();
+	const char *path = tmp_path("w.k2");
+	k2p_writer *w;
+	k2_err err;
+	k2p_writer_opts bad = {.block_bytes = 5000};
+	ck_assert_int_eq(k2p_writer_create(path, &bad, &w, &err), -EINVAL);
+	bad = (k2p_writer_opts){.codec = 7};
+	ck_assert_int_eq(k2p_writer_create(path, &bad, &w, &err), -EINVAL);
+	k2p_writer_opts o = {.codec = K2_CODEC_ZSTD, .dense_codec = K2_CODEC_LZ4,
+			     .block_bytes = BB, .threads = 2};
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	uint8_t d[64] = {1, 2, 3};
+	uint64_t shape[2] = {4, 8};
+	ck_assert_int_eq(k2p_writer_add_dense(w, "t", K2_DTYPE_BF16, 2, shape, d, 64, &err), 0);
+	ck_assert_int_eq(k2p_writer_add_dense(w, "t", K2_DTYPE_BF16, 2, shape, d, 64, &err),
+			 -EEXIST);
+	ck_assert_ptr_nonnull(strstr(err.msg, "dense/t"));
+	ck_assert_int_eq(k2p_writer_add_dense(w, "u", K2_DTYPE_BF16, 2, shape, d, 63, &err),
+			 -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_dense(w, "u", 99, 2, shape, d, 64, &err), -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_dense(w, "a/b", K2_DTYPE_U8, 1, shape, d, 4, &err),
+			 -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_file(w, "x/y", d, 4, &err), -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_file(w, "", d, 4, &err), -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_file(w, "experts", d, 4, &err), -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_file(w, "t", d, 4, &err), 0);  /* not dense/t */
+	size_t n;
+	uint8_t *img = make_image(K2_FORMAT_INT8, 64, 32, 4, 5, 0, &n);
+	ck_assert_int_eq(k2p_writer_add_expert(w, img, n, &err), 0);
+	ck_assert_int_eq(k2p_writer_add_expert(w, img, n, &err), -EEXIST);
+	ck_assert_ptr_nonnull(strstr(err.msg, "experts/004/005"));
+	ck_assert_int_eq(k2p_writer_add_expert(w, img, n - 1, &err), -EINVAL);
+	img[100] ^= 1;  /* header checksum */
+	ck_assert_int_eq(k2p_writer_add_expert(w, img, n, &err), -EINVAL);
+	free(img);
+	/* Abort leaves nothing behind. */
+	k2p_writer_abort(w);
+	k2p_writer_abort(NULL);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	DIR *dir = opendir(tmpdir);
+	struct dirent *de;
+	while ((de = readdir(dir)))
+		ck_assert_msg(de->d_name[0] == '.', "left behind: %s", de->d_name);
+	closedir(dir);
+	/* An empty pack is valid. */
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
+	k2p_pack *p = open_ok(path);
+	ck_assert_uint_eq(k2p_entry_count(p), 0);
+	uint32_t first = 7;
+	ck_assert_uint_eq(k2p_expert_layers(p, &first), 0);
+	k2p_pack_close(p);
+	k2p_pack_close(NULL);
+	/* A writer into a missing folder fails with its name. */
+	ck_assert_int_lt(k2p_writer_create("/nonexistent-dir/x.k2", &o, &w, &err), 0);
+	ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent-dir/x.k2"));
+	remove_tmpdir();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- damage */
+
+START_TEST(truncated_pack)
+{
+	make_tmpdir();
+	const char *path = tmp_path("t.k2");
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
+	struct stat st;
+	ck_assert_int_eq(stat(path, &st), 0);
+	char want[128];
+	snprintf(want, sizeof(want), "truncated: expected %lld bytes, file has %lld",
+		 (long long)st.st_size, (long long)st.st_size - 1);
+	ck_assert_int_eq(truncate(path, st.st_size - 1), 0);
+	open_fails(path, want);
+	snprintf(want, sizeof(want), "truncated: expected %lld bytes, file has 5000",
+		 (long long)st.st_size);
+	ck_assert_int_eq(truncate(path, 5000), 0);
+	open_fails(path, want);
+	snprintf(want, sizeof(want), "truncated: expected %lld bytes, file has 100",
+		 (long long)st.st_size);
+	ck_assert_int_eq(truncate(path, 100), 0);
+	open_fails(path, want);
+	ck_assert_int_eq(truncate(path, 10), 0);
+	open_fails(path, "truncated");
+	ck_assert_int_eq(truncate(path, 0), 0);
+	open_fails(path, "truncated");
+	/* Longer than the header says. */
+	std_pack_free();
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
+	ck_assert_int_eq(truncate(path, st.st_size + 4096), 0);
+	open_fails(path, "trailing");
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
+START_TEST(flipped_block_byte)
+{
+	make_tmpdir();
+	const char *path = tmp_path("f.k2");
+	std_pack_write(path, _i ? K2_CODEC_LZ4 : K2_CODEC_ZSTD, 0, 2);
+	k2p_pack *p = open_ok(path);
+	/* Damage block 2 of dense/large.weight. */
+	const k2p_entry *e = k2p_entry_find(p, "dense/large.weight");
+	const k2p_block *b = k2p_entry_block(p, e, 2);
+	uint64_t at = b->offset + b->stored_bytes / 2;
+	k2p_pack_close(p);
+	size_t n;
+	uint8_t *d = read_whole(path, &n);
+	d[at] ^= 0x10;
+	write_whole(path, d, n);
+	free(d);
+
+	p = open_ok(path);  /* blocks are checked when read */
+	e = k2p_entry_find(p, "dense/large.weight");
+	b = k2p_entry_block(p, e, 2);
+	k2_err err = {{0}};
+	uint8_t *buf = malloc(e->raw_bytes);
+	ck_assert_int_eq(k2p_entry_read(p, e, 0, buf, e->raw_bytes, &err), -EIO);
+	char want[160];
+	snprintf(want, sizeof(want), "block 2 of dense/large.weight at pack offset %" PRIu64
+		 ": checksum mismatch", b->offset);
+	ck_assert_msg(strstr(err.msg, want) != NULL, "message \"%s\"", err.msg);
+	ck_assert_ptr_nonnull(strstr(err.msg, path));
+	/* Reads that avoid the damaged block, and other entries, still work. */
+	ck_assert_int_eq(k2p_entry_read(p, e, 0, buf, 2 * BB, &err), 2 * BB);
+	ck_assert_int_eq(memcmp(buf, std_pack[3].data, 2 * BB), 0);
+	ck_assert_int_eq(k2p_entry_read(p, e, 3 * BB, buf, 100, &err), 18);
+	ck_assert_int_eq(k2p_entry_read(p, e, 2 * BB + 5, buf, 1, &err), -EIO);
+	for (int i = 0; i < N_STD; i++)
+		if (i != 3)
+			check_entry_content(p, &std_pack[i]);
+	free(buf);
+	k2p_pack_close(p);
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
+START_TEST(block_decode_bad_stream)
+{
+	/* A block whose checksum matches but whose stream is not valid data. */
+	make_tmpdir();
+	const char *path = tmp_path("d.k2");
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
+	k2p_pack *p = open_ok(path);
+	const k2p_entry *e = k2p_entry_find(p, "dense/small.weight");
+	k2p_block b = *k2p_entry_block(p, e, 0);
+	ck_assert_uint_eq(b.codec, K2_CODEC_ZSTD);
+	uint8_t junk[64], out[BB];
+	memset(junk, 0x33, sizeof(junk));
+	b.stored_bytes = sizeof(junk);
+	b.checksum = k2_checksum(junk, sizeof(junk));
+	k2_err err;
+	ck_assert_int_eq(k2p_block_decode(p, &b, junk, out, &err), -EIO);
+	ck_assert_ptr_nonnull(strstr(err.msg, "does not decode"));
+	k2p_pack_close(p);
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
+START_TEST(flipped_header_or_index_byte)
+{
+	make_tmpdir();
+	const char *path = tmp_path("h.k2");
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
+	size_t n;
+	uint8_t *orig = read_whole(path, &n);
+	struct k2p_header_disk h;
+	k2p_header_decode(orig, &h);
+	uint8_t *d = malloc(n);
+	/* Every byte of the used header, and some of the padding. */
+	for (uint32_t at = 0; at < 4096; at += at < 80 ? 1 : 397) {
+		memcpy(d, orig, n);
+		d[at] ^= 0x01;
+		write_whole(path, d, n);
+		k2p_pack *p;
+		k2_err err;
+		ck_assert_msg(k2p_pack_open(path, &p, &err) < 0, "flip at %u accepted", at);
+	}
+	/* Bytes across the index. */
+	for (uint64_t at = h.index_offset; at < n; at += 1 + (n - h.index_offset) / 40) {
+		memcpy(d, orig, n);
+		d[at] ^= 0x80;
+		write_whole(path, d, n);
+		open_fails(path, "checksum mismatch");
+	}
+	memcpy(d, orig, n);
+	d[0] = 'X';
+	write_whole(path, d, n);
+	open_fails(path, "bad magic");
+	free(d);
+	free(orig);
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
+/* Rewrites the header fields (through fn) and re-checksums the header. */
+static void edit_header(const char *path, void (*fn)(struct k2p_header_disk *))
+{
+	size_t n;
+	uint8_t *d = read_whole(path, &n);
+	struct k2p_header_disk h;
+	k2p_header_decode(d, &h);
+	fn(&h);
+	k2p_header_encode(&h, d);
+	k2le_put64(d + 72, k2_checksum(d, 72));
+	write_whole(path, d, n);
+	free(d);
+}
+
+/* Lets fn edit entries and blocks of the index, then fixes both checksums, so only
+ * the reader's structural checks can catch the change. */
+static void edit_index(const char *path, void (*fn)(struct k2p_entry_disk *, uint32_t,
+						     struct k2p_block_disk *, uint32_t))
+{
+	size_t n;
+	uint8_t *d = read_whole(path, &n);
+	struct k2p_header_disk h;
+	k2p_header_decode(d, &h);
+	uint8_t *idx = d + h.index_offset;
+	struct k2p_entry_disk *e = calloc(h.n_entries, sizeof(*e));
+	struct k2p_block_disk *b = calloc(h.n_blocks, sizeof(*b));
+	for (uint32_t i = 0; i < h.n_entries; i++)
+		k2p_entry_decode(idx + i * 128, &e[i]);
+	for (uint32_t i = 0; i < h.n_blocks; i++)
+		k2p_block_decode_disk(idx + h.n_entries * 128 + i * 32, &b[i]);
+	fn(e, h.n_entries, b, h.n_blocks);
+	for (uint32_t i = 0; i < h.n_entries; i++)
+		k2p_entry_encode(&e[i], idx + i * 128);
+	for (uint32_t i = 0; i < h.n_blocks; i++)
+		k2p_block_encode(&b[i], idx + h.n_entries * 128 + i * 32);
+	h.index_checksum = k2_checksum(idx, h.index_bytes);
+	k2p_header_encode(&h, d);
+	k2le_put64(d + 72, k2_checksum(d, 72));
+	write_whole(path, d, n);
+	free(e);
+	free(b);
+	free(d);
+}
+
+static struct k2p_entry_disk *find_disk(struct k2p_entry_disk *e, uint32_t n, uint32_t kind,
+					uint32_t nth)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (e[i].kind == kind && nth-- == 0)
+			return &e[i];
+	ck_abort_msg("entry not found");
+	return NULL;
+}
+
+static void ed_expert_dims(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			   uint32_t nb)
+{
+	(void)b, (void)nb;
+	find_disk(e, n, K2P_KIND_EXPERT, 0)->shape[1] *= 64;  /* image size no longer matches */
+}
+
+static void ed_expert_raw(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			  uint32_t nb)
+{
+	(void)b, (void)nb;
+	find_disk(e, n, K2P_KIND_EXPERT, 1)->raw_bytes -= 4096;
+}
+
+static void ed_overlap(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+		       uint32_t nb)
+{
+	(void)nb;
+	/* Move entry 4's extent (and its blocks) back onto entry 3's. */
+	(void)n;
+	uint64_t shift = e[4].extent_offset - e[3].extent_offset;
+	e[4].extent_offset -= shift;
+	for (uint32_t k = 0; k < e[4].n_blocks; k++)
+		b[e[4].first_block + k].offset -= shift;
+}
+
+static void ed_past_index(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			  uint32_t nb)
+{
+	(void)b, (void)nb;
+	e[n - 1].extent_offset += 1u << 20;
+}
+
+static void ed_block_gap(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			 uint32_t nb)
+{
+	(void)n, (void)nb;
+	b[e[3].first_block + 1].offset += 1;  /* not contiguous */
+}
+
+static void ed_block_raw(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			 uint32_t nb)
+{
+	(void)n, (void)nb;
+	b[e[3].first_block].raw_bytes -= 1;
+}
+
+static void ed_dense_shape(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			   uint32_t nb)
+{
+	(void)b, (void)nb;
+	find_disk(e, n, K2P_KIND_DENSE, 0)->shape[0] += 1;
+}
+
+static void ed_dup_expert(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			  uint32_t nb)
+{
+	(void)b, (void)nb;
+	struct k2p_entry_disk *a = find_disk(e, n, K2P_KIND_EXPERT, 0);
+	struct k2p_entry_disk *c = find_disk(e, n, K2P_KIND_EXPERT, 1);
+	c->expert = a->expert;
+	c->layer = a->layer;
+}
+
+static void ed_dup_name(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			uint32_t nb)
+{
+	(void)b, (void)nb;
+	struct k2p_entry_disk *a = find_disk(e, n, K2P_KIND_DENSE, 0);
+	struct k2p_entry_disk *c = find_disk(e, n, K2P_KIND_DENSE, 1);
+	/* small.weight and exact.weight: same length */
+	c->name_off = a->name_off;
+	c->name_len = a->name_len;
+}
+
+static void ed_name_oob(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			uint32_t nb)
+{
+	(void)b, (void)nb;
+	e[n - 1].name_off = 1u << 30;
+	e[0].name_len = 2000;
+}
+
+static void ed_block_codec(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+			   uint32_t nb)
+{
+	(void)e, (void)n;
+	b[nb - 1].codec = 9;
+}
+
+static void ed_kind(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+		    uint32_t nb)
+{
+	(void)b, (void)nb, (void)n;
+	e[0].kind = 4;
+}
+
+static void ed_nblocks(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
+		       uint32_t nb)
+{
+	(void)b, (void)nb, (void)n;
+	e[3].n_blocks -= 1;
+}
+
+static void eh_version(struct k2p_header_disk *h) { h->version = 2; }
+static void eh_flags(struct k2p_header_disk *h) { h->flags = 4; }
+static void eh_block_bytes(struct k2p_header_disk *h) { h->block_bytes = 3000; }
+static void eh_entries(struct k2p_header_disk *h) { h->n_entries = 1u << 25; }
+static void eh_index_off(struct k2p_header_disk *h) { h->index_offset += 1; }
+static void eh_file_bytes(struct k2p_header_disk *h) { h->file_bytes -= 1; }
+
+START_TEST(crafted_index)
+{
+	static const struct {
+		void (*fn)(struct k2p_entry_disk *, uint32_t, struct k2p_block_disk *, uint32_t);
+		const char *needle;
+	} cases[] = {
+		{ed_expert_dims, "expert raw_bytes"},
+		{ed_expert_raw, "expert raw_bytes"},
+		{ed_overlap, "overlaps"},
+		{ed_past_index, "runs past the index"},
+		{ed_block_gap, "does not follow on"},
+		{ed_block_raw, "does not follow on"},
+		{ed_dense_shape, "from its dtype and shape"},
+		{ed_dup_expert, "same path experts/001/002"},
+		{ed_dup_name, "same path dense/small.weight"},
+		{ed_name_oob, "outside the string table"},
+		{ed_block_codec, "unknown codec 9"},
+		{ed_kind, "unknown kind 4"},
+		{ed_nblocks, "blocks, expected"},
+	};
+	make_tmpdir();
+	const char *path = tmp_path("c.k2");
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
+	size_t n;
+	uint8_t *orig = read_whole(path, &n);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		write_whole(path, orig, n);
+		edit_index(path, cases[i].fn);
+		open_fails(path, cases[i].needle);
+	}
+	/* The untouched pack, put back through the same edit path, still opens. */
+	write_whole(path, orig, n);
+	edit_header(path, eh_version);
+	open_fails(path, "pack version 2 is not supported");
+	static const struct {
+		void (*fn)(struct k2p_header_disk *);
+		const char *needle;
+	} hcases[] = {
+		{eh_flags, "unknown flags"},
+		{eh_block_bytes, "block_bytes 3000"},
+		{eh_entries, "entries (limit 2^24)"},
+		{eh_index_off, "index_offset"},
+		{eh_file_bytes, "expected"},
+	};
+	for (size_t i = 0; i < sizeof(hcases) / sizeof(hcases[0]); i++) {
+		write_whole(path, orig, n);
+		edit_header(path, hcases[i].fn);
+		open_fails(path, hcases[i].needle);
+	}
+	write_whole(path, orig, n);
+	k2p_pack_close(open_ok(path));
+	free(orig);
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
+static Suite *pack_suite(void)
+{
+	Suite *s = suite_create("pack");
+	TCase *tc = tcase_create("codec");
+	tcase_add_loop_test(tc, codec_round_trip, 0, N_CODEC_CASES);
+	tcase_add_test(tc, codec_errors);
+	tcase_set_timeout(tc, 60);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("pack");
+	tcase_add_loop_test(tc, pack_round_trip, 0, N_CODEC_CASES);
+	tcase_add_test(tc, pack_read_ranges);
+	tcase_add_test(tc, pack_large_entry_many_threads);
+	tcase_add_test(tc, writer_rejects);
+	tcase_set_timeout(tc, 120);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("damage");
+	tcase_add_test(tc, truncated_pack);
+	tcase_add_loop_test(tc, flipped_block_byte, 0, 2);
+	tcase_add_test(tc, block_decode_bad_stream);
+	tcase_add_test(tc, flipped_header_or_index_byte);
+	tcase_add_test(tc, crafted_index);
+	tcase_set_timeout(tc, 60);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(pack_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
