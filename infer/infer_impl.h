@@ -1,0 +1,111 @@
+/* infer_impl.h — internals shared by the files of infer/: the model's weights
+ * per layer, the engine's state, and the per-layer steps of the forward pass
+ * (attention.c, moe.c) that forward.c sequences. A CUDA backend would
+ * implement the same steps on the same shapes. Not for use outside infer/. */
+#ifndef K2_INFER_IMPL_H
+#define K2_INFER_IMPL_H
+
+#include <pthread.h>
+
+#include "infer.h"
+
+/* Weights of one decoder layer. Matrices stay in their stored format
+ * (kern_mat), vectors are float32. Shapes use H hidden, nh heads, qk =
+ * qk_nope + qk_rope, R kv_lora_rank, Q q_lora_rank, I intermediate. */
+typedef struct inf_layer {
+	int moe;
+	float *attn_norm;    /* [H] input_layernorm */
+	float *mlp_norm;     /* [H] post_attention_layernorm */
+	kern_mat q_a;        /* [Q, H] (q LoRA) */
+	float *q_a_norm;     /* [Q] */
+	kern_mat q_b;        /* [nh·qk, Q] */
+	kern_mat q_proj;     /* [nh·qk, H] (no q LoRA) */
+	kern_mat kv_a;       /* [R + rope, H] */
+	float *kv_a_norm;    /* [R] */
+	kern_mat kv_b;       /* [nh·(nope + v), R] */
+	kern_mat o_proj;     /* [H, nh·v] */
+	/* dense MLP (moe = 0) or shared experts (moe = 1, has_shared) */
+	int has_mlp;
+	uint32_t mlp_inter;
+	kern_mat gate, up, down; /* [I, H], [I, H], [H, I] */
+	kern_mat router;     /* [E, H] (moe) */
+	float *router_bias;  /* [E] e_score_correction_bias, or NULL */
+} inf_layer;
+
+struct inf_model {
+	char *dir;
+	k2_model_config cfg;
+	kern_mat embed;      /* [V, H] */
+	kern_mat lm_head;    /* [V, H] */
+	float *final_norm;   /* [H] */
+	inf_layer *layers;   /* [num_hidden_layers] */
+	void **bufs;         /* every allocation the weights live in */
+	size_t n_bufs, cap_bufs;
+	uint64_t dense_bytes, bytes_per_token;
+	float *rope_inv_freq; /* [qk_rope/2] */
+	float rope_mscale, attn_scale;
+	uint32_t n_moe_layers;
+};
+
+/* Scratch of an engine, sized for max_batch tokens. */
+typedef struct inf_scratch {
+	float *x, *xn, *y, *y2;     /* [B, H] residual, normed, layer output, shared experts */
+	float *qa;                  /* [B, max(Q, R + rope)] */
+	float *q;                   /* [B, nh·qk] */
+	float *ckv;                 /* [B, R + rope] */
+	float *attn;                /* [B, nh·v] */
+	float *kvblk;               /* [KVBLK, nh·(nope + v)] */
+	float *acc_m, *acc_l;       /* [B, nh] online softmax state */
+	float *qc;                  /* [nh, R] absorbed queries (decode) */
+	float *oc;                  /* [nh, R] */
+	float *rowbuf;              /* [max(R, H)] */
+	float *scores;              /* [max_ctx] */
+	float *mlp_g, *mlp_u;       /* [B, max I] */
+	float *moe_x, *moe_y;       /* [B, H] gathered rows */
+	float *moe_out;             /* [B, top_k, H] per-(token, slot) expert outputs */
+	float *router_logits;       /* [L][B, E] */
+	float *route_w;             /* [L][B, k] */
+	float *route_scratch;       /* [2E] */
+	float *pf_x, *pf_logits;    /* [B, H], [B, E] prefetch predictor */
+	uint32_t *tok_list;         /* [B·k] */
+	uint32_t *slot_list;        /* [max(B·k, E)] */
+} inf_scratch;
+
+#define INF_KVBLK 64u
+
+struct inf_engine {
+	inf_model *m;
+	inf_cache *cache;
+	inf_engine_opts opts;
+	uint32_t max_batch, max_ctx, pos;
+	float *kv_c;     /* [L][max_ctx][R] c after kv_a_layernorm */
+	float *kv_pe;    /* [L][max_ctx][rope] rotated k_pe */
+	inf_scratch s;
+	int32_t *routes; /* [B][L][k] of the last forward */
+	uint32_t routes_n;
+	uint64_t expert_bytes_used;
+	/* prefetch */
+	int32_t *pf_pred;    /* [L][E] predicted flags of the current step */
+	int32_t *pf_list;    /* [E] */
+	uint8_t *pf_has;     /* [L] a prediction was made for layer l this step */
+	inf_prefetch_stats pf;
+};
+
+/* Layer steps (each takes the normed input xn [n, H] of n tokens at positions
+ * e->pos … e->pos+n-1 and writes out [n, H]). Return 0 or -errno. */
+int inf_attn_forward(inf_engine *e, uint32_t layer, const float *xn, uint32_t n,
+		     float *out);
+int inf_mlp_forward(inf_engine *e, const inf_layer *ly, const float *xn, uint32_t n,
+		    float *out);
+int inf_moe_forward(inf_engine *e, uint32_t layer, const float *xn, uint32_t n,
+		    float *out, k2_err *err);
+/* After layer `layer` produced hidden states x [n, H]: predict the next MoE
+ * layer's experts and send the prefetch. */
+void inf_prefetch_after_layer(inf_engine *e, uint32_t layer, const float *x, uint32_t n);
+/* Accounts the prediction of MoE layer `layer` against the routing just used. */
+void inf_prefetch_account(inf_engine *e, uint32_t layer, const int32_t *idx, uint32_t n);
+
+/* Whole-cache scratch helpers. */
+void *inf_alloc(size_t bytes);  /* 64-byte aligned, zeroed; NULL on failure */
+
+#endif /* K2_INFER_IMPL_H */

@@ -1,0 +1,454 @@
+/* main.c — the infer command line: generates tokens from a model mounted by
+ * k2fs (or any directory laid out like the mount), streaming text (or ids) to
+ * stdout, with optional routing trace, logits dump and a stats line. */
+#include "cli.h"
+#include "infer.h"
+#include "tokenizer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+	"usage: infer --model DIR (--prompt TEXT | --tokens 1,2,3) [options]\n"
+	"       infer --model DIR --tokenize TEXT\n"
+	"\n"
+	"Generates tokens from a DeepSeek-V3 / Kimi-K2 model read through a k2fs mount\n"
+	"(config.json, dense/*, experts/LLL/EEE).\n"
+	"\n"
+	"  --model DIR          the mount (or a directory laid out like it)\n"
+	"  --prompt TEXT        prompt text (needs DIR/tokenizer.json)\n"
+	"  --tokens IDS         prompt as comma-separated token ids\n"
+	"  -n N                 tokens to generate (default 32)\n"
+	"  --backend cpu|cuda   compute backend (default cpu)\n"
+	"  --threads N          kernel threads (default: online cores)\n"
+	"  --expert-cache SIZE  expert cache: bytes (K/M/G) or a count like 4experts\n"
+	"                       (default: every expert if they fit in half the RAM,\n"
+	"                       else a quarter of the RAM)\n"
+	"  --policy lru|lfu     cache replacement policy (default lru)\n"
+	"  --prefetch none|router  router-driven prefetch of the next layer's experts\n"
+	"  --io-threads N       background expert loaders with --prefetch router (default 2)\n"
+	"  --batch N            prompt tokens per forward chunk (default 256)\n"
+	"  --temperature T      0 = greedy (default); else sampling\n"
+	"  --top-p P            nucleus sampling mass (default 1)\n"
+	"  --seed S             sampling seed (default 0)\n"
+	"  --ignore-eos         do not stop at eos_token_id\n"
+	"  --trace FILE         routing trace, one JSON line per token position\n"
+	"  --dump-logits FILE   safetensors: logits [T,V], step_logits [N,V], ids [N]\n"
+	"  --stats              one JSON line of statistics on stderr\n"
+	"  --tokenize TEXT      print the ids of TEXT, comma-separated, and exit\n"
+	"  --help               this text\n";
+
+struct opts {
+	const char *model, *prompt, *tokens, *tokenize, *trace, *dump, *backend;
+	const char *cache, *policy, *prefetch;
+	long n, threads, io_threads, batch;
+	double temperature, top_p;
+	uint64_t seed;
+	int ignore_eos, stats;
+};
+
+static int fail(const char *fmt, const char *a)
+{
+	fprintf(stderr, "infer: ");
+	fprintf(stderr, fmt, a);
+	fputc('\n', stderr);
+	return 1;
+}
+
+static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || *end || errno || !(v >= lo && v <= hi)) {
+		fprintf(stderr, "infer: %s: '%s' is not a number in [%g, %g]\n", opt, s, lo, hi);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+	int bad = 0;
+	const char *v;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			k2cli_usage(stdout, usage_text);
+			exit(0);
+		}
+#define OPT(name) ((v = k2cli_opt_value("infer", argc, argv, &i, name, &bad)) != NULL)
+		if (OPT("--model")) o->model = v;
+		else if (OPT("--prompt")) o->prompt = v;
+		else if (OPT("--tokens")) o->tokens = v;
+		else if (OPT("--tokenize")) o->tokenize = v;
+		else if (OPT("--trace")) o->trace = v;
+		else if (OPT("--dump-logits")) o->dump = v;
+		else if (OPT("--backend")) o->backend = v;
+		else if (OPT("--expert-cache")) o->cache = v;
+		else if (OPT("--policy")) o->policy = v;
+		else if (OPT("--prefetch")) o->prefetch = v;
+		else if (OPT("-n")) {
+			if (k2cli_parse_long("infer", "-n", v, 0, 1 << 24, &o->n) < 0)
+				return -EINVAL;
+		} else if (OPT("--threads")) {
+			if (k2cli_parse_long("infer", "--threads", v, 1, 1024, &o->threads) < 0)
+				return -EINVAL;
+		} else if (OPT("--io-threads")) {
+			if (k2cli_parse_long("infer", "--io-threads", v, 1, 64, &o->io_threads) < 0)
+				return -EINVAL;
+		} else if (OPT("--batch")) {
+			if (k2cli_parse_long("infer", "--batch", v, 1, 1 << 16, &o->batch) < 0)
+				return -EINVAL;
+		} else if (OPT("--temperature")) {
+			if (parse_double("--temperature", v, 0, 100, &o->temperature) < 0)
+				return -EINVAL;
+		} else if (OPT("--top-p")) {
+			if (parse_double("--top-p", v, 1e-9, 1, &o->top_p) < 0)
+				return -EINVAL;
+		} else if (OPT("--seed")) {
+			if (k2cli_parse_u64("infer", "--seed", v, &o->seed) < 0)
+				return -EINVAL;
+		} else if (strcmp(a, "--ignore-eos") == 0)
+			o->ignore_eos = 1;
+		else if (strcmp(a, "--stats") == 0)
+			o->stats = 1;
+		else if (bad)
+			return -EINVAL;
+		else {
+			fprintf(stderr, "infer: unknown option '%s' (try --help)\n", a);
+			return -EINVAL;
+		}
+#undef OPT
+		if (bad)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+/* Parses "1,2,3" into a malloc'd array. */
+static int parse_ids(const char *s, int32_t **ids, uint32_t *n)
+{
+	size_t cap = 16, cnt = 0;
+	int32_t *a = malloc(sizeof(int32_t) * cap);
+	if (!a)
+		return -ENOMEM;
+	const char *p = s;
+	while (*p) {
+		char *end;
+		errno = 0;
+		long long v = strtoll(p, &end, 10);
+		if (end == p || errno || v < 0 || v > INT32_MAX) {
+			free(a);
+			return -EINVAL;
+		}
+		if (cnt == cap) {
+			int32_t *b = realloc(a, sizeof(int32_t) * (cap *= 2));
+			if (!b) {
+				free(a);
+				return -ENOMEM;
+			}
+			a = b;
+		}
+		a[cnt++] = (int32_t)v;
+		p = end;
+		while (*p == ' ')
+			p++;
+		if (*p == ',')
+			p++;
+		else if (*p) {
+			free(a);
+			return -EINVAL;
+		}
+	}
+	if (cnt == 0) {
+		free(a);
+		return -EINVAL;
+	}
+	*ids = a;
+	*n = (uint32_t)cnt;
+	return 0;
+}
+
+/* "4experts" -> count; else bytes. */
+static int parse_cache(const char *s, uint32_t *count, uint64_t *bytes)
+{
+	size_t l = strlen(s);
+	const char *suf = "experts";
+	size_t sl = strlen(suf);
+	*count = 0;
+	*bytes = 0;
+	if (l > sl && strcmp(s + l - sl, suf) == 0) {
+		char *end;
+		errno = 0;
+		unsigned long v = strtoul(s, &end, 10);
+		if (end != s + l - sl || errno || v == 0 || v > UINT32_MAX)
+			return -EINVAL;
+		*count = (uint32_t)v;
+		return 0;
+	}
+	if (l > 6 && strcmp(s + l - 6, "expert") == 0)
+		return -EINVAL;
+	if (k2_parse_size(s, bytes) < 0 || *bytes == 0)
+		return -EINVAL;
+	return 0;
+}
+
+/* Output of generated tokens: text through the tokenizer, else ids. */
+struct out {
+	inf_tok_stream *stream;
+	int n;
+};
+
+static void emit(struct out *o, int32_t id)
+{
+	if (o->stream) {
+		const char *t;
+		size_t len;
+		if (inf_tok_stream_feed(o->stream, id, &t, &len) == 0 && len)
+			fwrite(t, 1, len, stdout);
+	} else
+		printf("%s%" PRId32, o->n ? "," : "", id);
+	o->n++;
+	fflush(stdout);
+}
+
+static void emit_end(struct out *o)
+{
+	if (o->stream) {
+		const char *t;
+		size_t len;
+		if (inf_tok_stream_flush(o->stream, &t, &len) == 0 && len)
+			fwrite(t, 1, len, stdout);
+	}
+	putchar('\n');
+	fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = {.n = 32, .top_p = 1.0, .backend = "cpu", .policy = "lru",
+			 .prefetch = "none"};
+	k2_err err = {{0}};
+	int rc = 1;
+	if (parse_args(argc, argv, &o) < 0)
+		return 1;
+	if (!o.model) {
+		k2cli_usage(stderr, usage_text);
+		return fail("%s", "--model DIR is required");
+	}
+	if (strcmp(o.backend, "cuda") == 0)
+		return fail("%s", "--backend cuda: not built into this engine (the CUDA "
+				  "forward pass is not wired to infer yet); use --backend cpu");
+	if (strcmp(o.backend, "cpu") != 0)
+		return fail("--backend: unknown backend '%s' (cpu, cuda)", o.backend);
+	int prefetch;
+	if (strcmp(o.prefetch, "none") == 0)
+		prefetch = INF_PREFETCH_NONE;
+	else if (strcmp(o.prefetch, "router") == 0)
+		prefetch = INF_PREFETCH_ROUTER;
+	else
+		return fail("--prefetch: unknown mode '%s' (none, router)", o.prefetch);
+	if (!inf_policy_find(o.policy))
+		return fail("--policy: unknown policy '%s' (lru, lfu)", o.policy);
+	uint32_t cache_count = 0;
+	uint64_t cache_bytes = 0;
+	if (o.cache && parse_cache(o.cache, &cache_count, &cache_bytes) < 0)
+		return fail("--expert-cache: '%s' is not a size (64M, 2G) or a count (4experts)",
+			    o.cache);
+
+	/* tokenizer: optional unless --prompt / --tokenize */
+	char tpath[4096];
+	inf_tok *tok = NULL;
+	snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", o.model);
+	if (access(tpath, F_OK) == 0 || o.prompt || o.tokenize) {
+		if (inf_tok_load(tpath, &tok, &err) < 0)
+			return fail("%s", err.msg);
+	}
+	if (o.tokenize) {
+		int32_t *ids;
+		size_t n;
+		if (inf_tok_encode(tok, o.tokenize, strlen(o.tokenize), &ids, &n, &err) < 0) {
+			inf_tok_free(tok);
+			return fail("%s", err.msg);
+		}
+		for (size_t i = 0; i < n; i++)
+			printf("%s%" PRId32, i ? "," : "", ids[i]);
+		putchar('\n');
+		free(ids);
+		inf_tok_free(tok);
+		return 0;
+	}
+	if (!o.prompt == !o.tokens) {
+		inf_tok_free(tok);
+		return fail("%s", "give exactly one of --prompt TEXT and --tokens IDS");
+	}
+
+	int32_t *prompt = NULL;
+	uint32_t T = 0;
+	if (o.tokens) {
+		if (parse_ids(o.tokens, &prompt, &T) < 0) {
+			inf_tok_free(tok);
+			return fail("--tokens: '%s' is not a comma-separated list of token ids",
+				    o.tokens);
+		}
+	} else {
+		int32_t *ids, bos = -1;
+		size_t n;
+		if (inf_tok_encode(tok, o.prompt, strlen(o.prompt), &ids, &n, &err) < 0) {
+			inf_tok_free(tok);
+			return fail("%s", err.msg);
+		}
+		int add_bos = inf_tok_bos(tok, &bos) && bos >= 0;
+		prompt = malloc(sizeof(int32_t) * (n + 1));
+		if (!prompt) {
+			free(ids);
+			inf_tok_free(tok);
+			return fail("%s", "out of memory");
+		}
+		if (add_bos)
+			prompt[T++] = bos;
+		memcpy(prompt + T, ids, sizeof(int32_t) * n);
+		T += (uint32_t)n;
+		free(ids);
+		if (T == 0) {
+			free(prompt);
+			inf_tok_free(tok);
+			return fail("%s", "--prompt: the prompt encodes to no tokens");
+		}
+	}
+
+	if (o.threads)
+		kern_set_threads((int)o.threads);
+	inf_model *m = NULL;
+	inf_engine *e = NULL;
+	inf_sampler *smp = NULL;
+	inf_dump *dump = NULL;
+	FILE *trace = NULL;
+	float *logits = NULL;
+	struct out out = {0};
+	if (inf_model_open(o.model, &m, &err) < 0) {
+		fail("%s", err.msg);
+		goto out;
+	}
+	const k2_model_config *c = inf_model_config(m);
+	const uint32_t V = c->vocab_size;
+	for (uint32_t i = 0; i < T; i++)
+		if (prompt[i] < 0 || (uint32_t)prompt[i] >= V) {
+			fprintf(stderr, "infer: prompt token %" PRId32 " at position %u is out of "
+				"range (vocab_size %u in %s/config.json)\n", prompt[i], i, V,
+				o.model);
+			goto out;
+		}
+	int32_t eos = c->eos_token_id;
+	if (eos < 0 && tok)
+		eos = inf_tok_eos_id(tok);
+	inf_engine_opts eo = {
+		.max_ctx = T + (uint32_t)o.n + 1,
+		.max_batch = (uint32_t)o.batch,
+		.cache_experts = cache_count,
+		.cache_bytes = cache_bytes,
+		.policy = o.policy,
+		.prefetch = prefetch,
+		.io_threads = (int)o.io_threads,
+	};
+	if (inf_engine_create(m, &eo, &e, &err) < 0) {
+		fail("%s", err.msg);
+		goto out;
+	}
+	if (inf_sampler_create(V, (float)o.temperature, (float)o.top_p, o.seed, &smp) < 0) {
+		fail("%s", "bad sampling parameters");
+		goto out;
+	}
+	if (o.dump && inf_dump_create(V, &dump) < 0) {
+		fail("%s", "out of memory");
+		goto out;
+	}
+	if (o.trace && !(trace = fopen(o.trace, "w"))) {
+		fprintf(stderr, "infer: %s: %s\n", o.trace, strerror(errno));
+		goto out;
+	}
+	if (tok && inf_tok_stream_new(tok, INF_TOK_SKIP_SPECIAL, &out.stream) < 0) {
+		fail("%s", "out of memory");
+		goto out;
+	}
+	logits = malloc(sizeof(float) * V * (o.dump ? T : 1));
+	if (!logits) {
+		fail("%s", "out of memory for the logits");
+		goto out;
+	}
+
+	inf_run_stats st = {.prompt_tokens = T};
+	double t0 = k2_now(), t_first = 0;
+	if (inf_engine_forward(e, prompt, T, logits, o.dump != NULL, &err) < 0) {
+		fail("%s", err.msg);
+		goto out;
+	}
+	if (trace)
+		inf_trace_write(trace, m, inf_engine_routes(e, NULL), prompt, T, 0);
+	if (dump && inf_dump_prompt(dump, logits, T) < 0) {
+		fail("%s", "out of memory");
+		goto out;
+	}
+	const float *last = o.dump ? logits + (size_t)(T - 1) * V : logits;
+	for (long step = 0; step < o.n; step++) {
+		int32_t id = inf_sampler_next(smp, last);
+		if (step == 0) {
+			t_first = k2_now();
+			st.ttft_s = t_first - t0;
+		}
+		if (dump && inf_dump_step(dump, last, id) < 0) {
+			fail("%s", "out of memory");
+			goto out;
+		}
+		st.generated++;
+		emit(&out, id);
+		if (id == eos && !o.ignore_eos)
+			break;
+		if (step + 1 == o.n)
+			break;
+		uint32_t pos = inf_engine_pos(e);
+		if (inf_engine_forward(e, &id, 1, logits, 0, &err) < 0) {
+			fail("%s", err.msg);
+			goto out;
+		}
+		st.expert_bytes_touched += inf_engine_expert_bytes_used(e);
+		if (trace)
+			inf_trace_write(trace, m, inf_engine_routes(e, NULL), &id, 1, pos);
+		last = logits;
+	}
+	st.decode_s = st.generated ? k2_now() - t_first : 0;
+	emit_end(&out);
+	if (dump && inf_dump_write(dump, o.dump, &err) < 0) {
+		fail("%s", err.msg);
+		goto out;
+	}
+	if (o.stats) {
+		inf_engine_stats(e, &st.cache, &st.prefetch);
+		st.dense_bytes_per_token = inf_model_dense_bytes_per_token(m);
+		char *j = inf_stats_json(&st);
+		if (j) {
+			fprintf(stderr, "%s\n", j);
+			free(j);
+		}
+	}
+	rc = 0;
+out:
+	if (trace && fclose(trace) != 0 && rc == 0) {
+		fprintf(stderr, "infer: %s: %s\n", o.trace, strerror(errno));
+		rc = 1;
+	}
+	free(logits);
+	inf_tok_stream_free(out.stream);
+	inf_dump_destroy(dump);
+	inf_sampler_destroy(smp);
+	inf_engine_destroy(e);
+	inf_model_close(m);
+	inf_tok_free(tok);
+	free(prompt);
+	return rc;
+}

@@ -1,0 +1,53 @@
+/* stats.c — the --stats line: one JSON object with decode tokens/s, time to
+ * first token, token counts, expert-cache hits/misses, bytes read through the
+ * mount and prefetch precision/recall (jansson). */
+#include "infer.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+
+static double ratio(uint64_t a, uint64_t b)
+{
+	return b ? (double)a / (double)b : 0.0;
+}
+
+char *inf_stats_json(const inf_run_stats *s)
+{
+	const inf_cache_stats *c = &s->cache;
+	const inf_prefetch_stats *p = &s->prefetch;
+	double tps = s->generated > 1 && s->decode_s > 0 ? (s->generated - 1) / s->decode_s : 0;
+	json_t *o = json_pack(
+		"{s:f, s:f, s:f, s:i, s:i, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f},"
+		" s:I, s:I, s:I, s:{s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}}",
+		"tokens_per_s", tps,
+		"ttft_s", s->ttft_s,
+		"decode_s", s->decode_s,
+		"prompt_tokens", (int)s->prompt_tokens,
+		"generated", (int)s->generated,
+		"expert_cache",
+		"hits", (json_int_t)c->hits,
+		"misses", (json_int_t)c->misses,
+		"hit_rate", ratio(c->hits, c->hits + c->misses),
+		"inflight", (json_int_t)c->inflight,
+		"evictions", (json_int_t)c->evictions,
+		"slots", (json_int_t)c->slots,
+		"slot_bytes", (json_int_t)c->slot_bytes,
+		"wait_s", c->wait_s,
+		"bytes_read", (json_int_t)c->bytes_read,
+		"dense_bytes_per_token", (json_int_t)s->dense_bytes_per_token,
+		"expert_bytes_touched", (json_int_t)s->expert_bytes_touched,
+		"prefetch",
+		"predicted", (json_int_t)p->predicted,
+		"used", (json_int_t)p->used,
+		"correct", (json_int_t)p->correct,
+		"precision", ratio(p->correct, p->predicted),
+		"recall", ratio(p->correct, p->used),
+		"loads", (json_int_t)c->prefetch_loads,
+		"dropped", (json_int_t)c->prefetch_dropped,
+		"unused", (json_int_t)c->prefetch_unused);
+	if (!o)
+		return NULL;
+	char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	return txt;
+}
