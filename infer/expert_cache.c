@@ -88,12 +88,14 @@ static int read_exact(int fd, void *buf, size_t n, const char *path, k2_err *err
 	return 0;
 }
 
+/* A product over sections (w, s): logical dims from the header (an int4
+ * section's cols count bytes, two elements each). */
 static void section_mat(const k2x_layout *lay, const uint8_t *base, int w, int s,
-			kern_mat *m)
+			uint32_t rows, uint32_t cols, kern_mat *m)
 {
 	m->format = lay->format;
-	m->rows = lay->sec[w].rows;
-	m->cols = lay->sec[w].cols;
+	m->rows = rows;
+	m->cols = cols;
 	m->w = base + lay->sec[w].offset;
 	m->s = lay->sec[s].bytes ? base + lay->sec[s].offset : NULL;
 }
@@ -157,9 +159,9 @@ int inf_expert_load(const char *dir, const k2_model_config *cfg, uint32_t layer,
 	out->layer = layer;
 	out->expert = expert;
 	out->lay = lay;
-	section_mat(&lay, *buf, K2X_GATE_W, K2X_GATE_S, &out->gate);
-	section_mat(&lay, *buf, K2X_UP_W, K2X_UP_S, &out->up);
-	section_mat(&lay, *buf, K2X_DOWN_W, K2X_DOWN_S, &out->down);
+	section_mat(&lay, *buf, K2X_GATE_W, K2X_GATE_S, lay.inter, lay.hidden, &out->gate);
+	section_mat(&lay, *buf, K2X_UP_W, K2X_UP_S, lay.inter, lay.hidden, &out->up);
+	section_mat(&lay, *buf, K2X_DOWN_W, K2X_DOWN_S, lay.hidden, lay.inter, &out->down);
 	return 0;
 out_close:
 	if (fd >= 0)
