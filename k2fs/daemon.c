@@ -1,0 +1,396 @@
+/* daemon.c — start-up and shutdown of the k2fs daemon: the command line
+ * (k2 options plus the standard FUSE ones), opening and validating the pack,
+ * mounting, daemonizing, the multithreaded session loop, and a clean unmount on
+ * SIGTERM/SIGINT/SIGHUP or `fusermount3 -u`. */
+#include "k2fs_impl.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#define K2FS_MAX_READ_OPT "-omax_read=1048576"
+#define K2FS_DEFAULT_IODEPTH 64
+#define K2FS_DEFAULT_FUSE_THREADS 64
+
+static volatile int log_to_syslog;
+
+void k2fs_log(const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (log_to_syslog)
+		syslog(LOG_ERR, "%s", line);
+	else
+		fprintf(stderr, "k2fs: %s\n", line);
+}
+
+static void fuse_log_func(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	if (log_to_syslog)
+		vsyslog((int)level, fmt, ap);
+	else
+		vfprintf(stderr, fmt, ap);
+}
+
+/* ---------------------------------------------------------------- command line */
+
+struct cli {
+	char *pack;
+	char *cache, *threads, *readahead, *iodepth, *chunk;
+	int direct_io, no_odirect;
+	char *timeout;
+	int help, version;
+	int max_threads_given;
+};
+
+enum { KEY_HELP, KEY_VERSION, KEY_MAX_THREADS };
+
+#define K2OPT(t, p) {t, offsetof(struct cli, p), 1}
+
+static const struct fuse_opt cli_opts[] = {
+	{"cache=%s", offsetof(struct cli, cache), 0},
+	{"threads=%s", offsetof(struct cli, threads), 0},
+	{"readahead=%s", offsetof(struct cli, readahead), 0},
+	{"iodepth=%s", offsetof(struct cli, iodepth), 0},
+	{"chunk=%s", offsetof(struct cli, chunk), 0},
+	{"timeout=%s", offsetof(struct cli, timeout), 0},
+	K2OPT("direct_io", direct_io),
+	K2OPT("no_odirect", no_odirect),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_KEY("max_threads=", KEY_MAX_THREADS),
+	FUSE_OPT_END
+};
+
+static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	(void)outargs;
+	struct cli *cli = data;
+	switch (key) {
+	case KEY_HELP:
+		cli->help = 1;
+		return 0;
+	case KEY_VERSION:
+		cli->version = 1;
+		return 0;
+	case KEY_MAX_THREADS:
+		cli->max_threads_given = 1;
+		return 1; /* fuse_parse_cmdline reads it */
+	case FUSE_OPT_KEY_NONOPT:
+		if (!cli->pack) {
+			cli->pack = strdup(arg);
+			return cli->pack ? 0 : -1;
+		}
+		return 1; /* the mount point, for fuse_parse_cmdline */
+	default:
+		return 1;
+	}
+}
+
+static void usage(FILE *f, const char *prog)
+{
+	fprintf(f,
+"usage: %s PACK MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
+"\n"
+"Mounts the k2 pack PACK (made by k2pack) read-only at MOUNTPOINT:\n"
+"\n"
+"  MOUNTPOINT/config.json, tokenizer files   the checkpoint's files, byte for byte\n"
+"  MOUNTPOINT/dense/<hub tensor name>        every tensor that is not a routed expert\n"
+"  MOUNTPOINT/experts/<LLL>/<EEE>            one expert image per routed expert\n"
+"\n"
+"Experts are read from the pack with io_uring (O_DIRECT, a deep queue), checked and\n"
+"decompressed by a pool of worker threads into a RAM cache with a byte budget (LRU,\n"
+"with pinning), and served from there; the kernel page cache keeps what was read.\n"
+"A damaged block fails only the reads that touch it (EIO, one log line naming the\n"
+"pack offset). Runs in the background unless -f is given; logs go to stderr, or to\n"
+"syslog when in the background. SIGTERM, SIGINT and `fusermount3 -u MOUNTPOINT`\n"
+"unmount cleanly.\n"
+"\n"
+"k2fs options:\n"
+"    -o cache=SIZE          RAM cache budget for decoded experts, with K/M/G\n"
+"                           suffixes (default: a quarter of physical memory)\n"
+"    -o threads=N           decode worker threads (default: online CPUs)\n"
+"    -o readahead=SIZE|all  default read-ahead of expert files: how far past a read\n"
+"                           k2fs decodes ahead; all = the whole expert on first\n"
+"                           touch (default all)\n"
+"    -o iodepth=N           pack reads in flight (default %d)\n"
+"    -o chunk=SIZE          largest single pack read (default 1M)\n"
+"    -o direct_io           serve files with FUSE direct_io instead of keeping them in\n"
+"                           the kernel page cache\n"
+"    -o no_odirect          read the pack through the page cache, not O_DIRECT\n"
+"    -o timeout=SECONDS     entry and attribute timeouts (default 86400)\n"
+"\n"
+"Control through extended attributes (getfattr -d -m user.k2 FILE):\n"
+"  expert file  user.k2.format, .codec, .stored_bytes, .state (disk, loading, ram,\n"
+"               pinned), .hits, .loads (read-only); user.k2.readahead (SIZE|all);\n"
+"               user.k2.prefetch = willneed | pin | unpin | dontneed\n"
+"  layer dir    user.k2.prefetch = \"3,17,200\" (willneed for each expert);\n"
+"               user.k2.readahead = default of the layer's files\n"
+"  mount root   user.k2.prefetch = \"1/3,2/17\"; user.k2.cache_limit = SIZE (lowering\n"
+"               it evicts at once); user.k2.cache_used, user.k2.stats (JSON)\n"
+"  dense file   user.k2.dtype, user.k2.shape\n"
+"Errors: unknown name ENODATA on get and ENOTSUP on set, read-only name EPERM,\n"
+"malformed value EINVAL (nothing changes), pin past the budget ENOSPC.\n"
+"\n"
+"Exit status: 0 after a clean unmount; 1 when the pack is bad, an option is bad or\n"
+"the mount fails (with one line saying why).\n"
+"\n"
+"FUSE options:\n", prog, K2FS_DEFAULT_IODEPTH);
+}
+
+static int parse_count(const char *what, const char *s, unsigned lo, unsigned hi,
+		       unsigned *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
+		fprintf(stderr, "k2fs: bad value for -o %s: '%s' (expected %u … %u)\n", what, s,
+			lo, hi);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+static int parse_bytes(const char *what, const char *s, uint64_t *out)
+{
+	if (k2fs_value_parse_size(s, strlen(s), out)) {
+		fprintf(stderr, "k2fs: bad value for -o %s: '%s' (expected a size such as 512M "
+			"or 8G)\n", what, s);
+		return -1;
+	}
+	return 0;
+}
+
+/* Fills cfg from the k2 options; returns 0 or -1 after printing why. */
+static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->cache.limit = pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 4
+						  : (1ull << 30);
+	cfg->cache.threads = ncpu > 0 ? (unsigned)ncpu : 1;
+	cfg->cache.iodepth = K2FS_DEFAULT_IODEPTH;
+	cfg->cache.chunk = 1 << 20;
+	cfg->cache.readahead = K2FS_RA_ALL;
+	cfg->cache.no_odirect = cli->no_odirect;
+	cfg->direct_io = cli->direct_io;
+	cfg->timeout = 86400;
+	if (cli->cache && parse_bytes("cache", cli->cache, &cfg->cache.limit))
+		return -1;
+	if (cli->threads && parse_count("threads", cli->threads, 1, 1024, &cfg->cache.threads))
+		return -1;
+	if (cli->iodepth && parse_count("iodepth", cli->iodepth, 1, 4096, &cfg->cache.iodepth))
+		return -1;
+	if (cli->chunk) {
+		if (parse_bytes("chunk", cli->chunk, &cfg->cache.chunk))
+			return -1;
+		if (cfg->cache.chunk < 4096 || cfg->cache.chunk > (256u << 20) ||
+		    cfg->cache.chunk % 4096) {
+			fprintf(stderr, "k2fs: bad value for -o chunk: '%s' (expected a multiple "
+				"of 4K between 4K and 256M)\n", cli->chunk);
+			return -1;
+		}
+	}
+	if (cli->readahead &&
+	    k2fs_value_parse_readahead(cli->readahead, strlen(cli->readahead),
+				       &cfg->cache.readahead)) {
+		fprintf(stderr, "k2fs: bad value for -o readahead: '%s' (expected a size or "
+			"'all')\n", cli->readahead);
+		return -1;
+	}
+	if (cli->timeout) {
+		unsigned t;
+		if (parse_count("timeout", cli->timeout, 0, 100000000, &t))
+			return -1;
+		cfg->timeout = t;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void cli_free(struct cli *cli)
+{
+	free(cli->pack);
+	free(cli->cache);
+	free(cli->threads);
+	free(cli->readahead);
+	free(cli->iodepth);
+	free(cli->chunk);
+	free(cli->timeout);
+}
+
+static int has_max_read(const struct fuse_args *args)
+{
+	for (int i = 1; i < args->argc; i++)
+		if (strstr(args->argv[i], "max_read="))
+			return 1;
+	return 0;
+}
+
+static void fs_free(struct k2fs_fs *fs)
+{
+	k2fs_cache_destroy(fs->cache);
+	if (fs->layer_prefetch)
+		for (uint32_t l = 0; l < fs->tree.n_layers; l++)
+			free(fs->layer_prefetch[l]);
+	free(fs->layer_prefetch);
+	free(fs->root_prefetch);
+	k2fs_tree_free(&fs->tree);
+	k2p_pack_close(fs->pack);
+	pthread_mutex_destroy(&fs->hint_lock);
+	free(fs->cfg.pack_path);
+}
+
+int k2fs_main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts opts;
+	struct cli cli;
+	struct k2fs_fs fs;
+	int ret = 1;
+	const char *prog = argc > 0 ? argv[0] : "k2fs";
+
+	memset(&cli, 0, sizeof(cli));
+	memset(&opts, 0, sizeof(opts));
+	memset(&fs, 0, sizeof(fs));
+	pthread_mutex_init(&fs.hint_lock, NULL);
+	fuse_set_log_func(fuse_log_func);
+
+	if (fuse_opt_parse(&args, &cli, cli_opts, cli_proc) == -1)
+		goto out_args;
+	if (cli.help) {
+		usage(stdout, prog);
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		ret = 0;
+		goto out_args;
+	}
+	if (cli.version) {
+		printf("k2fs (pack format %d)\n", K2P_VERSION);
+		fuse_lowlevel_version();
+		ret = 0;
+		goto out_args;
+	}
+	if (fuse_parse_cmdline(&args, &opts) != 0)
+		goto out_args;
+	if (opts.show_help || opts.show_version) {
+		usage(stdout, prog);
+		ret = 0;
+		goto out_opts;
+	}
+	if (!cli.pack || !opts.mountpoint) {
+		fprintf(stderr, "k2fs: usage: %s PACK MOUNTPOINT [-f] [-o OPTIONS] "
+			"(see --help)\n", prog);
+		goto out_opts;
+	}
+	if (cli_config(&cli, &fs.cfg))
+		goto out_opts;
+	fs.cfg.foreground = opts.foreground;
+	if (!has_max_read(&args) && fuse_opt_add_arg(&args, K2FS_MAX_READ_OPT) == -1)
+		goto out_opts;
+	if (fuse_opt_add_arg(&args, "-osubtype=k2fs,fsname=k2fs") == -1)
+		goto out_opts;
+
+	/* the pack, by absolute path: daemonizing changes the directory */
+	fs.cfg.pack_path = realpath(cli.pack, NULL);
+	k2_err err = {{0}};
+	if (!fs.cfg.pack_path) {
+		fprintf(stderr, "k2fs: %s: %s\n", cli.pack, strerror(errno));
+		goto out_opts;
+	}
+	int rc = k2p_pack_open(fs.cfg.pack_path, &fs.pack, &err);
+	if (rc) {
+		fprintf(stderr, "k2fs: %s\n", err.msg);
+		goto out_fs;
+	}
+	rc = k2fs_tree_build(&fs.tree, fs.pack, &err);
+	if (rc) {
+		fprintf(stderr, "k2fs: %s\n", err.msg);
+		goto out_fs;
+	}
+	fs.layer_prefetch = calloc(fs.tree.n_layers + 1, sizeof(char *));
+	if (!fs.layer_prefetch) {
+		fprintf(stderr, "k2fs: out of memory\n");
+		goto out_fs;
+	}
+	{
+		/* io_uring may be disabled (sysctl, seccomp): say so before forking */
+		struct io_uring probe;
+		rc = io_uring_queue_init(4, &probe, 0);
+		if (rc < 0) {
+			fprintf(stderr, "k2fs: io_uring is not available here: %s\n",
+				strerror(-rc));
+			goto out_fs;
+		}
+		io_uring_queue_exit(&probe);
+	}
+
+	fs.se = fuse_session_new(&args, &k2fs_ops, sizeof(k2fs_ops), &fs);
+	if (!fs.se)
+		goto out_fs;
+	if (fuse_set_signal_handlers(fs.se) != 0)
+		goto out_session;
+	if (fuse_session_mount(fs.se, opts.mountpoint) != 0)
+		goto out_signals;
+	fuse_daemonize(opts.foreground);
+	if (!opts.foreground) {
+		openlog("k2fs", LOG_PID, LOG_DAEMON);
+		log_to_syslog = 1;
+	}
+	/* threads start after the fork of fuse_daemonize */
+	rc = k2fs_cache_create(fs.pack, &fs.cfg.cache, &fs.cache, &err);
+	if (rc) {
+		k2fs_log("%s", err.msg);
+		goto out_unmount;
+	}
+
+	if (opts.singlethread) {
+		rc = fuse_session_loop(fs.se);
+	} else {
+		struct fuse_loop_config *lc = fuse_loop_cfg_create();
+		if (!lc) {
+			k2fs_log("out of memory");
+			goto out_unmount;
+		}
+		fuse_loop_cfg_set_clone_fd(lc, 1);
+		fuse_loop_cfg_set_max_threads(lc, cli.max_threads_given ? opts.max_threads
+								: K2FS_DEFAULT_FUSE_THREADS);
+		if (opts.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(lc, opts.max_idle_threads);
+		rc = fuse_session_loop_mt(fs.se, lc);
+		fuse_loop_cfg_destroy(lc);
+	}
+	/* rc > 0: the signal that ended the loop; 0: unmounted; < 0: an error */
+	ret = rc < 0 ? 1 : 0;
+
+out_unmount:
+	fuse_session_unmount(fs.se);
+out_signals:
+	fuse_remove_signal_handlers(fs.se);
+out_session:
+	fuse_session_destroy(fs.se);
+out_fs:
+	fs_free(&fs);
+out_opts:
+	free(opts.mountpoint);
+out_args:
+	fuse_opt_free_args(&args);
+	cli_free(&cli);
+	return ret;
+}
