@@ -12,6 +12,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,9 +118,6 @@ static int parse_shape(const char *s, uint64_t *dims)
 		s = end + 1;
 	}
 }
-
-static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint64_t *shape,
-		      int allow_fp8, struct dense *out, k2_err *err);
 
 /* Opens dense/<name>, checks its dtype and shape against `shape`, reads it.
  * allow_fp8: a matrix that may be F8_E4M3 with a _scale_inv. */
@@ -330,9 +329,12 @@ static int check_config(const inf_model *m, k2_err *err)
 		return k2_err_set(err, -EINVAL,
 				  "%s: n_group %u / topk_group %u do not divide %u experts", path,
 				  c->n_group, c->topk_group, c->n_routed_experts);
-	if (strcmp(c->scoring_func, "sigmoid") != 0 && strcmp(c->scoring_func, "softmax") != 0)
-		return k2_err_set(err, -EINVAL, "%s: scoring_func '%s' is not supported", path,
-				  c->scoring_func);
+	if (c->qk_rope_head_dim > 1024)
+		return k2_err_set(err, -EINVAL, "%s: qk_rope_head_dim %u > 1024 is not supported",
+				  path, c->qk_rope_head_dim);
+	if (c->n_routed_experts > 4096)
+		return k2_err_set(err, -EINVAL, "%s: n_routed_experts %u > 4096 is not supported",
+				  path, c->n_routed_experts);
 	if (m->n_moe_layers && c->num_experts_per_tok == 0)
 		return k2_err_set(err, -EINVAL, "%s: num_experts_per_tok is 0", path);
 	return 0;
@@ -416,6 +418,106 @@ static uint64_t mat_bytes(const kern_mat *km)
 	return km->w ? kern_mat_bytes(km) : 0;
 }
 
+/* transformers takes the cos/sin multiplier from rope_scaling's
+ * attention_factor when present, and uses mscale / mscale_all_dim only when
+ * both are present and non-zero; k2_model_config gives defaults for absent
+ * keys, so the presence is read here from the file itself. */
+static void rope_attention_factor(inf_model *m, const char *path)
+{
+	const k2_model_config *c = &m->cfg;
+	if (!c->rope_yarn)
+		return;
+	json_t *root = json_load_file(path, 0, NULL);
+	if (!root)
+		return;
+	json_t *rs = json_object_get(root, "rope_scaling");
+	if (!json_is_object(rs))
+		rs = json_object_get(root, "rope_parameters");
+	if (json_is_object(rs)) {
+		json_t *af = json_object_get(rs, "attention_factor");
+		json_t *ms = json_object_get(rs, "mscale");
+		json_t *ma = json_object_get(rs, "mscale_all_dim");
+		if (json_is_number(af))
+			m->rope_mscale = (float)json_number_value(af);
+		else if (!(json_is_number(ms) && json_number_value(ms) != 0 &&
+			   json_is_number(ma) && json_number_value(ma) != 0))
+			m->rope_mscale = c->rope_factor <= 1
+						 ? 1.0f
+						 : (float)(0.1 * log(c->rope_factor) + 1.0);
+	}
+	json_decref(root);
+}
+
+/* Checks that every routed expert config.json implies is in the mount with
+ * the size of a valid image: one header is parsed per distinct size (a
+ * stat per file otherwise), so a missing or truncated expert is reported at
+ * start, not in the middle of a generation. */
+static int check_experts(const inf_model *m, k2_err *err)
+{
+	const k2_model_config *c = &m->cfg;
+	uint64_t good[4] = {0};
+	uint32_t n_good = 0;
+	uint8_t *hdr = NULL;
+	int rc = 0;
+	for (uint32_t l = 0; l < c->num_hidden_layers && rc == 0; l++) {
+		if (!m->layers[l].moe)
+			continue;
+		for (uint32_t x = 0; x < c->n_routed_experts; x++) {
+			char rel[64], path[4096];
+			struct stat st;
+			inf_expert_path(rel, sizeof(rel), l, x);
+			snprintf(path, sizeof(path), "%s/%s", m->dir, rel);
+			if (stat(path, &st) < 0) {
+				int e = errno;
+				rc = k2_err_set(err, -e, "%s: %s (config.json gives layer %u %u "
+						"routed experts)", path,
+						e == ENOENT ? "missing" : strerror(e), l,
+						c->n_routed_experts);
+				break;
+			}
+			uint64_t size = (uint64_t)st.st_size;
+			int known = 0;
+			for (uint32_t i = 0; i < n_good; i++)
+				known |= good[i] == size;
+			if (known)
+				continue;
+			if (!hdr && !(hdr = malloc(K2X_HEADER_BYTES))) {
+				rc = k2_err_set(err, -ENOMEM, "out of memory");
+				break;
+			}
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0) {
+				rc = k2_err_set(err, -errno, "%s: %s", path, strerror(errno));
+				break;
+			}
+			ssize_t r = size >= K2X_HEADER_BYTES ? pread(fd, hdr, K2X_HEADER_BYTES, 0) : 0;
+			close(fd);
+			k2x_layout lay;
+			if (r != (ssize_t)K2X_HEADER_BYTES) {
+				rc = k2_err_set(err, -EINVAL, "%s: %" PRIu64 " bytes is not the size "
+						"of an expert image", path, size);
+				break;
+			}
+			if ((rc = k2x_header_parse(hdr, K2X_HEADER_BYTES, size, path, &lay, err)) < 0)
+				break;
+			if (lay.layer != l || lay.expert != x || lay.hidden != c->hidden_size ||
+			    lay.inter != c->moe_intermediate_size) {
+				rc = k2_err_set(err, -EINVAL,
+						"%s: header says layer %u expert %u hidden %u "
+						"intermediate %u, config.json implies layer %u expert "
+						"%u hidden_size %u moe_intermediate_size %u", path,
+						lay.layer, lay.expert, lay.hidden, lay.inter, l, x,
+						c->hidden_size, c->moe_intermediate_size);
+				break;
+			}
+			if (n_good < 4)
+				good[n_good++] = size;
+		}
+	}
+	free(hdr);
+	return rc;
+}
+
 int inf_model_open(const char *dir, inf_model **out, k2_err *err)
 {
 	char path[4096];
@@ -471,6 +573,9 @@ int inf_model_open(const char *dir, inf_model **out, k2_err *err)
 		goto fail;
 	}
 	inf_rope_params(c, m->rope_inv_freq, &m->rope_mscale, &m->attn_scale);
+	rope_attention_factor(m, path);
+	if ((rc = check_experts(m, err)) < 0)
+		goto fail;
 	*out = m;
 	return 0;
 fail:
