@@ -128,11 +128,15 @@ static int make_room(struct k2fs_cache *c, uint64_t need, const struct k2fs_slot
 	return c->used + need <= c->limit;
 }
 
-/* 1 when some unpinned memory is busy, so that waiting can free it. */
+/* 1 when waiting can change what fits: a load is in flight (its reader will
+ * release it; pinned or not, it changes the picture when done), or an unpinned
+ * expert other than `keep` is being read. */
 static int memory_will_free(const struct k2fs_cache *c, const struct k2fs_slot *keep)
 {
+	if (c->loading > 0)
+		return 1;
 	for (const struct k2fs_slot *s = c->lru.next; s != &c->lru; s = s->next)
-		if (s->bytes > 0 && (s->n_loading > 0 || (s != keep && s->refs > 0)))
+		if (s->bytes > 0 && s != keep && s->refs > 0)
 			return 1;
 	return 0;
 }
@@ -184,6 +188,7 @@ static int job_create(struct k2fs_cache *c, struct k2fs_slot *s, size_t entry, u
 		bytes += block_raw(c, s, b);
 	}
 	s->n_loading += n;
+	c->loading += n;
 	s->bytes += bytes;
 	c->used += bytes;
 	s->loads++;
@@ -234,7 +239,9 @@ static int request_load(struct k2fs_cache *c, struct k2fs_slot *s, size_t entry,
 		uint64_t need = absent_bytes(c, s, n0, n1);
 		if (need == 0)
 			return 0;
-		if (make_room(c, need, s) || !memory_will_free(c, s))
+		if (make_room(c, need, s))
+			return create_jobs(c, s, entry, n0, n1, K2FS_PRIO_DEMAND);
+		if (!memory_will_free(c, s))
 			return create_jobs(c, s, entry, n0, n1, K2FS_PRIO_DEMAND);
 		s->refs--;
 		pthread_cond_wait(&c->room, &c->lock);
@@ -420,6 +427,7 @@ void k2fs_cache_block_finish(struct k2fs_cache *c, struct k2fs_job *job, uint32_
 		}
 	}
 	s->n_loading--;
+	c->loading--;
 	job->left--;
 	if (s->n_loading == 0 && s->drop_after_load && s->refs == 0)
 		slot_evict(c, s);
@@ -465,20 +473,17 @@ static int hint_locked(struct k2fs_cache *c, size_t entry, enum k2fs_hint h)
 		if (rc == -ENOSPC)
 			rc = 0; /* a hint, not a promise */
 		break;
-	case K2FS_HINT_PIN: {
+	case K2FS_HINT_PIN:
+		/* recorded even when the load does not fit now: the expert then loads
+		 * on its next read and stays */
 		c->st.prefetch_requests++;
-		uint8_t was = s->pinned;
 		s->pinned = 1;
 		s->drop_after_load = 0;
 		lru_update(c, s);
 		rc = prefetch_slot(c, s, entry);
-		if (rc) {
-			s->pinned = was;
-			lru_update(c, s);
-			return rc;
-		}
+		if (rc == -ENOSPC)
+			rc = 0;
 		break;
-	}
 	case K2FS_HINT_UNPIN:
 		s->pinned = 0;
 		lru_update(c, s);
@@ -534,7 +539,7 @@ void k2fs_cache_info(struct k2fs_cache *c, size_t entry, struct k2fs_slot_info *
 	pthread_mutex_lock(&c->lock);
 	if (s->n_loading > 0)
 		out->state = K2FS_STATE_LOADING;
-	else if (s->pinned)
+	else if (s->pinned && s->n_ready > 0)
 		out->state = K2FS_STATE_PINNED;
 	else if (s->n_ready > 0)
 		out->state = K2FS_STATE_RAM;

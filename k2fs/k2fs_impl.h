@@ -266,6 +266,7 @@ struct k2fs_cache {
 	uint64_t *layer_ra;                  /* [n_layers] own setting or K2FS_RA_INHERIT */
 	uint64_t readahead;                  /* mount default */
 	uint64_t limit, used;
+	uint64_t loading;                    /* blocks LOADING in all slots */
 	struct k2fs_slot lru;                /* sentinel; lru.next is least recently used */
 	struct k2fs_job *ioq[2], *ioq_tail[2]; /* jobs with pieces to submit, by prio */
 	struct k2fs_task *taskq[2], *tasktail[2];
@@ -314,10 +315,11 @@ int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size
 void k2fs_cache_read_end(struct k2fs_cache *c, struct k2fs_read *rd);
 
 /* Applies a hint to an expert: WILLNEED queues a background load of whatever is
- * not resident (nothing when all is); PIN does the same and keeps it; UNPIN makes
- * it evictable again; DONTNEED drops it (at once, or when its readers and loads
- * finish). Returns 0, or -ENOSPC when PIN cannot fit in the budget (nothing
- * changes then). */
+ * not resident (nothing when all is, nothing when it does not fit the budget
+ * without evicting busy or pinned experts); PIN does the same and keeps it
+ * resident from then on (when it does not fit now, it loads on its next read);
+ * UNPIN makes it evictable again; DONTNEED drops it (at once, or when its
+ * readers and loads finish). Returns 0 or -ENOMEM. */
 int k2fs_cache_hint(struct k2fs_cache *c, size_t entry, enum k2fs_hint h);
 /* WILLNEED for each of n entries, under one lock. */
 void k2fs_cache_willneed_many(struct k2fs_cache *c, const size_t *entries, size_t n);
@@ -388,8 +390,8 @@ long k2fs_xattr_list(struct k2fs_fs *fs, const struct k2fs_node *n, char *buf, s
  * *len bytes). Returns 0, -ENODATA (no such name here) or -ENOMEM. */
 int k2fs_xattr_get(struct k2fs_fs *fs, const struct k2fs_node *n, const char *name,
 		   char **val, size_t *len);
-/* Sets `name`: 0, -ENOTSUP (no such name here), -EPERM (read-only), -EINVAL
- * (malformed value; nothing changed) or -ENOSPC (pin past the budget). */
+/* Sets `name`: 0, -ENOTSUP (no such name here), -EPERM (read-only) or -EINVAL
+ * (malformed value; nothing changed). */
 int k2fs_xattr_set(struct k2fs_fs *fs, const struct k2fs_node *n, const char *name,
 		   const char *val, size_t len);
 /* removexattr: -EPERM for a name of the table, -ENODATA otherwise. */

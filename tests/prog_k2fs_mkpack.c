@@ -25,12 +25,19 @@ static uint64_t splitmix(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-/* bf16-like bytes: low byte random, high byte one of a few exponents. */
+/* bf16-like bytes: low byte random, high byte one of a few exponents; half of
+ * the 8-byte groups repeat an earlier one, so that LZ4 (no entropy coder) finds
+ * matches as zstd does. */
 static void fill(uint8_t *p, size_t n, uint64_t seed)
 {
 	uint64_t s = seed;
 	for (size_t i = 0; i + 8 <= n; i += 8) {
 		uint64_t r = splitmix(&s);
+		if (i >= 64 && (r & 1)) {
+			memcpy(p + i, p + i - 8 * (1 + ((r >> 1) & 7)), 8);
+			continue;
+		}
+		r = splitmix(&s);
 		for (int k = 0; k < 8; k += 2) {
 			p[i + k] = (uint8_t)(r >> (8 * k));
 			p[i + k + 1] = (uint8_t)(0x3c + ((r >> (8 * k + 8)) & 3)) |
