@@ -29,13 +29,27 @@
 
 #define QUEUE_LIMIT_BYTES (192ull << 20)  /* raw bytes queued but not yet on disk */
 #define MAX_THREADS 256
+#define BUF_HEADER 64u                      /* struct pbuf, padded: data stays aligned */
+
+/* A reusable buffer: entry copies and compressed blocks are recycled rather than
+ * freed, because fresh large allocations cost a page fault per 4 KiB. */
+struct pbuf {
+	struct pbuf *next;
+	size_t cap;
+};
+_Static_assert(sizeof(struct pbuf) <= BUF_HEADER, "pbuf header fits");
+
+struct pool {
+	struct pbuf *free;     /* protected by the writer's pool_lock */
+	size_t retained, limit;
+};
 
 enum job_state { JOB_PENDING = 0, JOB_CLAIMED, JOB_DONE };
 
 struct wjob {
 	const uint8_t *src;    /* into the entry's bytes */
 	uint32_t raw;
-	uint8_t *out;          /* compressed bytes (malloc'd), NULL when stored raw */
+	uint8_t *out;          /* compressed bytes (from w->blk_pool), NULL when stored raw */
 	uint32_t stored;
 	uint32_t codec;
 	uint64_t checksum;
@@ -47,7 +61,7 @@ struct wentry {
 	struct wentry *next;
 	uint32_t index;        /* into w->ents */
 	const uint8_t *data;
-	uint8_t *owned;        /* == data when copied, else NULL (borrowed) */
+	uint8_t *owned;        /* == data when copied (from w->ent_pool), else NULL */
 	size_t n;
 	uint32_t codec;
 	int level;
@@ -74,6 +88,10 @@ struct k2p_writer {
 	pthread_cond_t work;   /* workers: a block to compress, or stop */
 	pthread_cond_t done;   /* writer thread: a block compressed, an entry queued, or stop */
 	pthread_cond_t space;  /* producer: bytes left the queue */
+	pthread_mutex_t pool_lock;
+	struct pool ent_pool;  /* entry copies: best fit */
+	struct pool blk_pool;  /* compressed blocks: all blk_cap bytes */
+	size_t blk_cap;
 	struct wentry *head, *tail, *claim; /* queue; claim = first entry with unclaimed blocks */
 	uint64_t queued_bytes;
 	int stop;              /* finish: exit when the queue is empty */
@@ -172,40 +190,108 @@ static int paths_add(k2p_writer *w, const char *path)
 	return 0;
 }
 
-static void entry_free(struct wentry *e)
+/* A buffer of at least n bytes from the pool (the smallest that fits, if it is not
+ * more than twice the need), else a new one; NULL when out of memory. */
+static uint8_t *buf_get(k2p_writer *w, struct pool *pl, size_t n)
+{
+	pthread_mutex_lock(&w->pool_lock);
+	struct pbuf **best = NULL;
+	for (struct pbuf **pp = &pl->free; *pp; pp = &(*pp)->next)
+		if ((*pp)->cap >= n && (*pp)->cap / 2 <= n &&
+		    (!best || (*pp)->cap < (*best)->cap))
+			best = pp;
+	struct pbuf *b = NULL;
+	if (best) {
+		b = *best;
+		*best = b->next;
+		pl->retained -= b->cap;
+	}
+	pthread_mutex_unlock(&w->pool_lock);
+	if (!b) {
+		b = malloc(BUF_HEADER + (n ? n : 1));
+		if (!b)
+			return NULL;
+		b->cap = n;
+	}
+	return (uint8_t *)b + BUF_HEADER;
+}
+
+/* Returns a buffer to the pool, dropping the oldest ones beyond the pool's limit. */
+static void buf_put(k2p_writer *w, struct pool *pl, uint8_t *p)
+{
+	if (!p)
+		return;
+	struct pbuf *b = (struct pbuf *)(p - BUF_HEADER), *drop = NULL;
+	pthread_mutex_lock(&w->pool_lock);
+	if (b->cap > pl->limit) {
+		drop = b;
+	} else {
+		b->next = pl->free;
+		pl->free = b;
+		pl->retained += b->cap;
+		while (pl->retained > pl->limit) {  /* unlink the oldest (the tail) */
+			struct pbuf **pp = &pl->free;
+			while ((*pp)->next)
+				pp = &(*pp)->next;
+			struct pbuf *t = *pp;
+			*pp = NULL;
+			pl->retained -= t->cap;
+			t->next = drop;
+			drop = t;
+		}
+	}
+	pthread_mutex_unlock(&w->pool_lock);
+	while (drop) {
+		struct pbuf *n = drop == b ? NULL : drop->next;
+		free(drop);
+		drop = n;
+	}
+}
+
+static void pool_free(struct pool *pl)
+{
+	while (pl->free) {
+		struct pbuf *n = pl->free->next;
+		free(pl->free);
+		pl->free = n;
+	}
+	pl->retained = 0;
+}
+
+static void entry_free(k2p_writer *w, struct wentry *e)
 {
 	if (!e)
 		return;
 	for (uint32_t k = 0; k < e->n_blocks; k++)
-		free(e->jobs[k].out);
+		buf_put(w, &w->blk_pool, e->jobs[k].out);
 	free(e->jobs);
-	free(e->owned);
+	buf_put(w, &w->ent_pool, e->owned);
 	free(e);
 }
 
 /* ---------------------------------------------------------------- threads */
 
-static void compress_job(const struct wentry *e, struct wjob *j)
+static void compress_job(k2p_writer *w, const struct wentry *e, struct wjob *j)
 {
 	j->codec = K2_CODEC_NONE;
 	j->stored = j->raw;
 	j->err = 0;
 	if (e->codec != K2_CODEC_NONE) {
 		size_t cap = k2_codec_bound(e->codec, j->raw);
-		uint8_t *out = cap ? malloc(cap) : NULL;
+		uint8_t *out = cap && cap <= w->blk_cap ? buf_get(w, &w->blk_pool, w->blk_cap) : NULL;
 		if (!out) {
 			j->err = -ENOMEM;
 			return;
 		}
 		long r = k2_codec_compress(e->codec, e->level, j->src, j->raw, out, cap);
 		if (r < 0) {
-			free(out);
+			buf_put(w, &w->blk_pool, out);
 			j->err = (int)r;
 			return;
 		}
 		/* Store raw when compression saves less than 1/32 of the block. */
 		if ((uint64_t)r >= j->raw || ((uint64_t)j->raw - (uint64_t)r) * 32 < j->raw) {
-			free(out);
+			buf_put(w, &w->blk_pool, out);
 		} else {
 			j->out = out;
 			j->stored = (uint32_t)r;
@@ -234,7 +320,7 @@ static void *worker_main(void *arg)
 		}
 		j->state = JOB_CLAIMED;
 		pthread_mutex_unlock(&w->lock);
-		compress_job(e, j);
+		compress_job(w, e, j);
 		pthread_mutex_lock(&w->lock);
 		j->state = JOB_DONE;
 		pthread_cond_signal(&w->done);
@@ -271,7 +357,9 @@ static void *writer_main(void *arg)
 			if (!w->head)
 				w->tail = NULL;
 			w->queued_bytes -= e->n;
-			entry_free(e);
+			pthread_mutex_unlock(&w->lock);
+			entry_free(w, e);
+			pthread_mutex_lock(&w->lock);
 			pthread_cond_broadcast(&w->space);
 			continue;
 		}
@@ -308,9 +396,14 @@ static void *writer_main(void *arg)
 		}
 		w->pos = at + j->stored;
 		w->total_stored += j->stored;
-		free(j->out);
+		uint8_t *done_out = j->out;
 		j->out = NULL;
 		e->n_written++;
+		if (done_out) {
+			pthread_mutex_unlock(&w->lock);
+			buf_put(w, &w->blk_pool, done_out);
+			pthread_mutex_lock(&w->lock);
+		}
 	}
 	pthread_mutex_unlock(&w->lock);
 	return NULL;
@@ -344,9 +437,11 @@ static void writer_free(k2p_writer *w)
 	struct wentry *e = w->head;
 	while (e) {
 		struct wentry *n = e->next;
-		entry_free(e);
+		entry_free(w, e);
 		e = n;
 	}
+	pool_free(&w->ent_pool);
+	pool_free(&w->blk_pool);
 	if (w->fd >= 0)
 		close(w->fd);
 	for (size_t i = 0; i < w->paths_cap; i++)
@@ -360,6 +455,7 @@ static void writer_free(k2p_writer *w)
 	pthread_cond_destroy(&w->work);
 	pthread_cond_destroy(&w->done);
 	pthread_cond_destroy(&w->space);
+	pthread_mutex_destroy(&w->pool_lock);
 	free(w->tmp_path);
 	free(w->path);
 	free(w);
@@ -402,7 +498,12 @@ int k2p_writer_create(const char *path, const k2p_writer_opts *opts, k2p_writer 
 	pthread_cond_init(&w->work, NULL);
 	pthread_cond_init(&w->done, NULL);
 	pthread_cond_init(&w->space, NULL);
+	pthread_mutex_init(&w->pool_lock, NULL);
 	w->block_bytes = bb;
+	size_t bz = k2_codec_bound(K2_CODEC_ZSTD, bb), bl = k2_codec_bound(K2_CODEC_LZ4, bb);
+	w->blk_cap = bz > bl ? bz : bl;
+	w->ent_pool.limit = QUEUE_LIMIT_BYTES;
+	w->blk_pool.limit = QUEUE_LIMIT_BYTES / 2;
 	w->codec = o.codec;
 	w->dense_codec = o.dense_codec;
 	w->zstd_level = o.level;
@@ -491,7 +592,7 @@ static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
 	e->n_blocks = (uint32_t)nb;
 	e->jobs = calloc(nb ? nb : 1, sizeof(*e->jobs));
 	if (!e->jobs) {
-		entry_free(e);
+		entry_free(w, e);
 		return k2_err_set(err, -ENOMEM, "%s: out of memory", w->path);
 	}
 	/* Entries up to half the queue bound are copied, so the caller may reuse its
@@ -500,9 +601,9 @@ static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
 	if (borrowed) {
 		e->data = data;
 	} else if (n) {
-		e->owned = malloc(n);
+		e->owned = buf_get(w, &w->ent_pool, n);
 		if (!e->owned) {
-			entry_free(e);
+			entry_free(w, e);
 			return k2_err_set(err, -ENOMEM, "%s: out of memory for %zu bytes", w->path, n);
 		}
 		memcpy(e->owned, data, n);
@@ -523,7 +624,7 @@ static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
 			set_error_locked(w, -ENOMEM, "out of memory for the index");
 		rc = k2_err_set(err, w->error, "%s", w->errmsg.msg);
 		pthread_mutex_unlock(&w->lock);
-		entry_free(e);
+		entry_free(w, e);
 		return rc;
 	}
 	e->index = (uint32_t)w->n_ents;
