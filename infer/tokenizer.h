@@ -1,0 +1,110 @@
+/* tokenizer.h — the byte-level BPE tokenizer of DeepSeek-V3 / Kimi-K2 style
+ * `tokenizer.json` files (HuggingFace `tokenizers` format), in C.
+ *
+ * What is supported: model type "BPE" (vocab + merges, as "a b" strings or
+ * [a, b] pairs; no dropout, no subword prefix/suffix, no byte fallback);
+ * normalizer null or an empty Sequence; pre_tokenizer a Sequence of Split
+ * (Regex or String pattern, any behavior, invert) ending in one ByteLevel
+ * (add_prefix_space and use_regex honoured); decoder ByteLevel; added tokens
+ * with their special / normalized / lstrip / rstrip / single_word flags.
+ * Split patterns (Oniguruma syntax in the file) are compiled with PCRE2 after
+ * translating \s and \S to the Unicode White_Space property, which is what
+ * Oniguruma means by them. Anything else is refused at load with one error
+ * line naming the file and the unsupported feature.
+ *
+ * Encoding equals HuggingFace `Tokenizer.encode(text, add_special_tokens=False)`;
+ * prepending BOS is the caller's choice (inf_tok_bos). Bytes that are not
+ * valid UTF-8 are not an error: the regexes never match them, so they become
+ * their own pieces and encode as their byte tokens.
+ *
+ * Thread safety: inf_tok_encode serialises on a lock inside the tokenizer
+ * (it fills a cache); every other function only reads and may run
+ * concurrently. A stream decoder belongs to one thread. */
+#ifndef INF_TOKENIZER_H
+#define INF_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layout.h" /* k2_err */
+
+typedef struct inf_tok inf_tok;
+typedef struct inf_tok_stream inf_tok_stream;
+
+/* Flags for inf_tok_decode and inf_tok_stream_new. */
+enum inf_tok_decode_flags {
+	INF_TOK_SKIP_SPECIAL = 1u << 0, /* drop added tokens marked special */
+	INF_TOK_RAW = 1u << 1,          /* inf_tok_decode only: the bytes as they
+					   are, no U+FFFD repair of bad UTF-8 */
+};
+
+/* Loads `path` (a tokenizer.json) and, when it exists beside it,
+ * tokenizer_config.json (add_bos_token, bos_token, eos_token). Returns 0 and
+ * *out (owned by the caller, freed with inf_tok_free), or -errno with one
+ * line in err naming the file and what is wrong or unsupported. */
+int inf_tok_load(const char *path, inf_tok **out, k2_err *err);
+void inf_tok_free(inf_tok *tok);
+
+/* Encodes len bytes of text (need not be NUL-terminated nor valid UTF-8).
+ * On success returns 0, *ids is a malloc'd array (never NULL; free() it) of
+ * *n_ids token ids. Returns -ENOMEM, or -EINVAL when a regex fails to run (a
+ * PCRE2 limit; the message says which). */
+int inf_tok_encode(inf_tok *tok, const char *text, size_t len, int32_t **ids,
+		   size_t *n_ids, k2_err *err);
+
+/* One past the largest token id (model vocabulary and added tokens). Ids
+ * below it that name no token (holes) give NULL / -EINVAL below. */
+uint32_t inf_tok_vocab_size(const inf_tok *tok);
+
+/* The token string of id as the file spells it (byte-level alphabet for model
+ * tokens, content for added tokens), NUL-terminated and owned by tok; *len
+ * (if non-NULL) gets its length. NULL for an id that names no token. */
+const char *inf_tok_id_to_token(const inf_tok *tok, int32_t id, size_t *len);
+
+/* The id of an exact token string (added tokens first, then the model
+ * vocabulary), or -1. */
+int32_t inf_tok_token_to_id(const inf_tok *tok, const char *token, size_t len);
+
+/* True when id is an added token marked special. */
+bool inf_tok_is_special(const inf_tok *tok, int32_t id);
+
+/* The bytes that id decodes to (ByteLevel decoder; an added token decodes to
+ * its content), owned by tok. Returns 0, or -EINVAL when id names no token. */
+int inf_tok_decode_id(const inf_tok *tok, int32_t id, const char **bytes,
+		      size_t *len);
+
+/* Decodes a sequence like HuggingFace `decode(ids)`: the tokens' bytes
+ * concatenated and made valid UTF-8 (each maximal invalid subsequence becomes
+ * U+FFFD), unless INF_TOK_RAW. Ids that name no token are skipped, as HF
+ * does. *out is malloc'd and NUL-terminated, *out_len its length without the
+ * NUL. Returns 0 or -ENOMEM. */
+int inf_tok_decode(const inf_tok *tok, const int32_t *ids, size_t n,
+		   unsigned flags, char **out, size_t *out_len);
+
+/* True when tokenizer_config.json asks for a BOS token (add_bos_token) and
+ * names one; *bos_id (if non-NULL) gets the BOS id, or -1 when none is known. */
+bool inf_tok_bos(const inf_tok *tok, int32_t *bos_id);
+/* The eos_token of tokenizer_config.json, or -1 when there is none. */
+int32_t inf_tok_eos_id(const inf_tok *tok);
+
+/* A streaming decoder: feed ids one at a time as they are generated and get
+ * back the text that is complete so far. Bytes of a UTF-8 character split
+ * across tokens are held back until the character is complete; bytes that can
+ * never become valid come out as U+FFFD. The concatenation of every output
+ * and the final flush equals inf_tok_decode(ids, flags). The stream keeps a
+ * pointer to tok, which must outlive it. Returns 0 or -ENOMEM. */
+int inf_tok_stream_new(const inf_tok *tok, unsigned flags, inf_tok_stream **out);
+void inf_tok_stream_free(inf_tok_stream *s);
+
+/* Feeds one id. *text / *len get the newly completed text (possibly empty),
+ * valid until the next call on s. An id naming no token adds nothing.
+ * Returns 0 or -ENOMEM. */
+int inf_tok_stream_feed(inf_tok_stream *s, int32_t id, const char **text,
+			size_t *len);
+
+/* Ends the sequence: any held-back bytes come out as U+FFFD, and the stream
+ * is ready for a new sequence. Returns 0. */
+int inf_tok_stream_flush(inf_tok_stream *s, const char **text, size_t *len);
+
+#endif

@@ -1,0 +1,932 @@
+/* test_tokenizer.c — infer/tokenizer.c against HuggingFace: every line of
+ * tokenizers/deepseek-v3/encodings.jsonl (ids, decode, streaming decode), the
+ * pre-tokenizer's grouping rules (digits by three, CJK runs, added tokens cut
+ * out of the text), arbitrary bytes round-tripping, and small tokenizer.json
+ * files written here to pin down the BPE merge order, the Split behaviors,
+ * the added-token flags and the errors for corrupt or unsupported files.
+ * Load time and encode throughput are printed (informational). */
+#define _GNU_SOURCE /* memmem */
+#include "tokenizer.h"
+
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXPECT(cond, ...) do { if (!(cond)) ck_abort_msg(__VA_ARGS__); } while (0)
+
+static const char *tokenizers(void)
+{
+	const char *f = getenv("K2_TOKENIZERS");
+	return f && *f ? f : "../shared/tokenizers";
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inf_tok *ds; /* the DeepSeek-V3 tokenizer, loaded once before the forks */
+static char ds_path[1024];
+
+static void ds_setup(void)
+{
+	snprintf(ds_path, sizeof(ds_path), "%s/deepseek-v3/tokenizer.json", tokenizers());
+	k2_err err = {{0}};
+	double t0 = now();
+	int rc = inf_tok_load(ds_path, &ds, &err);
+	double dt = now() - t0;
+	if (rc) {
+		fprintf(stderr, "cannot load %s: %s\n", ds_path, err.msg);
+		ds = NULL;
+		return;
+	}
+	printf("tokenizer: loaded %s in %.1f ms (%u ids)\n", ds_path, dt * 1e3,
+	       inf_tok_vocab_size(ds));
+}
+
+static void ds_teardown(void)
+{
+	inf_tok_free(ds);
+	ds = NULL;
+}
+
+static int32_t *enc(inf_tok *t, const char *s, size_t len, size_t *n)
+{
+	int32_t *ids = NULL;
+	k2_err err = {{0}};
+	int rc = inf_tok_encode(t, s, len, &ids, n, &err);
+	EXPECT(rc == 0, "encode: %s", err.msg);
+	EXPECT(ids != NULL, "encode returned NULL ids");
+	return ids;
+}
+
+static int32_t *encs(const char *s, size_t *n)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	return enc(ds, s, strlen(s), n);
+}
+
+static char *dec(const inf_tok *t, const int32_t *ids, size_t n, unsigned flags, size_t *len)
+{
+	char *out = NULL;
+	EXPECT(inf_tok_decode(t, ids, n, flags, &out, len) == 0, "decode failed");
+	EXPECT(out && out[*len] == 0, "decode result not NUL-terminated");
+	return out;
+}
+
+/* Streams ids through a fresh stream decoder, returns the concatenation. */
+static char *stream_all(const inf_tok *t, const int32_t *ids, size_t n, unsigned flags,
+			size_t *len)
+{
+	inf_tok_stream *s = NULL;
+	EXPECT(inf_tok_stream_new(t, flags, &s) == 0, "stream_new");
+	size_t cap = 64, k = 0;
+	char *acc = malloc(cap);
+	const char *txt;
+	size_t tl;
+	for (size_t i = 0; i <= n; i++) {
+		if (i < n)
+			EXPECT(inf_tok_stream_feed(s, ids[i], &txt, &tl) == 0, "stream_feed");
+		else
+			EXPECT(inf_tok_stream_flush(s, &txt, &tl) == 0, "stream_flush");
+		while (k + tl + 1 > cap)
+			acc = realloc(acc, cap *= 2);
+		memcpy(acc + k, txt, tl);
+		k += tl;
+	}
+	acc[k] = 0;
+	*len = k;
+	inf_tok_stream_free(s);
+	return acc;
+}
+
+static void expect_ids(const int32_t *got, size_t ng, const int32_t *want, size_t nw,
+		       const char *what)
+{
+	char buf[512];
+	size_t o = 0;
+	for (size_t i = 0; i < ng && o < sizeof(buf) - 16; i++)
+		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%d,", got[i]);
+	buf[o] = 0;
+	EXPECT(ng == nw, "%s: %zu ids, expected %zu (got %s)", what, ng, nw, buf);
+	for (size_t i = 0; i < nw; i++)
+		EXPECT(got[i] == want[i], "%s: id %zu is %d, expected %d (got %s)", what, i,
+		       got[i], want[i], buf);
+}
+
+/* encode(a + b + ...) must equal encode(a) ++ encode(b) ++ ... */
+static void expect_concat(const char *whole, const char *const *parts, size_t nparts)
+{
+	size_t nw;
+	int32_t *w = encs(whole, &nw);
+	int32_t cat[256];
+	size_t nc = 0;
+	for (size_t i = 0; i < nparts; i++) {
+		size_t np;
+		int32_t *p = encs(parts[i], &np);
+		EXPECT(nc + np <= 256, "too many ids");
+		memcpy(cat + nc, p, np * sizeof(*p));
+		nc += np;
+		free(p);
+	}
+	expect_ids(w, nw, cat, nc, whole);
+	free(w);
+}
+
+START_TEST(test_encodings_jsonl)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tokenizers());
+	FILE *f = fopen(path, "r");
+	EXPECT(f != NULL, "cannot open %s", path);
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t ll;
+	int lines = 0;
+	while ((ll = getline(&line, &cap, f)) > 0) {
+		if (ll <= 1)
+			continue;
+		json_error_t je;
+		json_t *o = json_loadb(line, (size_t)ll, 0, &je);
+		EXPECT(o != NULL, "%s line %d: %s", path, lines + 1, je.text);
+		json_t *jt = json_object_get(o, "text"), *jids = json_object_get(o, "ids");
+		json_t *jdec = json_object_get(o, "decoded");
+		EXPECT(json_is_string(jt) && json_is_array(jids) && json_is_string(jdec),
+		       "%s line %d: missing fields", path, lines + 1);
+		size_t nw = json_array_size(jids);
+		int32_t *want = malloc((nw + 1) * sizeof(*want));
+		for (size_t i = 0; i < nw; i++)
+			want[i] = (int32_t)json_integer_value(json_array_get(jids, i));
+		size_t n;
+		int32_t *ids = enc(ds, json_string_value(jt), json_string_length(jt), &n);
+		char what[128];
+		snprintf(what, sizeof(what), "line %d \"%.40s\"", lines + 1, json_string_value(jt));
+		expect_ids(ids, n, want, nw, what);
+		/* the same again, now from the piece cache */
+		free(ids);
+		ids = enc(ds, json_string_value(jt), json_string_length(jt), &n);
+		expect_ids(ids, n, want, nw, what);
+
+		size_t dl;
+		char *d = dec(ds, want, nw, 0, &dl);
+		EXPECT(dl == json_string_length(jdec) && memcmp(d, json_string_value(jdec), dl) == 0,
+		       "%s: decode gives \"%s\", expected \"%s\"", what, d, json_string_value(jdec));
+		size_t sl;
+		char *st = stream_all(ds, want, nw, 0, &sl);
+		EXPECT(sl == dl && memcmp(st, d, dl) == 0, "%s: stream gives \"%s\", decode \"%s\"",
+		       what, st, d);
+		free(st);
+		free(d);
+		free(ids);
+		free(want);
+		json_decref(o);
+		lines++;
+	}
+	free(line);
+	fclose(f);
+	EXPECT(lines >= 20, "%s: only %d lines", path, lines);
+}
+END_TEST
+
+START_TEST(test_accessors)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	ck_assert_uint_eq(inf_tok_vocab_size(ds), 128815);
+	size_t len;
+	const char *s = inf_tok_id_to_token(ds, 19923, &len);
+	ck_assert_ptr_nonnull(s);
+	ck_assert_str_eq(s, "Hello");
+	ck_assert_uint_eq(len, 5);
+	ck_assert_str_eq(inf_tok_id_to_token(ds, 2058, NULL), "\xc4\xa0world"); /* "Ġworld" */
+	ck_assert_ptr_null(inf_tok_id_to_token(ds, 128815, NULL));
+	ck_assert_ptr_null(inf_tok_id_to_token(ds, -1, NULL));
+	const char *user = "<\xef\xbd\x9cUser\xef\xbd\x9c>"; /* <｜User｜> */
+	ck_assert_int_eq(inf_tok_token_to_id(ds, user, strlen(user)), 128803);
+	ck_assert_int_eq(inf_tok_token_to_id(ds, "Hello", 5), 19923);
+	ck_assert_int_eq(inf_tok_token_to_id(ds, "no such token!", 14), -1);
+	ck_assert(inf_tok_is_special(ds, 0));
+	ck_assert(!inf_tok_is_special(ds, 128803)); /* an added token, not special */
+	ck_assert(!inf_tok_is_special(ds, 19923));
+	int32_t bos = -2;
+	ck_assert(inf_tok_bos(ds, &bos)); /* tokenizer_config.json: add_bos_token */
+	ck_assert_int_eq(bos, 0);
+	ck_assert_int_eq(inf_tok_eos_id(ds), 1);
+	const char *b;
+	ck_assert_int_eq(inf_tok_decode_id(ds, 2058, &b, &len), 0);
+	ck_assert_uint_eq(len, 6);
+	ck_assert(memcmp(b, " world", 6) == 0);
+	ck_assert_int_eq(inf_tok_decode_id(ds, 0, &b, &len), 0);
+	ck_assert(len == strlen("<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"));
+	ck_assert_int_eq(inf_tok_decode_id(ds, 130, &b, &len), 0); /* "Ã" is byte 0xC3 */
+	ck_assert_uint_eq(len, 1);
+	ck_assert_uint_eq((uint8_t)b[0], 0xc3);
+	ck_assert_int_eq(inf_tok_decode_id(ds, 128815, &b, &len), -EINVAL);
+	ck_assert_int_eq(inf_tok_decode_id(ds, -5, &b, &len), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_empty)
+{
+	size_t n = 99;
+	int32_t *ids = encs("", &n);
+	ck_assert_uint_eq(n, 0);
+	free(ids);
+	size_t dl = 99;
+	char *d = dec(ds, NULL, 0, 0, &dl);
+	ck_assert_uint_eq(dl, 0);
+	free(d);
+	d = stream_all(ds, NULL, 0, 0, &dl);
+	ck_assert_uint_eq(dl, 0);
+	free(d);
+}
+END_TEST
+
+START_TEST(test_invalid_utf8)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	static const struct {
+		const char *in;
+		size_t len;
+		const char *lossy; /* from_utf8_lossy of the same bytes */
+	} cases[] = {
+		{"\xff", 1, "\xef\xbf\xbd"},
+		{"\xc3", 1, "\xef\xbf\xbd"},
+		{"a\x80" "b", 3, "a\xef\xbf\xbd" "b"},
+		{"x\xe2\x82", 3, "x\xef\xbf\xbd"},               /* truncated euro sign: one U+FFFD */
+		{"\xe2\x82" "A", 3, "\xef\xbf\xbd" "A"},
+		{"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* a surrogate: three */
+		{"\xf0\x9f\x9a", 3, "\xef\xbf\xbd"},
+		{"caf\xc3\xa9 \xc3(", 8, "caf\xc3\xa9 \xef\xbf\xbd("},
+		{"12\xff" "34 \xfe\xfe\xfe", 9, "12\xef\xbf\xbd" "34 \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+	};
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		size_t n;
+		int32_t *ids = enc(ds, cases[c].in, cases[c].len, &n);
+		EXPECT(n >= 1, "case %zu: no ids", c);
+		size_t dl;
+		char *raw = dec(ds, ids, n, INF_TOK_RAW, &dl);
+		EXPECT(dl == cases[c].len && memcmp(raw, cases[c].in, dl) == 0,
+		       "case %zu: raw decode does not give the input back", c);
+		free(raw);
+		char *d = dec(ds, ids, n, 0, &dl);
+		EXPECT(dl == strlen(cases[c].lossy) && memcmp(d, cases[c].lossy, dl) == 0,
+		       "case %zu: lossy decode gives \"%s\"", c, d);
+		size_t sl;
+		char *st = stream_all(ds, ids, n, 0, &sl);
+		EXPECT(sl == dl && memcmp(st, d, dl) == 0, "case %zu: stream differs from decode", c);
+		free(st);
+		free(d);
+		free(ids);
+	}
+	/* a lone byte is its own byte token: 0xff is "ÿ" (id 190), 0xc3 is "Ã" (130) */
+	size_t n;
+	int32_t *ids = enc(ds, "\xff", 1, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(ids[0], 190);
+	free(ids);
+	ids = enc(ds, "\xc3", 1, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(ids[0], 130);
+	free(ids);
+}
+END_TEST
+
+/* Arbitrary bytes encode and decode back exactly. */
+START_TEST(test_random_bytes_roundtrip)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	size_t len = 200000;
+	char *buf = malloc(len);
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+	for (size_t i = 0; i < len; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		uint8_t b = (uint8_t)(x >> 56);
+		/* mix in ASCII words and spaces so the regexes have work to do */
+		buf[i] = (x >> 20) % 4 == 0 ? (char)b : (x >> 24) % 5 == 0 ? ' ' : (char)('a' + b % 26);
+	}
+	size_t n;
+	double t0 = now();
+	int32_t *ids = enc(ds, buf, len, &n);
+	double dt = now() - t0;
+	printf("tokenizer: %zu random-ish bytes -> %zu ids in %.1f ms\n", len, n, dt * 1e3);
+	for (size_t i = 0; i < n; i++)
+		EXPECT(ids[i] >= 0 && (uint32_t)ids[i] < inf_tok_vocab_size(ds), "bad id %d", ids[i]);
+	size_t dl;
+	char *raw = dec(ds, ids, n, INF_TOK_RAW, &dl);
+	EXPECT(dl == len && memcmp(raw, buf, len) == 0, "random bytes do not round-trip");
+	free(raw);
+	char *d = dec(ds, ids, n, 0, &dl);
+	size_t sl;
+	char *st = stream_all(ds, ids, n, 0, &sl);
+	EXPECT(sl == dl && memcmp(st, d, dl) == 0, "stream differs from decode on random bytes");
+	free(st);
+	free(d);
+	free(ids);
+	free(buf);
+}
+END_TEST
+
+START_TEST(test_long_run)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	/* (the 300-x line of encodings.jsonl checks exact ids; this one checks
+	 * that a long run merges, round-trips and stays fast) */
+	size_t len = 100000;
+	char *s = malloc(len + 1);
+	memset(s, 'x', len);
+	s[len] = 0;
+	size_t n;
+	double t0 = now();
+	int32_t *ids = enc(ds, s, len, &n);
+	double dt = now() - t0;
+	printf("tokenizer: a run of %zu 'x' -> %zu ids in %.1f ms\n", len, n, dt * 1e3);
+	EXPECT(n < len / 4, "a long run merged into only %zu tokens", n);
+	size_t dl;
+	char *d = dec(ds, ids, n, 0, &dl);
+	EXPECT(dl == len && memcmp(d, s, len) == 0, "run does not round-trip");
+	free(d);
+	free(ids);
+	/* a long run of spaces before a word: no quadratic regex blow-up */
+	memset(s, ' ', len);
+	s[len - 1] = 'a';
+	t0 = now();
+	ids = enc(ds, s, len, &n);
+	dt = now() - t0;
+	printf("tokenizer: %zu spaces + 'a' -> %zu ids in %.1f ms\n", len, n, dt * 1e3);
+	EXPECT(dt < 5.0, "spaces took %.1f s", dt);
+	d = dec(ds, ids, n, 0, &dl);
+	EXPECT(dl == len && memcmp(d, s, len) == 0, "spaces do not round-trip");
+	free(d);
+	free(ids);
+	free(s);
+}
+END_TEST
+
+START_TEST(test_added_token_in_middle)
+{
+	/* <｜User｜> (128803, normalized, not special) and <｜end▁of▁sentence｜> (1, special) */
+	const char *user = "<\xef\xbd\x9cUser\xef\xbd\x9c>";
+	const char *eos = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+	char text[256];
+	snprintf(text, sizeof(text), "Hello, world%sHow are you?%s 42", user, eos);
+	size_t n, na, nb, nc;
+	int32_t *ids = encs(text, &n);
+	int32_t *a = encs("Hello, world", &na);
+	int32_t *b = encs("How are you?", &nb);
+	int32_t *c = encs(" 42", &nc);
+	int32_t want[128];
+	size_t k = 0;
+	memcpy(want + k, a, na * 4), k += na;
+	want[k++] = 128803;
+	memcpy(want + k, b, nb * 4), k += nb;
+	want[k++] = 1;
+	memcpy(want + k, c, nc * 4), k += nc;
+	expect_ids(ids, n, want, k, text);
+	size_t dl;
+	char *d = dec(ds, ids, n, 0, &dl);
+	ck_assert_str_eq(d, text);
+	free(d);
+	/* skipping special tokens drops <｜end▁of▁sentence｜> but keeps <｜User｜> */
+	char want_skip[256];
+	snprintf(want_skip, sizeof(want_skip), "Hello, world%sHow are you? 42", user);
+	d = dec(ds, ids, n, INF_TOK_SKIP_SPECIAL, &dl);
+	ck_assert_str_eq(d, want_skip);
+	free(d);
+	d = stream_all(ds, ids, n, INF_TOK_SKIP_SPECIAL, &dl);
+	ck_assert_str_eq(d, want_skip);
+	free(d);
+	free(ids), free(a), free(b), free(c);
+	/* a prefix of an added token is ordinary text */
+	ids = encs("<\xef\xbd\x9cUser", &n);
+	for (size_t i = 0; i < n; i++)
+		EXPECT(ids[i] < 128000, "partial added token matched as %d", ids[i]);
+	free(ids);
+}
+END_TEST
+
+START_TEST(test_digit_groups)
+{
+	size_t n;
+	int32_t *ids = encs("1234567", &n);
+	int32_t want[] = {6895, 18009, 25}; /* "123" "456" "7" */
+	expect_ids(ids, n, want, 3, "1234567");
+	free(ids);
+	const char *p1[] = {"abc", "123", "456", "78", "def"};
+	expect_concat("abc12345678def", p1, 5);
+	const char *p2[] = {"x", "999", "9", " ", "12"};
+	expect_concat("x9999 12", p2, 5);
+	/* non-ASCII digits are \p{N} too: Arabic-Indic ١٢٣٤ groups as ١٢٣ + ٤ */
+	const char *p3[] = {"\xd9\xa1\xd9\xa2\xd9\xa3", "\xd9\xa4"};
+	expect_concat("\xd9\xa1\xd9\xa2\xd9\xa3\xd9\xa4", p3, 2);
+}
+END_TEST
+
+START_TEST(test_cjk_runs)
+{
+	/* 中文 then ASCII then 中文: the CJK Split isolates each run */
+	const char *p1[] = {"\xe4\xb8\xad\xe6\x96\x87", "abc", "\xe4\xb8\xad\xe6\x96\x87"};
+	expect_concat("\xe4\xb8\xad\xe6\x96\x87" "abc\xe4\xb8\xad\xe6\x96\x87", p1, 3);
+	/* hiragana + katakana + kanji form one run: ひらがなカタカナ漢字 */
+	const char *kana = "\xe3\x81\xb2\xe3\x82\x89\xe3\x81\x8c\xe3\x81\xaa\xe3\x82\xab\xe3\x82"
+			   "\xbf\xe3\x82\xab\xe3\x83\x8a\xe6\xbc\xa2\xe5\xad\x97";
+	char text[128];
+	snprintf(text, sizeof(text), "%s!", kana);
+	const char *p2[] = {kana, "!"};
+	expect_concat(text, p2, 2);
+	/* 。is not in the CJK ranges, so it is cut off by the punctuation rule */
+	const char *p3[] = {"\xe6\xb7\xb1\xe5\xba\xa6", "\xe3\x80\x82"};
+	expect_concat("\xe6\xb7\xb1\xe5\xba\xa6\xe3\x80\x82", p3, 2);
+	size_t n;
+	int32_t *ids = encs("\xe6\xb7\xb1\xe5\xba\xa6", &n); /* 深度 */
+	int32_t want[] = {17180};
+	expect_ids(ids, n, want, 1, "shendu");
+	free(ids);
+}
+END_TEST
+
+START_TEST(test_stream_holds_back)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	inf_tok_stream *s;
+	ck_assert_int_eq(inf_tok_stream_new(ds, 0, &s), 0);
+	const char *t;
+	size_t l;
+	ck_assert_int_eq(inf_tok_stream_feed(s, 19923, &t, &l), 0); /* Hello */
+	ck_assert_uint_eq(l, 5);
+	ck_assert(memcmp(t, "Hello", 5) == 0);
+	ck_assert_int_eq(inf_tok_stream_feed(s, 130, &t, &l), 0); /* 0xC3: held back */
+	ck_assert_uint_eq(l, 0);
+	ck_assert_int_eq(inf_tok_stream_feed(s, 105, &t, &l), 0); /* 0xA9: é complete */
+	ck_assert_str_eq(t, "\xc3\xa9");
+	ck_assert_int_eq(inf_tok_stream_feed(s, 130, &t, &l), 0); /* 0xC3 again */
+	ck_assert_uint_eq(l, 0);
+	ck_assert_int_eq(inf_tok_stream_feed(s, 19923, &t, &l), 0); /* can never complete */
+	ck_assert_str_eq(t, "\xef\xbf\xbdHello");
+	ck_assert_int_eq(inf_tok_stream_feed(s, 130, &t, &l), 0);
+	ck_assert_uint_eq(l, 0);
+	ck_assert_int_eq(inf_tok_stream_feed(s, 999999, &t, &l), 0); /* no such id: nothing */
+	ck_assert_uint_eq(l, 0);
+	ck_assert_int_eq(inf_tok_stream_flush(s, &t, &l), 0); /* end: a lone U+FFFD */
+	ck_assert_str_eq(t, "\xef\xbf\xbd");
+	ck_assert_int_eq(inf_tok_stream_flush(s, &t, &l), 0);
+	ck_assert_uint_eq(l, 0);
+	inf_tok_stream_free(s);
+	inf_tok_stream_free(NULL);
+	inf_tok_free(NULL);
+}
+END_TEST
+
+START_TEST(test_throughput)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tokenizers());
+	FILE *f = fopen(path, "r");
+	EXPECT(f != NULL, "cannot open %s", path);
+	char sample[8192];
+	size_t sl = fread(sample, 1, sizeof(sample), f); /* JSON text is text too */
+	fclose(f);
+	size_t len = 1 << 20, k = 0;
+	char *buf = malloc(len);
+	while (k < len) {
+		size_t c = sl < len - k ? sl : len - k;
+		memcpy(buf + k, sample, c);
+		k += c;
+	}
+	size_t n;
+	double t0 = now();
+	int32_t *ids = enc(ds, sample, sl, &n);
+	double t1 = now();
+	free(ids);
+	ids = enc(ds, buf, len, &n);
+	double t2 = now();
+	printf("tokenizer: encode %zu bytes in %.2f ms; 1 MiB in %.1f ms (%.1f MB/s, %zu ids)\n",
+	       sl, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len / (t2 - t1) / 1e6, n);
+	size_t dl;
+	char *d = dec(ds, ids, n, INF_TOK_RAW, &dl);
+	EXPECT(dl == len && memcmp(d, buf, len) == 0, "1 MiB does not round-trip");
+	free(d);
+	free(ids);
+	free(buf);
+}
+END_TEST
+
+/* ------------------------------------------------------------ small files */
+
+static char tmpdir[256];
+
+static void tmp_setup(void)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_tokenizer.XXXXXX");
+	if (!mkdtemp(tmpdir))
+		ck_abort_msg("mkdtemp: %s", strerror(errno));
+}
+
+static void tmp_teardown(void)
+{
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+/* GPT-2's byte alphabet, written out independently of the tokenizer. */
+static void byte_char(int b, char *out)
+{
+	int n = 0, cp = -1;
+	for (int i = 0; i < 256; i++) {
+		bool keep = (i >= '!' && i <= '~') || (i >= 0xa1 && i <= 0xac) || i >= 0xae;
+		int c = keep ? i : 256 + n++;
+		if (i == b)
+			cp = c;
+	}
+	if (cp < 0x80) {
+		out[0] = (char)cp, out[1] = 0;
+	} else {
+		out[0] = (char)(0xc0 | cp >> 6), out[1] = (char)(0x80 | (cp & 0x3f)), out[2] = 0;
+	}
+}
+
+struct tiny_added {
+	int id;
+	const char *content;
+	bool special, lstrip, rstrip, normalized, single_word;
+};
+
+/* A byte-level BPE with ids 0..255 = bytes, merges a+b, ab+c, b+c, a+a,
+ * a+-, -+-, -+b (ids 256..262), the given added tokens and optionally one
+ * Split step. Written with jansson to dir/tokenizer.json. */
+static void write_tiny(const char *dir, const char *split_pattern, bool literal,
+		       const char *behavior, bool invert, const struct tiny_added *added,
+		       size_t nadded, bool pair_merges)
+{
+	json_t *vocab = json_object();
+	for (int b = 0; b < 256; b++) {
+		char c[3];
+		byte_char(b, c);
+		json_object_set_new(vocab, c, json_integer(b));
+	}
+	static const char *const merged[][2] = {{"a", "b"}, {"ab", "c"}, {"b", "c"}, {"a", "a"},
+						{"a", "-"}, {"-", "-"}, {"-", "b"}};
+	json_t *merges = json_array();
+	for (int i = 0; i < 7; i++) {
+		char s[16];
+		snprintf(s, sizeof(s), "%s%s", merged[i][0], merged[i][1]);
+		json_object_set_new(vocab, s, json_integer(256 + i));
+		if (pair_merges) {
+			json_t *p = json_array();
+			json_array_append_new(p, json_string(merged[i][0]));
+			json_array_append_new(p, json_string(merged[i][1]));
+			json_array_append_new(merges, p);
+		} else {
+			snprintf(s, sizeof(s), "%s %s", merged[i][0], merged[i][1]);
+			json_array_append_new(merges, json_string(s));
+		}
+	}
+	json_t *model = json_pack("{s:s, s:n, s:n, s:o, s:o}", "type", "BPE", "unk_token",
+				  "dropout", "vocab", vocab, "merges", merges);
+	json_t *at = json_array();
+	for (size_t i = 0; i < nadded; i++)
+		json_array_append_new(at, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id",
+						    added[i].id, "content", added[i].content,
+						    "special", added[i].special, "lstrip",
+						    added[i].lstrip, "rstrip", added[i].rstrip,
+						    "normalized", added[i].normalized, "single_word",
+						    added[i].single_word));
+	json_t *pts = json_array();
+	if (split_pattern)
+		json_array_append_new(pts, json_pack("{s:s, s:{s:s}, s:s, s:b}", "type", "Split",
+						     "pattern", literal ? "String" : "Regex",
+						     split_pattern, "behavior", behavior, "invert",
+						     invert));
+	json_array_append_new(pts, json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel",
+					     "add_prefix_space", 0, "trim_offsets", 1, "use_regex",
+					     0));
+	json_t *root = json_pack("{s:s, s:o, s:{s:s, s:[]}, s:{s:s, s:o}, s:{s:s}, s:o}",
+				 "version", "1.0", "added_tokens", at, "normalizer", "type",
+				 "Sequence", "normalizers", "pre_tokenizer", "type", "Sequence",
+				 "pretokenizers", pts, "decoder", "type", "ByteLevel", "model",
+				 model);
+	ck_assert_ptr_nonnull(root);
+	char path[512];
+	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+	ck_assert_int_eq(json_dump_file(root, path, JSON_INDENT(1)), 0);
+	json_decref(root);
+}
+
+static inf_tok *load_tiny(void)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
+	inf_tok *t = NULL;
+	k2_err err = {{0}};
+	EXPECT(inf_tok_load(path, &t, &err) == 0, "load %s: %s", path, err.msg);
+	return t;
+}
+
+/* Encodes text, compares with want, and (if round_trip) decodes it back. */
+static void expect_enc(inf_tok *t, const char *text, const int32_t *want, size_t nw,
+		       bool round_trip)
+{
+	size_t n;
+	int32_t *ids = enc(t, text, strlen(text), &n);
+	expect_ids(ids, n, want, nw, text);
+	size_t dl;
+	char *d = dec(t, ids, n, 0, &dl);
+	EXPECT(!round_trip || strcmp(d, text) == 0, "\"%s\" decodes to \"%s\"", text, d);
+	free(d);
+	free(ids);
+}
+
+#define ENC(t, text, ...)                                                                  \
+	do {                                                                               \
+		const int32_t w_[] = {__VA_ARGS__};                                        \
+		expect_enc(t, text, w_, sizeof(w_) / sizeof(w_[0]), true);                 \
+	} while (0)
+/* the same for texts that lstrip / rstrip do not give back */
+#define ENCX(t, text, ...)                                                                 \
+	do {                                                                               \
+		const int32_t w_[] = {__VA_ARGS__};                                        \
+		expect_enc(t, text, w_, sizeof(w_) / sizeof(w_[0]), false);                \
+	} while (0)
+
+START_TEST(test_bpe_merge_order)
+{
+	for (int pairs = 0; pairs < 2; pairs++) { /* "a b" strings, then [a, b] pairs */
+		write_tiny(tmpdir, NULL, false, NULL, false, NULL, 0, pairs);
+		inf_tok *t = load_tiny();
+		ck_assert_uint_eq(inf_tok_vocab_size(t), 263);
+		ENC(t, "abc", 257);       /* a+b (rank 0) first, then ab+c */
+		ENC(t, "bcab", 258, 256); /* b+c and a+b; a+b first, c+ab has no merge */
+		ENC(t, "aaa", 259, 'a');  /* equal ranks: leftmost first */
+		ENC(t, "aaaa", 259, 259);
+		ENC(t, "a-b", 260, 'b');  /* a+- (rank 4) before -+b (rank 6) */
+		ENC(t, "x", 'x');
+		inf_tok_free(t);
+	}
+}
+END_TEST
+
+START_TEST(test_split_behaviors)
+{
+	static const struct {
+		const char *behavior;
+		bool invert;
+		int32_t want[8];
+		size_t n;
+	} cases[] = {
+		{"Isolated", false, {'a', '-', '-', 'b', '-'}, 5},
+		{"Removed", false, {'a', 'b'}, 2},
+		{"MergedWithPrevious", false, {260, '-', 'b', '-'}, 4},
+		{"MergedWithNext", false, {'a', '-', 262, '-'}, 4},
+		{"Contiguous", false, {'a', 261, 'b', '-'}, 4},
+		{"Removed", true, {'-', '-', '-'}, 3},
+		{"Isolated", true, {'a', '-', '-', 'b', '-'}, 5},
+	};
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		for (int lit = 0; lit < 2; lit++) {
+			write_tiny(tmpdir, lit ? "-" : "\\-", lit, cases[c].behavior,
+				   cases[c].invert, NULL, 0, false);
+			inf_tok *t = load_tiny();
+			size_t n;
+			int32_t *ids = enc(t, "a--b-", 5, &n);
+			char what[64];
+			snprintf(what, sizeof(what), "%s invert=%d literal=%d", cases[c].behavior,
+				 cases[c].invert, lit);
+			expect_ids(ids, n, cases[c].want, cases[c].n, what);
+			free(ids);
+			inf_tok_free(t);
+		}
+	}
+	/* \s is Unicode White_Space (as Oniguruma has it): U+0085 yes, U+180E no */
+	write_tiny(tmpdir, "\\s", false, "Removed", false, NULL, 0, false);
+	inf_tok *t = load_tiny();
+	size_t n;
+	int32_t *ids = enc(t, "a\xc2\x85" "b\xe1\xa0\x8e" "c", 8, &n);
+	int32_t want[] = {'a', 'b', 0xe1, 0xa0, 0x8e, 'c'};
+	expect_ids(ids, n, want, 6, "white space");
+	free(ids);
+	inf_tok_free(t);
+}
+END_TEST
+
+START_TEST(test_added_flags)
+{
+	static const struct tiny_added added[] = {
+		{300, "<L>", false, true, false, false, false},
+		{301, "<R>", false, false, true, false, false},
+		{302, "<W>", false, false, false, false, true},
+		{303, "<S>", true, false, false, false, false},
+		{304, "<N>", false, false, false, true, false},
+		{305, "BC", false, false, false, false, false},
+		{306, "AB", false, false, false, true, false},
+		{307, "<S>x", true, false, false, false, false},
+		{308, "\xce\xa9", false, false, false, false, false}, /* Ω */
+	};
+	write_tiny(tmpdir, NULL, false, NULL, false, added, 9, false);
+	inf_tok *t = load_tiny();
+	ck_assert_uint_eq(inf_tok_vocab_size(t), 309);
+	ck_assert_ptr_null(inf_tok_id_to_token(t, 280, NULL)); /* a hole */
+	ck_assert_str_eq(inf_tok_id_to_token(t, 303, NULL), "<S>");
+	ENCX(t, "x  <L>y", 'x', 300, 'y');        /* lstrip takes the spaces before */
+	ENCX(t, "  <L>", 300);
+	ENC(t, "x<L>", 'x', 300);
+	ENCX(t, "x<R> \t y", 'x', 301, 'y');      /* rstrip takes the spaces after */
+	ENCX(t, "x\xe3\x80\x80<L><R>\xe3\x80\x80.", 'x', 300, 301, '.'); /* U+3000 is white space */
+	ENC(t, "<L>\xe3\x80\x80<R>", 300, 0xe3, 0x80, 0x80, 301); /* no strip on that side */
+	ENC(t, "a<W>b", 'a', '<', 'W', '>', 'b');  /* single_word: not between letters */
+	ENC(t, " <W> ", ' ', 302, ' ');
+	ENC(t, "<W>", 302);
+	ENC(t, "\xce\xa9<W>", 308, '<', 'W', '>'); /* Ω before it is a letter too */
+	ENC(t, "1<W>", '1', '<', 'W', '>');        /* digits count as word characters */
+	ENC(t, "<S><N>", 303, 304);
+	ENC(t, "ABC", 'A', 305);  /* non-normalized tokens are cut out first */
+	ENC(t, "ABD", 306, 'D');
+	ENC(t, "<S>x<S>y", 307, 303, 'y'); /* longest match */
+	int32_t seq[] = {'a', 303, 'b', 304};
+	size_t dl;
+	char *d = dec(t, seq, 4, INF_TOK_SKIP_SPECIAL, &dl);
+	ck_assert_str_eq(d, "ab<N>");
+	free(d);
+	ck_assert(!inf_tok_bos(t, NULL)); /* no tokenizer_config.json */
+	ck_assert_int_eq(inf_tok_eos_id(t), -1);
+	inf_tok_free(t);
+
+	/* tokenizer_config.json names BOS/EOS (string and AddedToken forms) */
+	char path[512];
+	snprintf(path, sizeof(path), "%s/tokenizer_config.json", tmpdir);
+	FILE *f = fopen(path, "w");
+	fputs("{\"add_bos_token\": true, \"bos_token\": \"<S>\", "
+	      "\"eos_token\": {\"__type\": \"AddedToken\", \"content\": \"<N>\"}}", f);
+	fclose(f);
+	t = load_tiny();
+	int32_t bos;
+	ck_assert(inf_tok_bos(t, &bos));
+	ck_assert_int_eq(bos, 303);
+	ck_assert_int_eq(inf_tok_eos_id(t), 304);
+	inf_tok_free(t);
+
+	/* a config naming an unknown token, and a corrupt config: errors naming it */
+	static const char *const bad[] = {"{\"add_bos_token\": true, \"bos_token\": \"<nope>\"}",
+					  "{\"add_bos_token\": tru"};
+	for (int i = 0; i < 2; i++) {
+		f = fopen(path, "w");
+		fputs(bad[i], f);
+		fclose(f);
+		char tpath[512];
+		snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", tmpdir);
+		k2_err err = {{0}};
+		t = (inf_tok *)1;
+		int rc = inf_tok_load(tpath, &t, &err);
+		EXPECT(rc < 0 && t == NULL, "bad config %d accepted", i);
+		EXPECT(strstr(err.msg, "tokenizer_config.json") != NULL, "message: %s", err.msg);
+	}
+}
+END_TEST
+
+/* Writes text to dir/name. */
+static void write_file(const char *name, const char *text, size_t len)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	FILE *f = fopen(path, "wb");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(text, 1, len, f), len);
+	fclose(f);
+}
+
+static void expect_load_error(const char *name, const char *needle)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	inf_tok *t = (inf_tok *)1;
+	k2_err err = {{0}};
+	int rc = inf_tok_load(path, &t, &err);
+	EXPECT(rc < 0, "%s: loaded", name);
+	EXPECT(t == NULL, "%s: *out not cleared", name);
+	EXPECT(strstr(err.msg, path) != NULL, "%s: message does not name the file: %s", name,
+	       err.msg);
+	EXPECT(strchr(err.msg, '\n') == NULL, "%s: message is not one line: %s", name, err.msg);
+	EXPECT(strstr(err.msg, needle) != NULL, "%s: message lacks \"%s\": %s", name, needle,
+	       err.msg);
+}
+
+/* Replaces the first `from` in src with `to` and writes the result as name. */
+static void write_edited(const char *src, size_t len, const char *from, const char *to,
+			 const char *name)
+{
+	const char *at = memmem(src, len, from, strlen(from));
+	ck_assert_ptr_nonnull(at);
+	size_t pre = (size_t)(at - src), fl = strlen(from), tl = strlen(to);
+	char *buf = malloc(len - fl + tl);
+	memcpy(buf, src, pre);
+	memcpy(buf + pre, to, tl);
+	memcpy(buf + pre + tl, at + fl, len - pre - fl);
+	write_file(name, buf, len - fl + tl);
+	free(buf);
+}
+
+START_TEST(test_corrupt_files)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/deepseek-v3/tokenizer.json", tokenizers());
+	FILE *f = fopen(path, "rb");
+	EXPECT(f != NULL, "cannot open %s", path);
+	size_t len = 16 << 20;
+	char *src = malloc(len);
+	len = fread(src, 1, len, f);
+	fclose(f);
+	EXPECT(len > 1000000, "%s: short read", path);
+
+	write_file("truncated.json", src, len / 2);
+	expect_load_error("truncated.json", "invalid JSON");
+	write_file("tiny.json", src, 100);
+	expect_load_error("tiny.json", "invalid JSON");
+	write_file("empty.json", "", 0);
+	expect_load_error("empty.json", "invalid JSON");
+	write_file("array.json", "[1,2]", 5);
+	expect_load_error("array.json", "object");
+	expect_load_error("missing.json", "cannot open");
+
+	write_edited(src, len, "\"type\": \"BPE\"", "\"type\": \"WordPiece\"", "wordpiece.json");
+	expect_load_error("wordpiece.json", "unsupported model type \"WordPiece\"");
+	write_edited(src, len, "\"type\": \"BPE\"", "\"type\": \"Unigram\"", "unigram.json");
+	expect_load_error("unigram.json", "Unigram");
+	write_edited(src, len, "\"type\": \"Split\"", "\"type\": \"Metaspace\"", "pretok.json");
+	expect_load_error("pretok.json", "unsupported pre_tokenizer type \"Metaspace\"");
+	write_edited(src, len, "\"normalizers\": []",
+		     "\"normalizers\": [{\"type\": \"NFKC\"}]", "norm.json");
+	expect_load_error("norm.json", "unsupported normalizer type \"NFKC\"");
+	write_edited(src, len, "\"decoder\": {\n        \"type\": \"ByteLevel\"",
+		     "\"decoder\": {\n        \"type\": \"Metaspace\"", "decoder.json");
+	expect_load_error("decoder.json", "unsupported decoder type \"Metaspace\"");
+	write_edited(src, len, "\"behavior\": \"Isolated\"", "\"behavior\": \"Sideways\"",
+		     "behavior.json");
+	expect_load_error("behavior.json", "Sideways");
+	write_edited(src, len, "\\\\p{N}{1,3}", "\\\\p{Q}{1,3}", "regex.json");
+	expect_load_error("regex.json", "regex");
+	write_edited(src, len, "\"byte_fallback\": false", "\"byte_fallback\": true",
+		     "fallback.json");
+	expect_load_error("fallback.json", "byte_fallback");
+	write_edited(src, len, "\"Ġ t\"", "\"Ġ zzzqqq\"", "merge.json");
+	expect_load_error("merge.json", "zzzqqq");
+	write_edited(src, len, "\"Ġ t\"", "\"Ġt\"", "merge2.json");
+	expect_load_error("merge2.json", "merges[0]");
+	write_edited(src, len, "\"!\": 3", "\"!\": -4", "vocabid.json");
+	expect_load_error("vocabid.json", "model.vocab");
+	write_edited(src, len, "\"!\": 3", "\"!\": \"three\"", "vocabtype.json");
+	expect_load_error("vocabtype.json", "model.vocab");
+	write_edited(src, len, "\"id\": 0,", "\"id\": 5,", "addedid.json");
+	expect_load_error("addedid.json", "added_tokens[0]");
+	write_edited(src, len, "\"model\": {", "\"modelx\": {", "nomodel.json");
+	expect_load_error("nomodel.json", "model");
+	free(src);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+	Suite *s = suite_create("tokenizer");
+	TCase *tc = tcase_create("deepseek-v3");
+	tcase_add_unchecked_fixture(tc, ds_setup, ds_teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_encodings_jsonl);
+	tcase_add_test(tc, test_accessors);
+	tcase_add_test(tc, test_empty);
+	tcase_add_test(tc, test_invalid_utf8);
+	tcase_add_test(tc, test_random_bytes_roundtrip);
+	tcase_add_test(tc, test_long_run);
+	tcase_add_test(tc, test_added_token_in_middle);
+	tcase_add_test(tc, test_digit_groups);
+	tcase_add_test(tc, test_cjk_runs);
+	tcase_add_test(tc, test_stream_holds_back);
+	tcase_add_test(tc, test_throughput);
+	suite_add_tcase(s, tc);
+	TCase *tf = tcase_create("files");
+	tcase_add_checked_fixture(tf, tmp_setup, tmp_teardown);
+	tcase_set_timeout(tf, 60);
+	tcase_add_test(tf, test_bpe_merge_order);
+	tcase_add_test(tf, test_split_behaviors);
+	tcase_add_test(tf, test_added_flags);
+	tcase_add_test(tf, test_corrupt_files);
+	suite_add_tcase(s, tf);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
