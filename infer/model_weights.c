@@ -119,6 +119,14 @@ static int parse_shape(const char *s, uint64_t *dims)
 	}
 }
 
+/* 1 if dense/<name>_scale_inv exists (an F8_E4M3 matrix's block scales). */
+static int dense_has_scale(const inf_model *m, const char *name)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/dense/%s_scale_inv", m->dir, name);
+	return access(path, F_OK) == 0;
+}
+
 /* Opens dense/<name>, checks its dtype and shape against `shape`, reads it.
  * allow_fp8: a matrix that may be F8_E4M3 with a _scale_inv. */
 static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint64_t *shape,
@@ -182,7 +190,7 @@ static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint6
 			dtype = K2_DTYPE_BF16;
 		else if (size == n_el * 4)
 			dtype = K2_DTYPE_F32;
-		else if (size == n_el && allow_fp8)
+		else if (size == n_el && allow_fp8 && dense_has_scale(m, name))
 			dtype = K2_DTYPE_F8_E4M3;
 		else {
 			rc = k2_err_set(err, -EINVAL,

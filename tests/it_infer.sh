@@ -1,0 +1,206 @@
+#!/bin/sh
+# it_infer.sh — infer against real k2fs mounts of the fixtures, checked against
+# the HF transformers reference (tests/prog_infer_cmp):
+#   1. each fixture packed with --experts keep and mounted: prompt logits max abs
+#      error < 1e-3, the 16 greedy ids (--ignore-eos) equal greedy_ids, the
+#      experts per prompt token per layer equal route.layer*.gate_out2 as sets;
+#      --prefetch router, --expert-cache 4experts and both with --policy lfu give
+#      byte-identical dumps and traces;
+#   2. the bf16 fixture re-packed with --experts int4 matches the int4
+#      reference the same way; --experts int8 and fp8 print (not assert) their
+#      error against the bf16 reference and how many greedy ids agree;
+#   3. a k2gen model of another config (no q LoRA, n_group 4 / topk_group 2,
+#      first_k_dense_replace 2, other head dims) runs (when bin/k2gen exists);
+#   4. bad input in a plain copy of a mount (missing dense file, wrong-size
+#      expert, config disagreeing with shapes, token out of range): one line
+#      "infer: ..." naming the problem, exit 1.
+# Exits 77 when /dev/fuse cannot be used here.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${K2_BIN:-$here/../bin}
+progs=${K2_TESTPROGS:-$here/../build/tests/prog}
+fx=${K2_FIXTURES:-$here/../../shared/fixtures}
+cmpr=$progs/prog_infer_cmp
+
+if [ ! -c /dev/fuse ] || [ ! -r /dev/fuse ] || [ ! -w /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
+	echo "it_infer: skipped: /dev/fuse or fusermount3 is not usable here"
+	exit 77
+fi
+for b in "$bin/k2fs" "$bin/k2pack" "$bin/infer" "$cmpr"; do
+	[ -x "$b" ] || { echo "it_infer: FAIL: $b not built"; exit 1; }
+done
+
+work=$(mktemp -d /tmp/it_infer.XXXXXX)
+mounted=""
+cleanup() {
+	for m in $mounted; do fusermount3 -u "$m" 2>/dev/null; done
+	rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+fails=0
+fail() { echo "it_infer: FAIL: $*"; fails=$((fails + 1)); }
+
+# mount PACK DIR: mounts and waits for config.json to appear
+mount_pack() {
+	mkdir -p "$2"
+	if ! "$bin/k2fs" "$1" "$2" -o cache=256M 2>"$work/k2fs.err"; then
+		cat "$work/k2fs.err"
+		return 1
+	fi
+	mounted="$mounted $2"
+	i=0
+	while [ ! -f "$2/config.json" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	[ -f "$2/config.json" ]
+}
+umount_pack() {
+	fusermount3 -u "$1" || fail "unmount $1"
+	mounted=$(echo "$mounted" | sed "s| $1||")
+}
+
+# run_infer MODEL IDS OUT [options…]: infer with dump and trace into OUT.st/OUT.trace
+run_infer() {
+	m=$1 ids=$2 out=$3
+	shift 3
+	"$bin/infer" --model "$m" --tokens "$ids" -n 16 --ignore-eos --threads 2 \
+		--dump-logits "$out.st" --trace "$out.trace" "$@" >"$out.stdout" 2>"$out.stderr"
+}
+
+# 1. the three fixtures through the mount
+for f in bf16 fp8 int4; do
+	ref=$fx/k2-tiny-$f/reference.safetensors
+	"$bin/k2pack" "$fx/k2-tiny-$f/model" "$work/$f.k2" --experts keep >/dev/null 2>&1 ||
+		{ fail "k2pack $f"; continue; }
+	mount_pack "$work/$f.k2" "$work/mnt-$f" || { fail "mount $f"; continue; }
+	ids=$("$cmpr" "$ref" --print input_ids)
+	if ! run_infer "$work/mnt-$f" "$ids" "$work/$f-base"; then
+		fail "$f: infer: $(cat "$work/$f-base.stderr")"
+	else
+		echo "== $f through the mount:"
+		"$cmpr" "$ref" --dump "$work/$f-base.st" --trace "$work/$f-base.trace" \
+			--max-err 1e-3 --min-ids 16 --routes || fail "$f: differs from the reference"
+		n=$(wc -l <"$work/$f-base.trace")
+		[ "$n" -eq $((24 + 15)) ] || fail "$f: trace has $n lines, expected 39"
+		for mode in "--prefetch router" "--expert-cache 4experts" \
+			"--expert-cache 4experts --prefetch router --policy lfu"; do
+			# shellcheck disable=SC2086
+			if ! run_infer "$work/mnt-$f" "$ids" "$work/$f-x" $mode --stats; then
+				fail "$f $mode: $(cat "$work/$f-x.stderr")"
+				continue
+			fi
+			if cmp -s "$work/$f-x.st" "$work/$f-base.st" &&
+			   cmp -s "$work/$f-x.trace" "$work/$f-base.trace" &&
+			   cmp -s "$work/$f-x.stdout" "$work/$f-base.stdout"; then
+				echo "   $mode: identical outputs; $(tail -1 "$work/$f-x.stderr" | cut -c1-160)"
+			else
+				fail "$f $mode: outputs differ from the plain run"
+			fi
+		done
+		# prefetch reached k2fs as a layer hint
+		hint=$(getfattr --only-values -n user.k2.prefetch "$work/mnt-$f/experts/003" 2>/dev/null)
+		case $hint in
+		*[0-9]*) echo "   k2fs got user.k2.prefetch on experts/003: $hint" ;;
+		*) fail "$f: no prefetch hint on experts/003 ('$hint')" ;;
+		esac
+	fi
+	umount_pack "$work/mnt-$f"
+done
+
+# 2. re-quantized packs of the bf16 fixture
+ref16=$fx/k2-tiny-bf16/reference.safetensors
+ref4=$fx/k2-tiny-int4/reference.safetensors
+ids=$("$cmpr" "$ref16" --print input_ids)
+for q in int4 int8 fp8; do
+	"$bin/k2pack" "$fx/k2-tiny-bf16/model" "$work/bf16-$q.k2" --experts "$q" >/dev/null 2>&1 ||
+		{ fail "k2pack --experts $q"; continue; }
+	mount_pack "$work/bf16-$q.k2" "$work/mnt-q" || { fail "mount bf16-$q"; continue; }
+	if ! run_infer "$work/mnt-q" "$ids" "$work/q-$q"; then
+		fail "bf16 --experts $q: $(cat "$work/q-$q.stderr")"
+	elif [ "$q" = int4 ]; then
+		echo "== bf16 re-packed --experts int4 vs the int4 reference:"
+		"$cmpr" "$ref4" --dump "$work/q-$q.st" --trace "$work/q-$q.trace" \
+			--max-err 1e-3 --min-ids 16 --routes || fail "bf16 --experts int4 differs from the int4 reference"
+	else
+		echo "== bf16 re-packed --experts $q vs the bf16 reference (reported, not asserted):"
+		"$cmpr" "$ref16" --dump "$work/q-$q.st" --trace "$work/q-$q.trace" | sed 's/^/   /'
+	fi
+	umount_pack "$work/mnt-q"
+done
+
+# 3. another config, generated
+if [ -x "$bin/k2gen" ]; then
+	if "$bin/k2gen" --seed 11 --set q_lora_rank=null --set n_group=4 --set topk_group=2 \
+		--set first_k_dense_replace=2 --set num_hidden_layers=4 --set qk_rope_head_dim=32 \
+		--set qk_nope_head_dim=16 --set v_head_dim=48 --set num_attention_heads=6 \
+		--set kv_lora_rank=96 --set num_experts_per_tok=6 "$work/gen" >"$work/gen.log" 2>&1 &&
+	   "$bin/k2pack" "$work/gen" "$work/gen.k2" >/dev/null 2>&1 &&
+	   mount_pack "$work/gen.k2" "$work/mnt-gen"; then
+		if "$bin/infer" --model "$work/mnt-gen" --tokens 1,5,9,13,17 -n 8 --ignore-eos \
+			--trace "$work/gen.trace" >"$work/gen.out" 2>"$work/gen.err"; then
+			echo "== k2gen model (no q LoRA, 4 groups, 2 dense layers): $(cat "$work/gen.out")"
+			n=$(wc -l <"$work/gen.trace")
+			[ "$n" -eq 12 ] || fail "k2gen model: trace has $n lines, expected 12"
+		else
+			fail "k2gen model: $(cat "$work/gen.err")"
+		fi
+		umount_pack "$work/mnt-gen"
+	else
+		fail "k2gen/k2pack/mount of the generated model: $(tail -3 "$work/gen.log")"
+	fi
+else
+	echo "== k2gen not built: the other-config model is not tested here"
+fi
+
+# 4. bad input, in plain copies of a mount
+mount_pack "$work/bf16.k2" "$work/mnt-bf16" || fail "mount bf16 again"
+plain=$work/plain
+# expect_error NAME WHAT-IN-MESSAGE infer-args…
+expect_error() {
+	name=$1 want=$2
+	shift 2
+	"$bin/infer" "$@" >"$work/bad.out" 2>"$work/bad.err"
+	rc=$?
+	if [ "$rc" -eq 0 ]; then
+		fail "$name: infer succeeded"
+		return
+	fi
+	lines=$(wc -l <"$work/bad.err")
+	if [ "$rc" -ne 1 ] || [ "$lines" -ne 1 ] || ! grep -q "^infer: .*$want" "$work/bad.err"; then
+		fail "$name: exit $rc, $lines lines: $(cat "$work/bad.err")"
+	else
+		echo "   $name: $(cat "$work/bad.err")"
+	fi
+}
+fresh() { rm -rf "$plain"; cp -r "$work/mnt-bf16" "$plain"; }
+# a copy keeping user.k2.dtype / user.k2.shape (where the file system takes them)
+fresh_xattr() { rm -rf "$plain"; cp -r --preserve=xattr "$work/mnt-bf16" "$plain" 2>/dev/null || fresh; }
+echo "== bad input:"
+fresh
+rm "$plain/dense/model.layers.2.self_attn.kv_b_proj.weight"
+expect_error "missing dense file" "dense/model.layers.2.self_attn.kv_b_proj.weight: missing" \
+	--model "$plain" --tokens 1,2,3 -n 2
+fresh
+truncate -s -4096 "$plain/experts/002/017"
+expect_error "wrong-size expert" "experts/002/017" --model "$plain" --tokens 1,2,3 -n 2
+fresh
+rm "$plain/experts/003/031"
+expect_error "missing expert" "experts/003/031: missing" --model "$plain" --tokens 1,2,3 -n 2
+fresh
+sed -i 's/"kv_lora_rank": 64/"kv_lora_rank": 32/' "$plain/config.json"
+expect_error "config vs shapes" "kv_a_proj_with_mqa.weight" --model "$plain" --tokens 1,2,3 -n 2
+fresh_xattr
+sed -i 's/"q_lora_rank": 128/"q_lora_rank": 64/' "$plain/config.json"
+expect_error "config vs shapes (xattrs)" "q_a_proj.weight" --model "$plain" --tokens 1,2,3 -n 2
+fresh
+sed -i 's/"moe_intermediate_size": 64/"moe_intermediate_size": 32/; s/"n_shared_experts": 1/"n_shared_experts": 2/' "$plain/config.json"
+expect_error "config vs expert images" "experts/001/000" --model "$plain" --tokens 1,2,3 -n 2
+expect_error "token out of range" "token 1024 at position 2 is out of range" \
+	--model "$work/mnt-bf16" --tokens 1,2,1024 -n 2
+expect_error "unparsable tokens" "--tokens" --model "$work/mnt-bf16" --tokens 1,x -n 2
+umount_pack "$work/mnt-bf16"
+
+if [ "$fails" -ne 0 ]; then
+	echo "it_infer: $fails failure(s)"
+	exit 1
+fi
+echo "it_infer: ok"
+exit 0
