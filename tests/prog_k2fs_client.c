@@ -16,6 +16,7 @@
  *   setx PATH NAME VALUE    prints "OK" or "ERR ENAME"
  *   listx PATH              prints the names, one per line
  *   wait-state PATH STATE [SECONDS]  polls user.k2.state until it equals STATE
+ *   where PACK NAME BLOCK   prints "OFFSET STORED RAW" of block BLOCK of entry NAME
  *
  * Exit status 0 when every check passed, 1 otherwise. */
 #define _GNU_SOURCE
@@ -38,6 +39,8 @@
 
 static const char *errname(int e)
 {
+	if (e == ENOTSUP) /* = EOPNOTSUPP on Linux; setxattr(2) documents ENOTSUP */
+		return "ENOTSUP";
 	const char *n = strerrorname_np(e);
 	return n ? n : "E?";
 }
@@ -111,6 +114,28 @@ static int cmd_wait_state(int argc, char **argv)
 		}
 		usleep(2000);
 	}
+}
+
+static int cmd_where(int argc, char **argv)
+{
+	if (argc < 3)
+		return 2;
+	k2_err err = {{0}};
+	k2p_pack *pack;
+	if (k2p_pack_open(argv[0], &pack, &err)) {
+		fprintf(stderr, "where: %s\n", err.msg);
+		return 1;
+	}
+	const k2p_entry *e = k2p_entry_find(pack, argv[1]);
+	const k2p_block *b = e ? k2p_entry_block(pack, e, (uint32_t)atoi(argv[2])) : NULL;
+	if (!b) {
+		fprintf(stderr, "where: %s has no block %s\n", argv[1], argv[2]);
+		k2p_pack_close(pack);
+		return 1;
+	}
+	printf("%" PRIu64 " %" PRIu32 " %" PRIu32 "\n", b->offset, b->stored_bytes, b->raw_bytes);
+	k2p_pack_close(pack);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- reading files */
@@ -504,7 +529,7 @@ static int cmd_stress(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: prog_k2fs_client verify|stress|getx|setx|listx|wait-state "
+		fprintf(stderr, "usage: prog_k2fs_client verify|stress|getx|setx|listx|wait-state|where "
 			"ARGS (see the source)\n");
 		return 2;
 	}
@@ -523,6 +548,8 @@ int main(int argc, char **argv)
 		return cmd_listx(argc, argv);
 	if (strcmp(cmd, "wait-state") == 0)
 		return cmd_wait_state(argc, argv);
+	if (strcmp(cmd, "where") == 0)
+		return cmd_where(argc, argv);
 	fprintf(stderr, "prog_k2fs_client: unknown command %s\n", cmd);
 	return 2;
 }
