@@ -65,4 +65,20 @@ void kern_softmax(float *x, uint32_t n);
 /* y[i] += a · x[i]. */
 void kern_axpy(float *y, float a, const float *x, uint32_t n);
 
+/* Rotary embedding of one head vector as the reference applies it: x [dim]
+ * (dim even) holds interleaved pairs (x[2i], x[2i+1]), each rotated by the
+ * angle whose cosine and sine are cos[i], sin[i] (i < dim/2); out [dim] gets
+ * them de-interleaved, as the reference's view/transpose leaves them:
+ *   out[i]         = x[2i]·cos[i] − x[2i+1]·sin[i]
+ *   out[dim/2 + i] = x[2i+1]·cos[i] + x[2i]·sin[i]
+ * out must not overlap x. */
+void kern_rope(float *out, const float *x, uint32_t dim, const float *cos,
+	       const float *sin);
+
+/* Runs fn(ctx, i) once for every i < n on the kernels' threads (the caller's
+ * included) and returns when all calls have returned. Calls run concurrently
+ * and in no particular order; a call made from inside fn, or while another
+ * thread runs the pool, runs its calls inline on the calling thread. */
+void kern_parallel_for(uint32_t n, void (*fn)(void *ctx, uint32_t i), void *ctx);
+
 #endif /* K2_KERNELS_H */

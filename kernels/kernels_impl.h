@@ -1,0 +1,71 @@
+/* kernels_impl.h — internals of kernels/ shared by its .c files: the worker
+ * pool, the per-instruction-set matrix product paths, and the small helpers
+ * every path uses. Not for use outside kernels/. */
+#ifndef K2_KERNELS_IMPL_H
+#define K2_KERNELS_IMPL_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* ---------------------------------------------------------------- pool */
+
+/* One task of a parallel run: called once per index i in [0, n), on any
+ * thread; tasks of one run may execute concurrently. */
+typedef void (*kern_task_fn)(void *ctx, uint32_t i);
+
+/* Runs fn(ctx, i) for every i < n on the pool's workers and the calling
+ * thread, and returns when all have returned. Runs inline (on the caller only)
+ * when the pool has one thread, when called from inside a task, or when
+ * another thread is running the pool at the same moment; so callers must not
+ * depend on which thread runs which task. */
+void kern_pool_run(kern_task_fn fn, void *ctx, uint32_t n);
+
+/* ---------------------------------------------------------------- products */
+
+/* Row ranges of one product: computes y[b, r] for every b < batch and
+ * r0 <= r < r1 (y is [batch, m->rows]). Each element is computed by one call,
+ * in an order that depends only on (m, b, r, batch): never on r0, r1. */
+typedef void (*kern_rows_fn)(const kern_mat *m, const float *x, uint32_t batch,
+			     float *y, uint32_t r0, uint32_t r1);
+
+/* Portable C (matmul.c). */
+void kern_rows_generic(const kern_mat *m, const float *x, uint32_t batch,
+		       float *y, uint32_t r0, uint32_t r1);
+/* AVX2 + FMA + F16C (matmul_avx2.c); only call where kern_cpu_avx2() is 1. */
+void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
+		    float *y, uint32_t r0, uint32_t r1);
+
+/* 1 when this CPU runs kern_rows_avx2 (AVX2, FMA and F16C), else 0. */
+int kern_cpu_avx2(void);
+
+/* Forces the portable path (force = 1) or the best path (0); for tests and
+ * benchmarks that compare them. Not thread-safe against running products. */
+void kern_force_generic(int force);
+
+/* The e4m3 -> float table (k2q_e4m3_to_f32 for every byte), built once. */
+const float *kern_e4m3_lut(void);
+
+/* Column chunk of the batched (tiled) paths, a multiple of 128 (fp8 blocks) and
+ * 32 (int4 groups); rows per tile and batch rows per stored accumulator tile. */
+#define KERN_KC 256u
+#define KERN_TILE_ROWS 4u
+#define KERN_TILE_BATCH 48u
+
+static inline float kern_bf16(uint16_t v)
+{
+	union {
+		uint32_t u;
+		float f;
+	} c = {.u = (uint32_t)v << 16};
+	return c.f;
+}
+
+/* Scale of fp8 block (row r, column block cb) of m. */
+static inline float kern_fp8_scale(const kern_mat *m, uint32_t r, uint32_t cb)
+{
+	uint32_t ncb = (m->cols + 127) / 128;
+	return ((const float *)m->s)[(size_t)(r / 128) * ncb + cb];
+}
+
+#endif /* K2_KERNELS_IMPL_H */

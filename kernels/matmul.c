@@ -1,0 +1,195 @@
+/* matmul.c — kern_matmul: splits a product into row tasks for the pool and
+ * picks the instruction-set path once (AVX2+FMA+F16C where the CPU has them,
+ * else the portable C path below, which any C compiler builds).
+ *
+ * Determinism: tasks are fixed row ranges chosen from the shape alone, and
+ * every path computes each output element in an order that depends only on
+ * (matrix, batch size, element), so the result is bit-identical whatever the
+ * number of threads and whichever thread runs which task. */
+#include "kernels_impl.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- dispatch */
+
+static int cpu_avx2;
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+static int force_generic;
+
+static void cpu_detect(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	__builtin_cpu_init();
+	cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+		   __builtin_cpu_supports("f16c");
+#else
+	cpu_avx2 = 0;
+#endif
+}
+
+int kern_cpu_avx2(void)
+{
+	pthread_once(&cpu_once, cpu_detect);
+	return cpu_avx2;
+}
+
+void kern_force_generic(int force)
+{
+	force_generic = force;
+}
+
+/* ---------------------------------------------------------------- tasks */
+
+/* Bytes of weights one task should stream at batch 1; large enough that a
+ * task's cost dwarfs taking it, small enough to balance 2…64 threads. */
+#define TASK_BYTES (64u << 10)
+
+struct mm_job {
+	kern_rows_fn fn;
+	const kern_mat *m;
+	const float *x;
+	uint32_t batch;
+	float *y;
+	uint32_t rows_per_task;
+};
+
+static void mm_task(void *ctx, uint32_t i)
+{
+	const struct mm_job *j = ctx;
+	uint32_t r0 = i * j->rows_per_task;
+	uint32_t r1 = r0 + j->rows_per_task;
+
+	if (r1 > j->m->rows || r1 < r0)
+		r1 = j->m->rows;
+	j->fn(j->m, j->x, j->batch, j->y, r0, r1);
+}
+
+void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
+{
+	if (batch == 0 || m->rows == 0)
+		return;
+	if (m->format != K2_FORMAT_BF16 && m->format != K2_FORMAT_FP8_B128 &&
+	    m->format != K2_FORMAT_INT8 && m->format != K2_FORMAT_INT4_G32 &&
+	    m->format != KERN_FORMAT_F32) {
+		for (size_t i = 0; i < (size_t)batch * m->rows; i++)
+			y[i] = NAN;
+		return;
+	}
+	if (m->cols == 0) {
+		memset(y, 0, (size_t)batch * m->rows * sizeof(*y));
+		return;
+	}
+
+	struct mm_job j = {
+		.fn = kern_cpu_avx2() && !force_generic ? kern_rows_avx2 : kern_rows_generic,
+		.m = m, .x = x, .batch = batch, .y = y,
+	};
+	/* Work per row grows with the batch; keep tasks near TASK_BYTES of
+	 * streamed weights at batch 1 and proportionally fewer rows above. */
+	uint64_t row_bytes = kern_mat_bytes(m) / m->rows + 1;
+	uint64_t per_row = row_bytes * (batch < 16 ? batch : 16);
+	uint64_t rpt = TASK_BYTES / per_row;
+	rpt = (rpt + KERN_TILE_ROWS - 1) / KERN_TILE_ROWS * KERN_TILE_ROWS;
+	if (rpt < KERN_TILE_ROWS)
+		rpt = KERN_TILE_ROWS;
+	if (rpt > m->rows)
+		rpt = m->rows;
+	j.rows_per_task = (uint32_t)rpt;
+	uint32_t n_tasks = (uint32_t)((m->rows + rpt - 1) / rpt);
+	if (n_tasks == 1)
+		j.fn(m, x, batch, y, 0, m->rows);
+	else
+		kern_pool_run(mm_task, &j, n_tasks);
+}
+
+/* ---------------------------------------------------------------- portable path */
+
+/* Dequantizes W[r, k0 .. k0+n) into out[0 .. n). k0 is a multiple of KERN_KC. */
+static void dq_generic(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, float *out)
+{
+	size_t base = (size_t)r * m->cols + k0;
+
+	switch (m->format) {
+	case K2_FORMAT_BF16: {
+		const uint16_t *w = (const uint16_t *)m->w + base;
+		for (uint32_t k = 0; k < n; k++)
+			out[k] = kern_bf16(w[k]);
+		break;
+	}
+	case K2_FORMAT_FP8_B128: {
+		const uint8_t *w = (const uint8_t *)m->w + base;
+		const float *lut = kern_e4m3_lut();
+		for (uint32_t k = 0; k < n; k++)
+			out[k] = lut[w[k]] * kern_fp8_scale(m, r, (k0 + k) / 128);
+		break;
+	}
+	case K2_FORMAT_INT8: {
+		const int8_t *w = (const int8_t *)m->w + base;
+		float s = ((const float *)m->s)[r];
+		for (uint32_t k = 0; k < n; k++)
+			out[k] = (float)w[k] * s;
+		break;
+	}
+	case K2_FORMAT_INT4_G32: {
+		const uint8_t *w = (const uint8_t *)m->w + base / 2;
+		const uint16_t *s = (const uint16_t *)m->s + (size_t)r * (m->cols / 32) + k0 / 32;
+		for (uint32_t k = 0; k < n; k += 2) {
+			float sg = kern_bf16(s[k / 32]);
+			out[k] = (float)((int)(w[k / 2] & 15) - 8) * sg;
+			out[k + 1] = (float)((int)(w[k / 2] >> 4) - 8) * sg;
+		}
+		break;
+	}
+	case KERN_FORMAT_F32:
+		memcpy(out, (const float *)m->w + base, n * sizeof(*out));
+		break;
+	}
+}
+
+/* Sum of 8 lanes in a fixed order. */
+static float hsum8_generic(const float *a)
+{
+	return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* The portable tiled product: per element (b, r), eight lane sums over the
+ * columns in steps of 8, summed, then the columns past the last multiple of 8. */
+void kern_rows_generic(const kern_mat *m, const float *x, uint32_t batch,
+		       float *y, uint32_t r0, uint32_t r1)
+{
+	float wbuf[KERN_TILE_ROWS][KERN_KC];
+	float acc[KERN_TILE_ROWS][KERN_TILE_BATCH][8];
+	float tail[KERN_TILE_ROWS][KERN_TILE_BATCH];
+	const uint32_t cols = m->cols;
+
+	for (uint32_t rg = r0; rg < r1; rg += KERN_TILE_ROWS) {
+		uint32_t nr = r1 - rg < KERN_TILE_ROWS ? r1 - rg : KERN_TILE_ROWS;
+		for (uint32_t bs = 0; bs < batch; bs += KERN_TILE_BATCH) {
+			uint32_t nb = batch - bs < KERN_TILE_BATCH ? batch - bs : KERN_TILE_BATCH;
+			memset(acc, 0, sizeof(acc));
+			memset(tail, 0, sizeof(tail));
+			for (uint32_t k0 = 0; k0 < cols; k0 += KERN_KC) {
+				uint32_t n = cols - k0 < KERN_KC ? cols - k0 : KERN_KC;
+				uint32_t n8 = n & ~7u;
+				for (uint32_t r = 0; r < nr; r++)
+					dq_generic(m, rg + r, k0, n, wbuf[r]);
+				for (uint32_t r = 0; r < nr; r++)
+					for (uint32_t b = 0; b < nb; b++) {
+						const float *xb = x + (size_t)(bs + b) * cols + k0;
+						float *a = acc[r][b];
+						for (uint32_t k = 0; k < n8; k += 8)
+							for (int l = 0; l < 8; l++)
+								a[l] += wbuf[r][k + l] * xb[k + l];
+						for (uint32_t k = n8; k < n; k++)
+							tail[r][b] += wbuf[r][k] * xb[k];
+					}
+			}
+			for (uint32_t r = 0; r < nr; r++)
+				for (uint32_t b = 0; b < nb; b++)
+					y[(size_t)(bs + b) * m->rows + rg + r] =
+						hsum8_generic(acc[r][b]) + tail[r][b];
+		}
+	}
+}

@@ -1,0 +1,239 @@
+/* prog_kernels_bench.c — microbenchmark of kern_matmul: the rate at which a
+ * product streams weight bytes (kern_mat_bytes / time) at Kimi-K2 expert
+ * shapes (2048 x 7168 and 7168 x 2048), next to memcpy of a buffer of the same
+ * size timed in the same run, and the ratio of the two.
+ *
+ *   prog_kernels_bench [--threads N] [--seconds S] [--batch B] [--generic]
+ *                      [--formats int4-g32,bf16,...]
+ *
+ * Two regimes: "hot" multiplies one matrix again and again (it may stay in
+ * the last-level cache, and so does the memcpy of its size); "stream" cycles
+ * through distinct matrices totalling at least 256 MiB (weights from DRAM),
+ * against memcpy of a 256 MiB buffer. Prints one line per case. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "kernels_impl.h"
+
+#define STREAM_BYTES (256ull << 20)
+
+static uint64_t rng = 88172645463325252ull;
+
+static uint64_t rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/* Fills a weights region with valid random values of the format. */
+static void fill_weights(uint32_t format, uint8_t *w, size_t bytes)
+{
+	for (size_t i = 0; i < bytes; i++) {
+		uint8_t b = (uint8_t)rnd();
+		if (format == K2_FORMAT_FP8_B128 && (b & 0x7f) == 0x7f)
+			b = 0x30;
+		if (format == K2_FORMAT_BF16 && (i & 1))
+			b = (uint8_t)(0x3c + (b & 1) + (b & 0x80)); /* bf16 exponent near 1 */
+		w[i] = b;
+	}
+}
+
+static size_t weight_bytes(uint32_t format, uint32_t rows, uint32_t cols)
+{
+	size_t n = (size_t)rows * cols;
+	switch (format) {
+	case K2_FORMAT_BF16: return 2 * n;
+	case K2_FORMAT_FP8_B128: return n;
+	case K2_FORMAT_INT8: return n;
+	case K2_FORMAT_INT4_G32: return n / 2;
+	}
+	return 4 * n;
+}
+
+static size_t scale_bytes(uint32_t format, uint32_t rows, uint32_t cols)
+{
+	switch (format) {
+	case K2_FORMAT_FP8_B128: return 4 * (size_t)((rows + 127) / 128) * ((cols + 127) / 128);
+	case K2_FORMAT_INT8: return 4 * (size_t)rows;
+	case K2_FORMAT_INT4_G32: return 2 * (size_t)rows * (cols / 32);
+	}
+	return 0;
+}
+
+static void fill_scales(uint32_t format, void *s, size_t bytes)
+{
+	if (format == K2_FORMAT_INT4_G32) {
+		uint16_t *p = s;
+		for (size_t i = 0; i < bytes / 2; i++)
+			p[i] = k2q_f32_to_bf16(0.01f + (float)(rnd() % 100) * 1e-4f);
+	} else {
+		float *p = s;
+		for (size_t i = 0; i < bytes / 4; i++)
+			p[i] = 0.001f + (float)(rnd() % 100) * 1e-5f;
+	}
+}
+
+/* memcpy of `bytes` for about `seconds`; returns bytes copied per second. */
+static double memcpy_rate(size_t bytes, double seconds)
+{
+	char *a = malloc(bytes), *b = malloc(bytes);
+	if (!a || !b) {
+		free(a);
+		free(b);
+		return 0;
+	}
+	memset(a, 1, bytes);
+	memset(b, 2, bytes);
+	memcpy(b, a, bytes);
+	double best = 0;
+	for (int rep = 0; rep < 3; rep++) {
+		uint64_t it = 0;
+		double t0 = k2_now(), t;
+		do {
+			memcpy(b, a, bytes);
+			it++;
+		} while ((t = k2_now() - t0) < seconds / 3);
+		double r = (double)bytes * it / t;
+		best = r > best ? r : best;
+	}
+	free(a);
+	free(b);
+	return best;
+}
+
+struct set {
+	kern_mat *m;
+	uint32_t n;
+	uint8_t *w, *s;
+};
+
+static int set_make(struct set *st, uint32_t format, uint32_t rows, uint32_t cols, uint32_t n)
+{
+	size_t wb = weight_bytes(format, rows, cols), sb = scale_bytes(format, rows, cols);
+	st->n = n;
+	st->m = calloc(n, sizeof(*st->m));
+	st->w = malloc(wb * n);
+	st->s = malloc(sb * n + 1);
+	if (!st->m || !st->w || !st->s)
+		return -ENOMEM;
+	fill_weights(format, st->w, wb * n);
+	fill_scales(format, st->s, sb * n);
+	for (uint32_t i = 0; i < n; i++)
+		st->m[i] = (kern_mat){.format = format, .rows = rows, .cols = cols,
+				      .w = st->w + wb * i, .s = st->s + sb * i};
+	return 0;
+}
+
+static void set_free(struct set *st)
+{
+	free(st->m);
+	free(st->w);
+	free(st->s);
+}
+
+/* Products over the set, round robin, for about `seconds`; best of 3 in
+ * weight bytes per second. */
+static double matmul_rate(const struct set *st, const float *x, uint32_t batch, float *y,
+			  double seconds)
+{
+	uint64_t bytes = kern_mat_bytes(&st->m[0]);
+	double best = 0;
+	for (uint32_t i = 0; i < st->n; i++)
+		kern_matmul(&st->m[i], x, batch, y);
+	for (int rep = 0; rep < 3; rep++) {
+		uint64_t it = 0;
+		double t0 = k2_now(), t;
+		do {
+			kern_matmul(&st->m[it % st->n], x, batch, y);
+			it++;
+		} while ((t = k2_now() - t0) < seconds / 3);
+		double r = (double)bytes * it / t;
+		best = r > best ? r : best;
+	}
+	return best;
+}
+
+int main(int argc, char **argv)
+{
+	int threads = 0;
+	double seconds = 1.5;
+	uint32_t batch = 1;
+	char formats[256] = "int4-g32,bf16";
+	int generic = 0;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+			threads = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+			seconds = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+			batch = (uint32_t)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--generic"))
+			generic = 1;
+		else if (!strcmp(argv[i], "--formats") && i + 1 < argc)
+			snprintf(formats, sizeof(formats), "%s", argv[++i]);
+		else {
+			fprintf(stderr, "usage: %s [--threads N] [--seconds S] [--batch B] "
+					"[--generic] [--formats int4-g32,bf16,fp8-b128,int8,f32]\n",
+				argv[0]);
+			return 2;
+		}
+	}
+	if (batch == 0 || seconds <= 0) {
+		fprintf(stderr, "%s: --batch and --seconds must be positive\n", argv[0]);
+		return 2;
+	}
+	kern_set_threads(threads);
+	kern_force_generic(generic);
+	printf("threads %d, path %s, batch %u\n", kern_threads(),
+	       kern_cpu_avx2() && !generic ? "avx2" : "portable", batch);
+	printf("%-9s %-11s %-6s %9s %9s %11s %6s\n", "format", "shape", "regime", "us/call",
+	       "GB/s", "memcpy GB/s", "ratio");
+
+	static const uint32_t shapes[2][2] = {{2048, 7168}, {7168, 2048}};
+	double stream_copy = memcpy_rate(STREAM_BYTES, seconds);
+	for (char *save = NULL, *f = strtok_r(formats, ",", &save); f;
+	     f = strtok_r(NULL, ",", &save)) {
+		uint32_t format = !strcmp(f, "f32") ? KERN_FORMAT_F32 : k2_format_parse(f);
+		if (format == K2_FORMAT_NONE) {
+			fprintf(stderr, "%s: unknown format %s\n", argv[0], f);
+			return 2;
+		}
+		for (int si = 0; si < 2; si++) {
+			uint32_t rows = shapes[si][0], cols = shapes[si][1];
+			float *x = malloc((size_t)batch * cols * sizeof(float));
+			float *y = malloc((size_t)batch * rows * sizeof(float));
+			if (!x || !y)
+				return 1;
+			for (size_t i = 0; i < (size_t)batch * cols; i++)
+				x[i] = (float)((int)(rnd() % 2001) - 1000) * 1e-3f;
+			for (int regime = 0; regime < 2; regime++) {
+				struct set st;
+				kern_mat probe = {.format = format, .rows = rows, .cols = cols};
+				uint64_t bytes = kern_mat_bytes(&probe);
+				uint32_t n = regime == 0 ? 1 : (uint32_t)((STREAM_BYTES + bytes - 1) / bytes);
+				if (set_make(&st, format, rows, cols, n) != 0) {
+					fprintf(stderr, "%s: out of memory\n", argv[0]);
+					return 1;
+				}
+				double copy = regime == 0 ? memcpy_rate(bytes, seconds) : stream_copy;
+				double rate = matmul_rate(&st, x, batch, y, seconds);
+				char shape[32];
+				snprintf(shape, sizeof(shape), "%ux%u", rows, cols);
+				printf("%-9s %-11s %-6s %9.1f %9.2f %11.2f %6.2f\n", f, shape,
+				       regime == 0 ? "hot" : "stream", (double)bytes / rate * 1e6,
+				       rate / 1e9, copy / 1e9, rate / copy);
+				fflush(stdout);
+				set_free(&st);
+			}
+			free(x);
+			free(y);
+		}
+	}
+	return 0;
+}
