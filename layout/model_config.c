@@ -382,11 +382,10 @@ static int parse_root(const struct cfg_ctx *c, const json_t *root, k2_model_conf
 				  "%s: key 'first_k_dense_replace' = %u is out of range (more than "
 				  "num_hidden_layers = %u)", c->what, m->first_k_dense_replace,
 				  m->num_hidden_layers);
-	if (m->num_attention_heads % m->num_key_value_heads != 0)
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key 'num_key_value_heads' = %u is out of range (does not "
-				  "divide num_attention_heads = %u)", c->what, m->num_key_value_heads,
-				  m->num_attention_heads);
+	/* num_key_value_heads is not checked against num_attention_heads: MLA
+	 * expands keys per attention head from the latent and never uses it
+	 * (fixtures/mkref.py's hidden config has 6 heads and 4 kv heads, which
+	 * transformers loads and runs). */
 	return 0;
 }
 
