@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <dirent.h>
 
@@ -859,6 +860,134 @@ START_TEST(crafted_index)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- k2inspect */
+
+/* Runs a shell command, captures stdout+stderr into out, returns its exit status. */
+static int run_cmd(const char *cmd, char *out, size_t cap)
+{
+	FILE *f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	size_t n = fread(out, 1, cap - 1, f);
+	out[n] = '\0';
+	int st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static size_t count_lines(const char *s)
+{
+	size_t n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+START_TEST(k2inspect_cli)
+{
+	const char *bin = getenv("K2_BIN");
+	char tool[512], cmd[2048], out[16384];
+	snprintf(tool, sizeof(tool), "%s/k2inspect", bin ? bin : "bin");
+	if (access(tool, X_OK) != 0) {
+		printf("k2inspect_cli: skipped, %s not built\n", tool);
+		return;
+	}
+	make_tmpdir();
+	const char *path = tmp_path("i.k2");
+	std_pack_write(path, K2_CODEC_ZSTD, 0, 2);
+
+	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", tool, path);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
+	ck_assert_ptr_nonnull(strstr(out, "dense/large.weight"));
+	ck_assert_ptr_nonnull(strstr(out, "BF16[6153,1]"));
+	ck_assert_ptr_nonnull(strstr(out, "experts/002/000"));
+	ck_assert_ptr_nonnull(strstr(out, "fp8-b128 200x130"));
+	ck_assert_ptr_nonnull(strstr(out, "total: 9 entries"));
+
+	snprintf(cmd, sizeof(cmd), "%s %s --verify 2>&1", tool, path);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
+	k2p_pack *p = open_ok(path);
+	size_t nblocks = 0;
+	for (size_t i = 0; i < k2p_entry_count(p); i++)
+		nblocks += k2p_entry_at(p, i)->n_blocks;
+	char want[256];
+	snprintf(want, sizeof(want), "ok: %zu blocks verified\n", nblocks);
+	ck_assert_str_eq(out, want);
+
+	/* --extract equals what went in, to a file and to stdout. */
+	const char *x = tmp_path("x.bin");
+	for (int i = 0; i < N_STD; i++) {
+		snprintf(cmd, sizeof(cmd), "%s %s --extract '%s' %s 2>&1", tool, path,
+			 std_pack[i].path, x);
+		ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
+		size_t n;
+		uint8_t *d = read_whole(x, &n);
+		ck_assert_uint_eq(n, std_pack[i].n);
+		ck_assert_int_eq(memcmp(d, std_pack[i].data, n), 0);
+		free(d);
+	}
+	snprintf(cmd, sizeof(cmd), "%s %s --extract config.json -", tool, path);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
+	ck_assert_str_eq(out, (const char *)std_pack[0].data);
+	snprintf(cmd, sizeof(cmd), "%s %s --extract dense/nope %s 2>&1", tool, path, x);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
+	ck_assert_uint_eq(count_lines(out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "k2inspect: "));
+	ck_assert_ptr_nonnull(strstr(out, "dense/nope"));
+
+	/* Damage two blocks: --verify names each, with its pack offset, and exits 1;
+	 * extracting the damaged entry fails, another still works. */
+	const k2p_entry *e = k2p_entry_find(p, "dense/large.weight");
+	uint64_t at1 = k2p_entry_block(p, e, 1)->offset;
+	e = k2p_entry_find(p, "experts/001/003");
+	uint64_t at2 = k2p_entry_block(p, e, 0)->offset;
+	k2p_pack_close(p);
+	size_t n;
+	uint8_t *d = read_whole(path, &n);
+	d[at1 + 3] ^= 0xff;
+	d[at2] ^= 0x01;
+	write_whole(path, d, n);
+	free(d);
+	snprintf(cmd, sizeof(cmd), "%s %s --verify 2>&1", tool, path);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
+	snprintf(want, sizeof(want), "block 1 of dense/large.weight at pack offset %" PRIu64
+		 ": checksum mismatch", at1);
+	ck_assert_msg(strstr(out, want) != NULL, "output: %s", out);
+	snprintf(want, sizeof(want), "block 0 of experts/001/003 at pack offset %" PRIu64, at2);
+	ck_assert_msg(strstr(out, want) != NULL, "output: %s", out);
+	ck_assert_uint_eq(count_lines(out), 3);  /* two blocks and the count */
+	snprintf(cmd, sizeof(cmd), "%s %s --extract dense/large.weight %s 2>&1", tool, path, x);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
+	ck_assert_ptr_nonnull(strstr(out, "checksum mismatch"));
+	ck_assert_int_ne(access(x, F_OK), 0);  /* no partial output left */
+	snprintf(cmd, sizeof(cmd), "%s %s --extract dense/small.weight %s 2>&1", tool, path, x);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
+
+	/* A truncated pack: one line naming the file and the expected size. */
+	struct stat st;
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(truncate(path, st.st_size - 100), 0);
+	snprintf(cmd, sizeof(cmd), "%s %s --list 2>&1", tool, path);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
+	ck_assert_uint_eq(count_lines(out), 1);
+	snprintf(want, sizeof(want), "k2inspect: %s: truncated: expected %lld bytes, file has %lld\n",
+		 path, (long long)st.st_size, (long long)st.st_size - 100);
+	ck_assert_str_eq(out, want);
+
+	/* Usage errors and help. */
+	snprintf(cmd, sizeof(cmd), "%s 2>&1", tool);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
+	ck_assert_uint_eq(count_lines(out), 1);
+	snprintf(cmd, sizeof(cmd), "%s %s --bogus 2>&1", tool, path);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
+	ck_assert_ptr_nonnull(strstr(out, "--bogus"));
+	snprintf(cmd, sizeof(cmd), "%s --help", tool);
+	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
+	ck_assert_ptr_nonnull(strstr(out, "SYNOPSIS"));
+	ck_assert_ptr_nonnull(strstr(out, "--extract NAME OUT"));
+	std_pack_free();
+	remove_tmpdir();
+}
+END_TEST
+
 static Suite *pack_suite(void)
 {
 	Suite *s = suite_create("pack");
@@ -880,6 +1009,7 @@ static Suite *pack_suite(void)
 	tcase_add_test(tc, block_decode_bad_stream);
 	tcase_add_test(tc, flipped_header_or_index_byte);
 	tcase_add_test(tc, crafted_index);
+	tcase_add_test(tc, k2inspect_cli);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	return s;
