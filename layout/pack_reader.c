@@ -218,10 +218,10 @@ static int check_header(const char *path, const uint8_t *page, uint64_t size,
 	if (h->index_bytes > K2P_MAX_INDEX_BYTES)
 		return k2_err_set(err, -EINVAL, "%s: offset 32: index_bytes %" PRIu64 " above 1 GiB",
 				  path, h->index_bytes);
-	if (h->index_offset > size || h->index_bytes > size - h->index_offset)
+	if (h->index_offset > size || h->index_bytes != size - h->index_offset)
 		return k2_err_set(err, -EINVAL,
-				  "%s: offset 24: index [%" PRIu64 ", +%" PRIu64 ") outside the file (%"
-				  PRIu64 " bytes)", path, h->index_offset, h->index_bytes, size);
+				  "%s: offset 24: index [%" PRIu64 ", +%" PRIu64 ") does not end the "
+				  "file (%" PRIu64 " bytes)", path, h->index_offset, h->index_bytes, size);
 	uint64_t tables = (uint64_t)h->n_entries * K2P_ENTRY_BYTES +
 			  (uint64_t)h->n_blocks * K2P_BLOCK_BYTES;
 	if (tables > h->index_bytes)
@@ -518,7 +518,9 @@ int k2p_pack_open(const char *path, k2p_pack **out, k2_err *err)
 		rc = k2_err_set(err, -ENOMEM, "%s: out of memory", path);
 		goto out_free;
 	}
-	p->fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK so that a FIFO given by mistake cannot hang the open; it has no
+	 * effect on the regular file we accept. */
+	p->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (p->fd < 0) {
 		rc = k2_err_set(err, -errno, "%s: cannot open: %s", path, strerror(errno));
 		goto out_free;
@@ -532,6 +534,9 @@ int k2p_pack_open(const char *path, k2p_pack **out, k2_err *err)
 		rc = k2_err_set(err, -EINVAL, "%s: not a regular file", path);
 		goto out_free;
 	}
+	int fl = fcntl(p->fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(p->fd, F_SETFL, fl & ~O_NONBLOCK);
 	uint64_t size = (uint64_t)st.st_size;
 	uint8_t page[K2P_HEADER_BYTES];
 	if (size < K2P_HEADER_BYTES) {

@@ -530,6 +530,12 @@ START_TEST(truncated_pack)
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
 	ck_assert_int_eq(truncate(path, st.st_size + 4096), 0);
 	open_fails(path, "trailing");
+	/* Not a regular file: refused without blocking on a FIFO. */
+	const char *fifo = tmp_path("fifo");
+	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+	open_fails(fifo, "not a regular file");
+	open_fails(tmpdir, "not a regular file");
+	open_fails(tmp_path("missing.k2"), "cannot open");
 	std_pack_free();
 	remove_tmpdir();
 }
@@ -801,6 +807,7 @@ static void eh_flags(struct k2p_header_disk *h) { h->flags = 4; }
 static void eh_block_bytes(struct k2p_header_disk *h) { h->block_bytes = 3000; }
 static void eh_entries(struct k2p_header_disk *h) { h->n_entries = 1u << 25; }
 static void eh_index_off(struct k2p_header_disk *h) { h->index_offset += 1; }
+static void eh_index_short(struct k2p_header_disk *h) { h->index_bytes -= 1; }
 static void eh_file_bytes(struct k2p_header_disk *h) { h->file_bytes -= 1; }
 
 START_TEST(crafted_index)
@@ -845,6 +852,7 @@ START_TEST(crafted_index)
 		{eh_block_bytes, "block_bytes 3000"},
 		{eh_entries, "entries (limit 2^24)"},
 		{eh_index_off, "index_offset"},
+		{eh_index_short, "does not end the file"},
 		{eh_file_bytes, "expected"},
 	};
 	for (size_t i = 0; i < sizeof(hcases) / sizeof(hcases[0]); i++) {
