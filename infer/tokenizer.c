@@ -14,7 +14,12 @@
  *      (lowest rank first, leftmost on ties); results are cached per piece.
  * Decoding maps each token string back to bytes (ByteLevel decoder: a token
  * with a character outside the alphabet decodes to its own UTF-8) and repairs
- * invalid UTF-8 the way Rust's String::from_utf8_lossy does. */
+ * invalid UTF-8 the way Rust's String::from_utf8_lossy does.
+ *
+ * Loading: jansson parses the file, except that model.vocab and model.merges
+ * (99% of its bytes) are read by a small strict reader of our own when the
+ * file's outline allows, because jansson needs over half a second for them;
+ * see "The fast path" below. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 
 #include "tokenizer.h"
@@ -59,17 +64,22 @@ static int arena_reserve(struct arena *a, size_t extra)
 	return 0;
 }
 
+/* Appends n bytes. 0 or -ENOMEM. */
+static int arena_cat(struct arena *a, const void *s, size_t n)
+{
+	if (arena_reserve(a, n))
+		return -ENOMEM;
+	if (n)
+		memcpy(a->p + a->len, s, n);
+	a->len += n;
+	return 0;
+}
+
 /* Appends n bytes and a NUL; *off gets where they start. 0 or -ENOMEM. */
 static int arena_add(struct arena *a, const void *s, size_t n, size_t *off)
 {
-	if (arena_reserve(a, n + 1))
-		return -ENOMEM;
 	*off = a->len;
-	if (n)
-		memcpy(a->p + a->len, s, n);
-	a->p[a->len + n] = 0;
-	a->len += n + 1;
-	return 0;
+	return arena_cat(a, s, n) || arena_cat(a, "", 1) ? -ENOMEM : 0;
 }
 
 struct ivec {
@@ -567,29 +577,16 @@ static int compile_regex(const inf_tok *t, const char *pat, size_t len, bool lit
 		opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | PCRE2_LITERAL; /* all it allows */
 	} else {
 		for (size_t i = 0; i < len; i++) {
-			const char *rep = NULL;
-			if (pat[i] == '\\' && i + 1 < len) {
-				if (pat[i + 1] == 's')
-					rep = "\\p{White_Space}";
-				else if (pat[i + 1] == 'S')
-					rep = "\\P{White_Space}";
-			}
-			size_t off;
-			if (rep) {
-				if (arena_add(&a, rep, strlen(rep), &off))
-					goto nomem;
-				a.len--; /* drop the NUL arena_add wrote */
+			size_t n = pat[i] == '\\' && i + 1 < len ? 2 : 1; /* an escape is 2 bytes */
+			const char *rep = pat + i;
+			if (n == 2 && pat[i + 1] == 's')
+				rep = "\\p{White_Space}", n = 15;
+			else if (n == 2 && pat[i + 1] == 'S')
+				rep = "\\P{White_Space}", n = 15;
+			if (arena_cat(&a, rep, n))
+				goto nomem;
+			if (pat[i] == '\\')
 				i++;
-			} else if (pat[i] == '\\' && i + 1 < len) {
-				if (arena_add(&a, pat + i, 2, &off))
-					goto nomem;
-				a.len--;
-				i++;
-			} else {
-				if (arena_add(&a, pat + i, 1, &off))
-					goto nomem;
-				a.len--;
-			}
 		}
 		src = a.p ? a.p : "";
 		srclen = a.len;
@@ -1444,6 +1441,11 @@ static int parse_split(inf_tok *t, const json_t *o, size_t i, k2_err *err)
 	int rc = get_bool(t, o, "invert", what, &s->invert, err);
 	if (rc)
 		return rc;
+	s->re = NULL;
+	if (p == str && json_string_length(p) == 0) {
+		t->n_splits++;
+		return 0;
+	}
 	rc = compile_regex(t, json_string_value(p), json_string_length(p), p == str, what, &s->re,
 			   err);
 	if (rc)
@@ -1931,6 +1933,8 @@ static int find_matches(inf_tok *t, const pcre2_code *re, const char *s, size_t 
 {
 	struct pvec *m = &t->marks;
 	m->n = 0;
+	if (!re) /* an empty String pattern: HF finds nothing */
+		return n ? pvec_push(m, 0, n, -1, 0) : 0;
 	size_t prev = 0, last_end = 0, last_match_end = SIZE_MAX;
 	while (last_end <= n) {
 		size_t ms, me;

@@ -141,9 +141,9 @@ static void expect_concat(const char *whole, const char *const *parts, size_t np
 	free(w);
 }
 
-START_TEST(test_encodings_jsonl)
+/* Every line of encodings.jsonl: ids, decode, streaming decode. */
+static void check_jsonl(inf_tok *tok)
 {
-	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
 	char path[1024];
 	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tokenizers());
 	FILE *f = fopen(path, "r");
@@ -167,21 +167,21 @@ START_TEST(test_encodings_jsonl)
 		for (size_t i = 0; i < nw; i++)
 			want[i] = (int32_t)json_integer_value(json_array_get(jids, i));
 		size_t n;
-		int32_t *ids = enc(ds, json_string_value(jt), json_string_length(jt), &n);
+		int32_t *ids = enc(tok, json_string_value(jt), json_string_length(jt), &n);
 		char what[128];
 		snprintf(what, sizeof(what), "line %d \"%.40s\"", lines + 1, json_string_value(jt));
 		expect_ids(ids, n, want, nw, what);
 		/* the same again, now from the piece cache */
 		free(ids);
-		ids = enc(ds, json_string_value(jt), json_string_length(jt), &n);
+		ids = enc(tok, json_string_value(jt), json_string_length(jt), &n);
 		expect_ids(ids, n, want, nw, what);
 
 		size_t dl;
-		char *d = dec(ds, want, nw, 0, &dl);
+		char *d = dec(tok, want, nw, 0, &dl);
 		EXPECT(dl == json_string_length(jdec) && memcmp(d, json_string_value(jdec), dl) == 0,
 		       "%s: decode gives \"%s\", expected \"%s\"", what, d, json_string_value(jdec));
 		size_t sl;
-		char *st = stream_all(ds, want, nw, 0, &sl);
+		char *st = stream_all(tok, want, nw, 0, &sl);
 		EXPECT(sl == dl && memcmp(st, d, dl) == 0, "%s: stream gives \"%s\", decode \"%s\"",
 		       what, st, d);
 		free(st);
@@ -194,6 +194,12 @@ START_TEST(test_encodings_jsonl)
 	free(line);
 	fclose(f);
 	EXPECT(lines >= 20, "%s: only %d lines", path, lines);
+}
+
+START_TEST(test_encodings_jsonl)
+{
+	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
+	check_jsonl(ds);
 }
 END_TEST
 
@@ -889,6 +895,64 @@ START_TEST(test_corrupt_files)
 	expect_load_error("addedid.json", "added_tokens[0]");
 	write_edited(src, len, "\"model\": {", "\"modelx\": {", "nomodel.json");
 	expect_load_error("nomodel.json", "model");
+	/* errors inside model.vocab / model.merges (read by the fast path) */
+	write_edited(src, len, "\"Hello\": 19923", "\"H\\x65llo\": 19923", "escape.json");
+	expect_load_error("escape.json", "model.vocab");
+	write_edited(src, len, "\"Hello\": 19923", "\"H\\ud800llo\": 19923", "surrogate.json");
+	expect_load_error("surrogate.json", "surrogate");
+	write_edited(src, len, "\"Hello\": 19923", "\"H\tllo\": 19923", "control.json");
+	expect_load_error("control.json", "control character");
+	write_edited(src, len, "\"Hello\": 19923", "\"H\xffllo\": 19923", "utf8.json");
+	expect_load_error("utf8.json", "UTF-8");
+	write_edited(src, len, "\"Hello\": 19923", "\"Hello\": 19923.5", "real.json");
+	expect_load_error("real.json", "integer");
+	write_edited(src, len, "\"Hello\": 19923", "\"Hello\": 1", "dupid.json");
+	expect_load_error("dupid.json", "twice");
+	write_edited(src, len, "\"Hello\": 19923,", "\"Hello\": 19923", "comma.json");
+	expect_load_error("comma.json", "model.vocab");
+	write_edited(src, len, "\"Ġ t\",", "[\"Ġ\", 5],", "pair.json");
+	expect_load_error("pair.json", "model.merges");
+	write_edited(src, len, "\n    }\n}", "\n    }\n}x", "trailing.json");
+	expect_load_error("trailing.json", "invalid JSON");
+	free(src);
+}
+END_TEST
+
+/* Escapes in the big members are decoded by the fast path; a file whose
+ * outline the fast path does not follow goes through jansson whole, with
+ * the same result. */
+START_TEST(test_fast_and_slow_paths)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/deepseek-v3/tokenizer.json", tokenizers());
+	FILE *f = fopen(path, "rb");
+	EXPECT(f != NULL, "cannot open %s", path);
+	size_t len = 16 << 20;
+	char *src = malloc(len);
+	len = fread(src, 1, len, f);
+	fclose(f);
+
+	write_edited(src, len, "\"Hello\": 19923", "\"H\\u0065ll\\u006F\": 19923", "esc.json");
+	snprintf(path, sizeof(path), "%s/esc.json", tmpdir);
+	inf_tok *t = NULL;
+	k2_err err = {{0}};
+	EXPECT(inf_tok_load(path, &t, &err) == 0, "%s: %s", path, err.msg);
+	size_t n;
+	int32_t *ids = enc(t, "Hello", 5, &n);
+	int32_t want[] = {19923};
+	expect_ids(ids, n, want, 1, "escaped Hello");
+	free(ids);
+	inf_tok_free(t);
+
+	/* "\u006dodel" is "model" to JSON but not to the outline scan */
+	write_edited(src, len, "\"model\": {", "\"\\u006dodel\": {", "slow.json");
+	snprintf(path, sizeof(path), "%s/slow.json", tmpdir);
+	double t0 = now();
+	EXPECT(inf_tok_load(path, &t, &err) == 0, "%s: %s", path, err.msg);
+	printf("tokenizer: jansson-only load in %.1f ms\n", (now() - t0) * 1e3);
+	ck_assert_uint_eq(inf_tok_vocab_size(t), 128815);
+	check_jsonl(t);
+	inf_tok_free(t);
 	free(src);
 }
 END_TEST
@@ -918,6 +982,7 @@ static Suite *suite(void)
 	tcase_add_test(tf, test_split_behaviors);
 	tcase_add_test(tf, test_added_flags);
 	tcase_add_test(tf, test_corrupt_files);
+	tcase_add_test(tf, test_fast_and_slow_paths);
 	suite_add_tcase(s, tf);
 	return s;
 }
