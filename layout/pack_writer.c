@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 
 #define QUEUE_LIMIT_BYTES (192ull << 20)  /* raw bytes queued but not yet on disk */
 #define MAX_THREADS 256
+#define WRITE_BATCH 64                      /* blocks per pwritev */
 #define BUF_HEADER 64u                      /* struct pbuf, padded: data stays aligned */
 
 /* A reusable buffer: entry copies and compressed blocks are recycled rather than
@@ -128,6 +130,31 @@ static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
 		if (r == 0)
 			return -EIO;
 		done += (size_t)r;
+	}
+	return 0;
+}
+
+/* Writes all of iov[0..n) at off; returns 0 or -errno. Modifies iov. */
+static int pwritev_full(int fd, struct iovec *iov, int n, uint64_t off)
+{
+	while (n > 0) {
+		ssize_t r = pwritev(fd, iov, n, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO;
+		off += (uint64_t)r;
+		while (n > 0 && (size_t)r >= iov->iov_len) {
+			r -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + r;
+			iov->iov_len -= (size_t)r;
+		}
 	}
 	return 0;
 }
@@ -363,21 +390,35 @@ static void *writer_main(void *arg)
 			pthread_cond_broadcast(&w->space);
 			continue;
 		}
-		struct wjob *j = &e->jobs[e->n_written];
-		if (j->state != JOB_DONE) {
+		/* The run of blocks compressed and ready, written with one pwritev. */
+		uint32_t k0 = e->n_written, m = 0;
+		while (m < WRITE_BATCH && k0 + m < e->n_blocks && e->jobs[k0 + m].state == JOB_DONE)
+			m++;
+		if (m == 0) {
 			pthread_cond_wait(&w->done, &w->lock);
 			continue;
 		}
 		int failed = w->error;
-		uint64_t at = w->pos;
+		uint64_t at = w->pos, len = 0;
 		pthread_mutex_unlock(&w->lock);
 
-		int rc = j->err;
-		if (rc) {
-			snprintf(msg, sizeof(msg), "%s: cannot compress block %" PRIu32 " of entry %"
-				 PRIu32 ": %s", w->path, e->n_written, e->index, strerror(-rc));
-		} else if (!failed) {
-			rc = pwrite_full(w->fd, j->out ? j->out : j->src, j->stored, at);
+		struct iovec iov[WRITE_BATCH];
+		uint8_t *outs[WRITE_BATCH];
+		int rc = 0;
+		for (uint32_t i = 0; i < m; i++) {
+			const struct wjob *j = &e->jobs[k0 + i];
+			if (j->err && !rc) {
+				rc = j->err;
+				snprintf(msg, sizeof(msg), "%s: cannot compress block %" PRIu32
+					 " of entry %" PRIu32 ": %s", w->path, k0 + i, e->index,
+					 strerror(-rc));
+			}
+			iov[i].iov_base = j->out ? j->out : (void *)j->src;
+			iov[i].iov_len = j->stored;
+			len += j->stored;
+		}
+		if (!rc && !failed) {
+			rc = pwritev_full(w->fd, iov, (int)m, at);
 			if (rc)
 				snprintf(msg, sizeof(msg), "%s: write failed at offset %" PRIu64 ": %s",
 					 w->tmp_path, at, strerror(-rc));
@@ -386,24 +427,28 @@ static void *writer_main(void *arg)
 		pthread_mutex_lock(&w->lock);
 		if (rc)
 			set_error_locked(w, rc, msg);
-		if (grow((void **)&w->blocks, &w->cap_blocks, w->n_blocks + 1,
-			 sizeof(*w->blocks)) < 0) {
+		if (grow((void **)&w->blocks, &w->cap_blocks, w->n_blocks + m,
+			 sizeof(*w->blocks)) < 0)
 			set_error_locked(w, -ENOMEM, "out of memory for the block table");
-		} else {
-			w->blocks[w->n_blocks++] = (struct k2p_block_disk){
-				.offset = at, .stored_bytes = j->stored, .raw_bytes = j->raw,
-				.codec = j->codec, .checksum = j->checksum};
+		uint64_t off = at;
+		for (uint32_t i = 0; i < m; i++) {
+			struct wjob *j = &e->jobs[k0 + i];
+			if (w->n_blocks < w->cap_blocks)
+				w->blocks[w->n_blocks++] = (struct k2p_block_disk){
+					.offset = off, .stored_bytes = j->stored,
+					.raw_bytes = j->raw, .codec = j->codec,
+					.checksum = j->checksum};
+			off += j->stored;
+			outs[i] = j->out;
+			j->out = NULL;
 		}
-		w->pos = at + j->stored;
-		w->total_stored += j->stored;
-		uint8_t *done_out = j->out;
-		j->out = NULL;
-		e->n_written++;
-		if (done_out) {
-			pthread_mutex_unlock(&w->lock);
-			buf_put(w, &w->blk_pool, done_out);
-			pthread_mutex_lock(&w->lock);
-		}
+		w->pos = at + len;
+		w->total_stored += len;
+		e->n_written += m;
+		pthread_mutex_unlock(&w->lock);
+		for (uint32_t i = 0; i < m; i++)
+			buf_put(w, &w->blk_pool, outs[i]);
+		pthread_mutex_lock(&w->lock);
 	}
 	pthread_mutex_unlock(&w->lock);
 	return NULL;
