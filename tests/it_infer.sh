@@ -126,21 +126,35 @@ for q in int4 int8 fp8; do
 	umount_pack "$work/mnt-q"
 done
 
-# 3. another config, generated
+# 3. another config, generated (the shape of fixtures/mkref.py's hidden one)
 if [ -x "$bin/k2gen" ]; then
-	if "$bin/k2gen" --seed 11 --set q_lora_rank=null --set n_group=4 --set topk_group=2 \
-		--set first_k_dense_replace=2 --set num_hidden_layers=4 --set qk_rope_head_dim=32 \
+	if "$bin/k2gen" --seed 11 --layers 5 --set q_lora_rank=null --set n_group=4 \
+		--set topk_group=2 --set first_k_dense_replace=2 --set qk_rope_head_dim=32 \
 		--set qk_nope_head_dim=16 --set v_head_dim=48 --set num_attention_heads=6 \
-		--set kv_lora_rank=96 --set num_experts_per_tok=6 "$work/gen" >"$work/gen.log" 2>&1 &&
-	   "$bin/k2pack" "$work/gen" "$work/gen.k2" >/dev/null 2>&1 &&
+		--set kv_lora_rank=96 --set num_experts_per_tok=6 --set intermediate_size=384 \
+		--set rope_theta=10000.0 --set rope_scaling.factor=40 --set rope_scaling.beta_fast=32 \
+		--set max_position_embeddings=163840 --set routed_scaling_factor=2.5 \
+		--set bos_token_id=0 --set eos_token_id=1 "$work/gen" >"$work/gen.log" 2>&1 &&
+	   "$bin/k2pack" "$work/gen" "$work/gen.k2" >"$work/gen.log" 2>&1 &&
 	   mount_pack "$work/gen.k2" "$work/mnt-gen"; then
 		if "$bin/infer" --model "$work/mnt-gen" --tokens 1,5,9,13,17 -n 8 --ignore-eos \
-			--trace "$work/gen.trace" >"$work/gen.out" 2>"$work/gen.err"; then
-			echo "== k2gen model (no q LoRA, 4 groups, 2 dense layers): $(cat "$work/gen.out")"
+			--trace "$work/gen.trace" --dump-logits "$work/gen.st" >"$work/gen.out" 2>"$work/gen.err" &&
+		   "$bin/infer" --model "$work/mnt-gen" --tokens 1,5,9,13,17 -n 8 --ignore-eos \
+			--trace "$work/gen2.trace" --dump-logits "$work/gen2.st" --prefetch router \
+			--expert-cache 3experts >"$work/gen2.out" 2>"$work/gen2.err"; then
+			echo "== k2gen model (no q LoRA, 4 groups top 2, 2 dense layers, 6 heads): $(cat "$work/gen.out")"
 			n=$(wc -l <"$work/gen.trace")
 			[ "$n" -eq 12 ] || fail "k2gen model: trace has $n lines, expected 12"
+			# 6 experts per MoE layer, from at most 2 of the 4 groups of 8
+			bad=$(awk -F'"2":\\[' '{ split($2, r, "]"); n = split(r[1], e, ",");
+				split("", g); k = 0
+				for (i = 1; i <= n; i++) { q = int(e[i] / 8); if (!(q in g)) { g[q] = 1; k++ } }
+				if (n != 6 || k > 2) print NR }' "$work/gen.trace")
+			[ -z "$bad" ] || fail "k2gen model: layer 2 routing breaks 6-of-2-groups on lines $bad"
+			cmp -s "$work/gen.st" "$work/gen2.st" && cmp -s "$work/gen.trace" "$work/gen2.trace" ||
+				fail "k2gen model: prefetch + 3-expert cache changed the outputs"
 		else
-			fail "k2gen model: $(cat "$work/gen.err")"
+			fail "k2gen model: $(cat "$work/gen.err" "$work/gen2.err")"
 		fi
 		umount_pack "$work/mnt-gen"
 	else
@@ -148,6 +162,33 @@ if [ -x "$bin/k2gen" ]; then
 	fi
 else
 	echo "== k2gen not built: the other-config model is not tested here"
+fi
+
+# 3b. text in, text out: a k2gen model with the DeepSeek-V3 tokenizer in the mount
+tokdir=${K2_TOKENIZERS:-$here/../../shared/tokenizers}/deepseek-v3
+if [ -x "$bin/k2gen" ] && [ -f "$tokdir/tokenizer.json" ]; then
+	line=$(head -1 "$tokdir/encodings.jsonl")
+	text=$(echo "$line" | sed 's/^{"text": "\([^"]*\)".*/\1/')
+	want=$(echo "$line" | sed 's/.*"ids": \[\([^]]*\)\].*/\1/; s/ //g')
+	if "$bin/k2gen" --seed 3 --layers 3 --set vocab_size=129280 --tokenizer "$tokdir" \
+		"$work/tok" >"$work/tok.log" 2>&1 &&
+	   "$bin/k2pack" "$work/tok" "$work/tok.k2" >"$work/tok.log" 2>&1 &&
+	   mount_pack "$work/tok.k2" "$work/mnt-tok"; then
+		got=$("$bin/infer" --model "$work/mnt-tok" --tokenize "$text" 2>&1)
+		[ "$got" = "$want" ] || fail "--tokenize '$text': got $got, want $want"
+		if "$bin/infer" --model "$work/mnt-tok" --prompt "$text" -n 6 --ignore-eos \
+			--trace "$work/tok.trace" >"$work/tok.out" 2>"$work/tok.err"; then
+			# the prompt positions carry BOS (tokenizer_config.json add_bos_token) + the ids
+			seen=$(head -7 "$work/tok.trace" | sed 's/.*"token":\([0-9]*\).*/\1/' | paste -sd,)
+			[ "$seen" = "0,$want" ] || fail "--prompt: trace tokens $seen, want 0,$want"
+			echo "== --prompt '$text' -> $(cat "$work/tok.out")"
+		else
+			fail "--prompt: $(cat "$work/tok.err")"
+		fi
+		umount_pack "$work/mnt-tok"
+	else
+		fail "k2gen --tokenizer model: $(tail -3 "$work/tok.log")"
+	fi
 fi
 
 # 4. bad input, in plain copies of a mount
