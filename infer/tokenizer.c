@@ -898,6 +898,47 @@ static bool find_big_members(const char *p, size_t n, struct big_members *bm)
 	       p[bm->vocab_off] == '{' && p[bm->merges_off] == '[';
 }
 
+/* The file with the two big values emptied, for jansson: each becomes its
+ * brackets around the newlines it had, and the last line's indentation, so
+ * jansson's line and column numbers still match the file. malloc'd; NULL
+ * when out of memory. */
+static char *outline_copy(const char *p, size_t n, const struct big_members *bm, size_t *out_len)
+{
+	size_t off[2] = {bm->vocab_off, bm->merges_off}, len[2] = {bm->vocab_len, bm->merges_len};
+	if (off[1] < off[0]) {
+		size_t o = off[0], l = len[0];
+		off[0] = off[1], len[0] = len[1];
+		off[1] = o, len[1] = l;
+	}
+	/* a value of len bytes with L newlines, the last at offset last_nl >= L,
+	 * becomes len + L - last_nl <= len bytes: n bytes are enough */
+	char *c = malloc(n + 1);
+	size_t k = 0, from = 0;
+	for (int i = 0; c && i < 2; i++) {
+		/* the values were scanned from one bracket to its match: len >= 2 */
+		const char *v = p + off[i];
+		memcpy(c + k, p + from, off[i] - from);
+		k += off[i] - from;
+		c[k++] = v[0];
+		size_t last_nl = 0, lines = 0;
+		for (const char *q = v; (q = memchr(q, '\n', (size_t)(v + len[i] - q))); q++)
+			lines++, last_nl = (size_t)(q - v);
+		from = off[i] + len[i];
+		if (lines) {
+			memset(c + k, '\n', lines);
+			k += lines;
+			memset(c + k, ' ', len[i] - 2 - last_nl);
+			k += len[i] - 2 - last_nl;
+		}
+		c[k++] = v[len[i] - 1];
+	}
+	if (!c)
+		return NULL;
+	memcpy(c + k, p + from, n - from);
+	*out_len = k + n - from;
+	return c;
+}
+
 static int hexval(char c)
 {
 	return c >= '0' && c <= '9' ? c - '0'
@@ -1706,25 +1747,15 @@ int inf_tok_load(const char *path, inf_tok **out, k2_err *err)
 	if ((rc = read_file(t, &text, &len, err)))
 		goto fail;
 	struct big_members big;
+	size_t copy_len;
 	bool fast = find_big_members(text, len, &big);
 	if (fast) {
-		/* jansson reads a copy with the two big values blanked in place
-		 * (newlines kept, so its line numbers still match the file) */
-		char *copy = malloc(len);
+		char *copy = outline_copy(text, len, &big, &copy_len);
 		if (!copy) {
 			rc = k2_err_set(err, -ENOMEM, "%s: out of memory", path);
 			goto fail;
 		}
-		memcpy(copy, text, len);
-		size_t offs[2] = {big.vocab_off, big.merges_off};
-		size_t lens[2] = {big.vocab_len, big.merges_len};
-		for (int i = 0; i < 2; i++) {
-			char *r = copy + offs[i];
-			for (size_t k = 1; k + 1 < lens[i]; k++)
-				if (r[k] != '\n')
-					r[k] = ' ';
-		}
-		root = json_loadb(copy, len, JSON_ALLOW_NUL, &je);
+		root = json_loadb(copy, copy_len, JSON_ALLOW_NUL, &je);
 		free(copy);
 	} else {
 		root = json_loadb(text, len, JSON_ALLOW_NUL, &je);
