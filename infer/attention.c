@@ -199,7 +199,11 @@ static void attend_batch(inf_engine *e, uint32_t layer, uint32_t n)
 		}
 }
 
-/* One query at position e->pos with kv_b absorbed; writes attn [nh·v]. */
+/* One query at position e->pos with kv_b absorbed; writes attn [nh·v]:
+ *   q_c[h] = W_kn[h]ᵀ q_nope[h]                       (kn_t[h], per head)
+ *   s[h, j] = (q_c[h]·c_j + q_pe[h]·k_pe_j)·scale     (the cache as a matrix, batch nh)
+ *   o_c[h] = Σ_j softmax(s[h])_j c_j
+ *   out[h] = W_v[h] o_c[h]                            (wv[h], per head) */
 static void attend_one(inf_engine *e, uint32_t layer)
 {
 	const inf_model *m = e->m;
@@ -207,37 +211,32 @@ static void attend_one(inf_engine *e, uint32_t layer)
 	const inf_layer *ly = &m->layers[layer];
 	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
 	const uint32_t rope = c->qk_rope_head_dim, vd = c->v_head_dim, R = c->kv_lora_rank;
-	const uint32_t qk = nope + rope, kvw = nope + vd;
+	const uint32_t qk = nope + rope;
 	const float scale = m->attn_scale;
 	inf_scratch *s = &e->s;
 	const float *kc = e->kv_c + (size_t)layer * e->max_ctx * R;
 	const float *kp = e->kv_pe + (size_t)layer * e->max_ctx * rope;
 	const uint32_t total = e->pos + 1;
-	float *row = s->rowbuf;
 
 	for (uint32_t h = 0; h < nh; h++) {
-		const float *qn = s->q + (size_t)h * qk;
-		const float *qp = qn + nope;
-		float *qc = s->qc + (size_t)h * R;
-		memset(qc, 0, sizeof(float) * R);
-		for (uint32_t r = 0; r < nope; r++) {
-			kern_mat_row(&ly->kv_b, h * kvw + r, row);
-			kern_axpy(qc, qn[r], row, R);
-		}
-		float *sc = s->scores;
+		kern_matmul(&ly->kn_t[h], s->q + (size_t)h * qk, 1, s->qc + (size_t)h * R);
+		memcpy(s->qpe + (size_t)h * rope, s->q + (size_t)h * qk + nope, sizeof(float) * rope);
+	}
+	const kern_mat cm = {.format = KERN_FORMAT_F32, .rows = total, .cols = R, .w = kc};
+	const kern_mat pm = {.format = KERN_FORMAT_F32, .rows = total, .cols = rope, .w = kp};
+	kern_matmul(&cm, s->qc, nh, s->scores);
+	kern_matmul(&pm, s->qpe, nh, s->scores2);
+	for (uint32_t h = 0; h < nh; h++) {
+		float *sc = s->scores + (size_t)h * total;
+		const float *s2 = s->scores2 + (size_t)h * total;
 		for (uint32_t j = 0; j < total; j++)
-			sc[j] = (dot(qc, kc + (size_t)j * R, R) +
-				 dot(qp, kp + (size_t)j * rope, rope)) * scale;
+			sc[j] = (sc[j] + s2[j]) * scale;
 		kern_softmax(sc, total);
 		float *oc = s->oc + (size_t)h * R;
 		memset(oc, 0, sizeof(float) * R);
 		for (uint32_t j = 0; j < total; j++)
 			kern_axpy(oc, sc[j], kc + (size_t)j * R, R);
-		float *o = s->attn + (size_t)h * vd;
-		for (uint32_t r = 0; r < vd; r++) {
-			kern_mat_row(&ly->kv_b, h * kvw + nope + r, row);
-			o[r] = dot(row, oc, R);
-		}
+		kern_matmul(&ly->wv[h], oc, 1, s->attn + (size_t)h * vd);
 	}
 }
 

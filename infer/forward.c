@@ -96,7 +96,9 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	s->qc = inf_alloc(sizeof(float) * nh * R);
 	s->oc = inf_alloc(sizeof(float) * nh * R);
 	s->rowbuf = inf_alloc(sizeof(float) * (R > H ? R : H));
-	s->scores = inf_alloc(sizeof(float) * e->max_ctx);
+	s->scores = inf_alloc(sizeof(float) * nh * e->max_ctx);
+	s->scores2 = inf_alloc(sizeof(float) * nh * e->max_ctx);
+	s->qpe = inf_alloc(sizeof(float) * nh * rope);
 	s->mlp_g = inf_alloc(sizeof(float) * B * I);
 	s->mlp_u = inf_alloc(sizeof(float) * B * I);
 	s->moe_x = inf_alloc(sizeof(float) * B * H);
@@ -114,7 +116,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	e->pf_has = inf_alloc(L);
 	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
 		       s->attn, s->kvblk, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
-		       s->scores, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
+		       s->scores, s->scores2, s->qpe, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
 		       s->router_logits, s->route_w, s->route_scratch, s->pf_x, s->pf_logits,
 		       s->tok_list, s->slot_list, e->pf_pred, e->pf_list, e->pf_has};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
@@ -155,7 +157,7 @@ void inf_engine_destroy(inf_engine *e)
 	inf_scratch *s = &e->s;
 	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
 		       s->attn, s->kvblk, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
-		       s->scores, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
+		       s->scores, s->scores2, s->qpe, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
 		       s->router_logits, s->route_w, s->route_scratch, s->pf_x, s->pf_logits,
 		       s->tok_list, s->slot_list, e->pf_pred, e->pf_list, e->pf_has, e->routes};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)

@@ -23,6 +23,10 @@ typedef struct inf_layer {
 	kern_mat kv_a;       /* [R + rope, H] */
 	float *kv_a_norm;    /* [R] */
 	kern_mat kv_b;       /* [nh·(nope + v), R] */
+	/* kv_b absorbed for decode, per head h: kn_t[h] = W_knᵀ [R, nope] (a
+	 * transposed copy: bf16 stays bf16, other formats dequantized to f32) and
+	 * wv[h] = W_v [v, R] (a view into kv_b where its format allows, else f32) */
+	kern_mat *kn_t, *wv;
 	kern_mat o_proj;     /* [H, nh·v] */
 	/* dense MLP (moe = 0) or shared experts (moe = 1, has_shared) */
 	int has_mlp;
@@ -59,7 +63,8 @@ typedef struct inf_scratch {
 	float *qc;                  /* [nh, R] absorbed queries (decode) */
 	float *oc;                  /* [nh, R] */
 	float *rowbuf;              /* [max(R, H)] */
-	float *scores;              /* [max_ctx] */
+	float *scores, *scores2;    /* [nh, max_ctx] */
+	float *qpe;                 /* [nh, rope] */
 	float *mlp_g, *mlp_u;       /* [B, max I] */
 	float *moe_x, *moe_y;       /* [B, H] gathered rows */
 	float *moe_out;             /* [B, top_k, H] per-(token, slot) expert outputs */

@@ -353,6 +353,83 @@ int inf_model_is_moe(const inf_model *m, uint32_t layer)
 	return layer < m->cfg.num_hidden_layers && m->layers[layer].moe;
 }
 
+/* Builds the per-head absorbed forms of kv_b (see inf_layer). Returns 0 or
+ * -ENOMEM. */
+static int absorb_kv_b(inf_model *m, inf_layer *ly, k2_err *err)
+{
+	const k2_model_config *c = &m->cfg;
+	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
+	const uint32_t vd = c->v_head_dim, R = c->kv_lora_rank, kvw = nope + vd;
+	const kern_mat *kb = &ly->kv_b;
+	int rc;
+	ly->kn_t = calloc(nh, sizeof(kern_mat));
+	ly->wv = calloc(nh, sizeof(kern_mat));
+	if ((rc = own(m, ly->kn_t)) < 0 || (rc = own(m, ly->wv)) < 0)
+		return k2_err_set(err, rc, "out of memory");
+	float *row = malloc(sizeof(float) * R);
+	if ((rc = own(m, row)) < 0)
+		return k2_err_set(err, rc, "out of memory");
+	for (uint32_t h = 0; h < nh; h++) {
+		kern_mat *a = &ly->kn_t[h], *b = &ly->wv[h];
+		const uint32_t r0 = h * kvw, v0 = h * kvw + nope;
+		a->rows = R;
+		a->cols = nope;
+		if (kb->format == K2_FORMAT_BF16) {
+			const uint16_t *w = kb->w;
+			uint16_t *t = inf_alloc(sizeof(uint16_t) * R * nope);
+			if ((rc = own(m, t)) < 0)
+				return k2_err_set(err, rc, "out of memory");
+			for (uint32_t r = 0; r < nope; r++)
+				for (uint32_t j = 0; j < R; j++)
+					t[(size_t)j * nope + r] = w[(size_t)(r0 + r) * R + j];
+			a->format = K2_FORMAT_BF16;
+			a->w = t;
+		} else {
+			float *t = inf_alloc(sizeof(float) * R * nope);
+			if ((rc = own(m, t)) < 0)
+				return k2_err_set(err, rc, "out of memory");
+			for (uint32_t r = 0; r < nope; r++) {
+				kern_mat_row(kb, r0 + r, row);
+				for (uint32_t j = 0; j < R; j++)
+					t[(size_t)j * nope + r] = row[j];
+			}
+			a->format = KERN_FORMAT_F32;
+			a->w = t;
+		}
+		b->rows = vd;
+		b->cols = R;
+		b->format = kb->format;
+		switch (kb->format) {
+		case K2_FORMAT_BF16:
+			b->w = (const uint16_t *)kb->w + (size_t)v0 * R;
+			continue;
+		case KERN_FORMAT_F32:
+			b->w = (const float *)kb->w + (size_t)v0 * R;
+			continue;
+		case K2_FORMAT_INT8:
+			b->w = (const int8_t *)kb->w + (size_t)v0 * R;
+			b->s = (const float *)kb->s + v0;
+			continue;
+		case K2_FORMAT_FP8_B128:
+			if (v0 % 128 == 0) {
+				b->w = (const uint8_t *)kb->w + (size_t)v0 * R;
+				b->s = (const float *)kb->s + (size_t)(v0 / 128) * ((R + 127) / 128);
+				continue;
+			}
+			break;
+		}
+		float *t = inf_alloc(sizeof(float) * vd * R);
+		if ((rc = own(m, t)) < 0)
+			return k2_err_set(err, rc, "out of memory");
+		for (uint32_t r = 0; r < vd; r++)
+			kern_mat_row(kb, v0 + r, t + (size_t)r * R);
+		b->format = KERN_FORMAT_F32;
+		b->w = t;
+		b->s = NULL;
+	}
+	return 0;
+}
+
 static int load_layer(inf_model *m, uint32_t l, k2_err *err)
 {
 	const k2_model_config *c = &m->cfg;
@@ -387,6 +464,8 @@ static int load_layer(inf_model *m, uint32_t l, k2_err *err)
 			   nh * (c->qk_nope_head_dim + c->v_head_dim), R, &ly->kv_b, err)) < 0 ||
 	    (rc = load_mat(m, NAME("self_attn.o_proj.weight"), H, nh * c->v_head_dim,
 			   &ly->o_proj, err)) < 0)
+		return rc;
+	if ((rc = absorb_kv_b(m, ly, err)) < 0)
 		return rc;
 	const char *mp = "mlp.";
 	if (ly->moe) {
