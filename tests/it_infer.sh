@@ -95,6 +95,19 @@ for f in bf16 fp8 int4; do
 				fail "$f $mode: outputs differ from the plain run"
 			fi
 		done
+		if [ "$f" = bf16 ]; then
+			# without --ignore-eos generation stops at eos_token_id (2), emitted last
+			want=$("$cmpr" "$ref" --print greedy_ids | awk -F, '{ s = $1; for (i = 2; i <= NF && $(i-1) != 2; i++) s = s "," $i; print s }')
+			got=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 16 2>&1)
+			[ "$got" = "$want" ] || fail "stop at EOS: got $got, want $want"
+			# sampling: a seed reproduces a run, another seed (most likely) differs
+			s1=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 12 --ignore-eos --temperature 0.8 --top-p 0.9 --seed 5 2>&1)
+			s2=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 12 --ignore-eos --temperature 0.8 --top-p 0.9 --seed 5 2>&1)
+			s3=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 12 --ignore-eos --temperature 0.8 --top-p 0.9 --seed 6 2>&1)
+			[ "$s1" = "$s2" ] || fail "sampling with one seed differs: $s1 / $s2"
+			[ "$s1" != "$s3" ] || fail "sampling with seeds 5 and 6 gave the same 12 tokens: $s1"
+			echo "   stop at EOS: $got; sampled (seed 5): $s1"
+		fi
 		# prefetch reached k2fs as a layer hint
 		hint=$(getfattr --only-values -n user.k2.prefetch "$work/mnt-$f/experts/003" 2>/dev/null)
 		case $hint in
