@@ -32,16 +32,35 @@ typedef void (*kern_rows_fn)(const kern_mat *m, const float *x, uint32_t batch,
 /* Portable C (matmul.c). */
 void kern_rows_generic(const kern_mat *m, const float *x, uint32_t batch,
 		       float *y, uint32_t r0, uint32_t r1);
-/* AVX2 + FMA + F16C (matmul_avx2.c); only call where kern_cpu_avx2() is 1. */
+/* AVX2 + FMA + F16C (matmul_avx2.c). */
 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 		    float *y, uint32_t r0, uint32_t r1);
+/* AVX-512 F/BW/VL at batch 1, AVX2 above (matmul_avx512.c). */
+void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
+		      float *y, uint32_t r0, uint32_t r1);
 
-/* 1 when this CPU runs kern_rows_avx2 (AVX2, FMA and F16C), else 0. */
-int kern_cpu_avx2(void);
+/* int4-g32 at batch 1 on the AVX-512 path: like the others, except that it
+ * takes xp, x with every group of 32 rearranged by kern_i4_pair_split. */
+void kern_rows_avx512_i4(const kern_mat *m, const float *xp, float *y,
+			 uint32_t r0, uint32_t r1);
+/* xp[32g + i] = x[32g + 2i], xp[32g + 16 + i] = x[32g + 2i + 1] (i < 16) for
+ * every group g of cols / 32. */
+void kern_i4_pair_split(const float *x, uint32_t cols, float *xp);
 
-/* Forces the portable path (force = 1) or the best path (0); for tests and
- * benchmarks that compare them. Not thread-safe against running products. */
-void kern_force_generic(int force);
+/* Instruction-set paths, each needing the ones before it. */
+enum kern_isa {
+	KERN_ISA_GENERIC = 0,
+	KERN_ISA_AVX2 = 1,   /* AVX2, FMA, F16C */
+	KERN_ISA_AVX512 = 2, /* and AVX-512 F, BW, VL */
+};
+
+/* The best path this CPU runs. */
+int kern_isa_best(void);
+/* The path products use now: the best one, or less after kern_isa_limit. */
+int kern_isa(void);
+/* Caps the path at `max` (a kern_isa), or lifts the cap with -1; for tests and
+ * benchmarks that compare paths. Not thread-safe against running products. */
+void kern_isa_limit(int max);
 
 /* The e4m3 -> float table (k2q_e4m3_to_f32 for every byte), built once. */
 const float *kern_e4m3_lut(void);

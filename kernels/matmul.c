@@ -1,6 +1,7 @@
 /* matmul.c — kern_matmul: splits a product into row tasks for the pool and
- * picks the instruction-set path once (AVX2+FMA+F16C where the CPU has them,
- * else the portable C path below, which any C compiler builds).
+ * picks the instruction-set path (AVX-512 at batch 1 where the CPU has
+ * F/BW/VL, AVX2+FMA+F16C where it has those, else the portable C path below,
+ * which any C compiler builds), detected once at run time.
  *
  * Determinism: tasks are fixed row ranges chosen from the shape alone, and
  * every path computes each output element in an order that depends only on
@@ -10,34 +11,45 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- dispatch */
 
-static int cpu_avx2;
+static int cpu_isa;
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
-static int force_generic;
+static int isa_cap = -1;
 
 static void cpu_detect(void)
 {
+	cpu_isa = KERN_ISA_GENERIC;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 	__builtin_cpu_init();
-	cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-		   __builtin_cpu_supports("f16c");
-#else
-	cpu_avx2 = 0;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	    __builtin_cpu_supports("f16c")) {
+		cpu_isa = KERN_ISA_AVX2;
+		if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		    __builtin_cpu_supports("avx512vl"))
+			cpu_isa = KERN_ISA_AVX512;
+	}
 #endif
 }
 
-int kern_cpu_avx2(void)
+int kern_isa_best(void)
 {
 	pthread_once(&cpu_once, cpu_detect);
-	return cpu_avx2;
+	return cpu_isa;
 }
 
-void kern_force_generic(int force)
+int kern_isa(void)
 {
-	force_generic = force;
+	int best = kern_isa_best();
+	return isa_cap >= 0 && isa_cap < best ? isa_cap : best;
+}
+
+void kern_isa_limit(int max)
+{
+	isa_cap = max;
 }
 
 /* ---------------------------------------------------------------- tasks */
@@ -46,14 +58,26 @@ void kern_force_generic(int force)
  * task's cost dwarfs taking it, small enough to balance 2…64 threads. */
 #define TASK_BYTES (64u << 10)
 
+/* Columns of x kern_matmul rearranges on its own stack; more go to the heap. */
+#define XP_STACK 8192u
+
 struct mm_job {
 	kern_rows_fn fn;
 	const kern_mat *m;
 	const float *x;
+	const float *xp; /* when set, x rearranged for kern_rows_avx512_i4, which runs */
 	uint32_t batch;
 	float *y;
 	uint32_t rows_per_task;
 };
+
+static void mm_rows(const struct mm_job *j, uint32_t r0, uint32_t r1)
+{
+	if (j->xp)
+		kern_rows_avx512_i4(j->m, j->xp, j->y, r0, r1);
+	else
+		j->fn(j->m, j->x, j->batch, j->y, r0, r1);
+}
 
 static void mm_task(void *ctx, uint32_t i)
 {
@@ -63,7 +87,16 @@ static void mm_task(void *ctx, uint32_t i)
 
 	if (r1 > j->m->rows || r1 < r0)
 		r1 = j->m->rows;
-	j->fn(j->m, j->x, j->batch, j->y, r0, r1);
+	mm_rows(j, r0, r1);
+}
+
+void kern_i4_pair_split(const float *x, uint32_t cols, float *xp)
+{
+	for (uint32_t g = 0; g + 32 <= cols; g += 32)
+		for (uint32_t i = 0; i < 16; i++) {
+			xp[g + i] = x[g + 2 * i];
+			xp[g + 16 + i] = x[g + 2 * i + 1];
+		}
 }
 
 void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
@@ -83,9 +116,19 @@ void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	}
 
 	struct mm_job j = {
-		.fn = kern_cpu_avx2() && !force_generic ? kern_rows_avx2 : kern_rows_generic,
 		.m = m, .x = x, .batch = batch, .y = y,
 	};
+	switch (kern_isa()) {
+	case KERN_ISA_AVX512:
+		j.fn = kern_rows_avx512;
+		break;
+	case KERN_ISA_AVX2:
+		j.fn = kern_rows_avx2;
+		break;
+	default:
+		j.fn = kern_rows_generic;
+		break;
+	}
 	/* Work per row grows with the batch; keep tasks near TASK_BYTES of
 	 * streamed weights at batch 1 and proportionally fewer rows above. */
 	uint64_t row_bytes = kern_mat_bytes(m) / m->rows + 1;
@@ -97,11 +140,23 @@ void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	if (rpt > m->rows)
 		rpt = m->rows;
 	j.rows_per_task = (uint32_t)rpt;
+
+	float xp_stack[XP_STACK], *xp_heap = NULL;
+	if (j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 && batch == 1) {
+		float *xp = m->cols <= XP_STACK ? xp_stack : (xp_heap = malloc(m->cols * sizeof(float)));
+		if (xp) {
+			kern_i4_pair_split(x, m->cols, xp);
+			j.xp = xp;
+		} else {
+			j.fn = kern_rows_avx2; /* no memory: the next best path */
+		}
+	}
 	uint32_t n_tasks = (uint32_t)((m->rows + rpt - 1) / rpt);
 	if (n_tasks == 1)
-		j.fn(m, x, batch, y, 0, m->rows);
+		mm_rows(&j, 0, m->rows);
 	else
 		kern_pool_run(mm_task, &j, n_tasks);
+	free(xp_heap);
 }
 
 /* ---------------------------------------------------------------- portable path */

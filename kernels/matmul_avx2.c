@@ -426,7 +426,7 @@ AVX2 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 	}
 }
 
-#else /* not x86-64 GCC/Clang: never called, kern_cpu_avx2() is 0 */
+#else /* not x86-64 GCC/Clang: never called, kern_isa_best() is generic */
 
 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 		    float *y, uint32_t r0, uint32_t r1)

@@ -3,8 +3,8 @@
  * shapes (2048 x 7168 and 7168 x 2048), next to memcpy of a buffer of the same
  * size timed in the same run, and the ratio of the two.
  *
- *   prog_kernels_bench [--threads N] [--seconds S] [--batch B] [--generic]
- *                      [--formats int4-g32,bf16,...]
+ *   prog_kernels_bench [--threads N] [--seconds S] [--batch B]
+ *                      [--isa portable|avx2|avx512] [--formats int4-g32,bf16,...]
  *
  * Two regimes: "hot" multiplies one matrix again and again (it may stay in
  * the last-level cache, and so does the memcpy of its size); "stream" cycles
@@ -164,7 +164,8 @@ int main(int argc, char **argv)
 	double seconds = 1.5;
 	uint32_t batch = 1;
 	char formats[256] = "int4-g32,bf16";
-	int generic = 0;
+	int isa = -1;
+	static const char *const isa_names[] = {"portable", "avx2", "avx512"};
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -173,13 +174,20 @@ int main(int argc, char **argv)
 			seconds = atof(argv[++i]);
 		else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
 			batch = (uint32_t)atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--generic"))
-			generic = 1;
+		else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+			const char *a = argv[++i];
+			isa = !strcmp(a, "portable") ? 0 : !strcmp(a, "avx2") ? 1 : !strcmp(a, "avx512") ? 2 : 9;
+			if (isa > kern_isa_best()) {
+				fprintf(stderr, "%s: path %s not available here (best: %s)\n", argv[0], a,
+					isa_names[kern_isa_best()]);
+				return 2;
+			}
+		}
 		else if (!strcmp(argv[i], "--formats") && i + 1 < argc)
 			snprintf(formats, sizeof(formats), "%s", argv[++i]);
 		else {
 			fprintf(stderr, "usage: %s [--threads N] [--seconds S] [--batch B] "
-					"[--generic] [--formats int4-g32,bf16,fp8-b128,int8,f32]\n",
+					"[--isa portable|avx2|avx512] [--formats int4-g32,bf16,fp8-b128,int8,f32]\n",
 				argv[0]);
 			return 2;
 		}
@@ -189,9 +197,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	kern_set_threads(threads);
-	kern_force_generic(generic);
-	printf("threads %d, path %s, batch %u\n", kern_threads(),
-	       kern_cpu_avx2() && !generic ? "avx2" : "portable", batch);
+	kern_isa_limit(isa);
+	printf("threads %d, path %s%s, batch %u\n", kern_threads(), isa_names[kern_isa()],
+	       kern_isa() == KERN_ISA_AVX512 && batch > 1 ? " (avx2 above batch 1)" : "", batch);
 	printf("%-9s %-11s %-6s %9s %9s %11s %6s\n", "format", "shape", "regime", "us/call",
 	       "GB/s", "memcpy GB/s", "ratio");
 

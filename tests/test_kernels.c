@@ -181,21 +181,22 @@ static void products_all_shapes(void)
 			}
 }
 
+/* Every instruction-set path this CPU has, portable C first. */
+static const char *const isa_names[] = {"portable", "avx2", "avx512"};
+
 START_TEST(test_matmul_vs_ref)
 {
 	rng_state = 1;
 	kern_set_threads(2);
-	products_all_shapes();
-}
-END_TEST
-
-START_TEST(test_matmul_generic_vs_ref)
-{
-	rng_state = 2;
-	kern_set_threads(2);
-	kern_force_generic(1);
-	products_all_shapes();
-	kern_force_generic(0);
+	for (int isa = 0; isa <= kern_isa_best(); isa++) {
+		kern_isa_limit(isa);
+		ck_assert_int_eq(kern_isa(), isa);
+		products_all_shapes();
+	}
+	printf("test_matmul_vs_ref: paths tested: portable%s%s\n",
+	       kern_isa_best() >= KERN_ISA_AVX2 ? ", avx2" : "",
+	       kern_isa_best() >= KERN_ISA_AVX512 ? ", avx512" : "");
+	kern_isa_limit(-1);
 }
 END_TEST
 
@@ -203,11 +204,11 @@ END_TEST
  * one accumulator tile, and rows past one task. */
 START_TEST(test_matmul_odd_shapes)
 {
-	static const uint32_t cols[] = {1, 7, 13, 130, 300, 517};
+	static const uint32_t cols[] = {1, 7, 13, 130, 145, 177, 300, 517};
 	rng_state = 3;
 	kern_set_threads(3);
-	for (int generic = 0; generic < 2; generic++) {
-		kern_force_generic(generic);
+	for (int isa = 0; isa <= kern_isa_best(); isa++) {
+		kern_isa_limit(isa);
 		for (size_t f = 0; f < N_FORMATS; f++) {
 			if (all_formats[f] == K2_FORMAT_INT4_G32)
 				continue;
@@ -224,8 +225,12 @@ START_TEST(test_matmul_odd_shapes)
 		check_product(&t, 49);
 		check_product(&t, 100);
 		tmat_free(&t);
+		t = tmat_make(K2_FORMAT_INT4_G32, 9, 8224); /* x rearranged on the heap */
+		check_product(&t, 1);
+		check_product(&t, 2);
+		tmat_free(&t);
 	}
-	kern_force_generic(0);
+	kern_isa_limit(-1);
 }
 END_TEST
 
@@ -239,9 +244,9 @@ START_TEST(test_matmul_threads_identical)
 		for (uint32_t batch = 1; batch <= 17; batch += 16) {
 			size_t ny = (size_t)batch * t.m.rows;
 			float *x = random_vec((size_t)batch * t.m.cols);
-			for (int generic = 0; generic < 2; generic++) {
+			for (int isa = 0; isa <= kern_isa_best(); isa++) {
 				float *first = NULL;
-				kern_force_generic(generic);
+				kern_isa_limit(isa);
 				for (int th = 1; th <= 3; th++) {
 					float *y = nan_vec(ny);
 					kern_set_threads(th);
@@ -256,8 +261,8 @@ START_TEST(test_matmul_threads_identical)
 						free(ref);
 					} else {
 						ck_assert_msg(memcmp(first, y, ny * sizeof(*y)) == 0,
-							      "%s batch %u generic %d: %d threads differ",
-							      fmt_name(t.m.format), batch, generic, th);
+							      "%s batch %u %s: %d threads differ",
+							      fmt_name(t.m.format), batch, isa_names[isa], th);
 						free(y);
 					}
 				}
@@ -267,15 +272,15 @@ START_TEST(test_matmul_threads_identical)
 		}
 		tmat_free(&t);
 	}
-	kern_force_generic(0);
+	kern_isa_limit(-1);
 	kern_set_threads(0);
 }
 END_TEST
 
-/* The two paths agree with each other closely (they sum in other orders). */
+/* The paths agree with each other closely (they sum in other orders). */
 START_TEST(test_matmul_paths_agree)
 {
-	if (!kern_cpu_avx2()) {
+	if (kern_isa_best() == KERN_ISA_GENERIC) {
 		printf("test_matmul_paths_agree: no AVX2/FMA/F16C here; only the portable path runs\n");
 		return;
 	}
@@ -284,19 +289,23 @@ START_TEST(test_matmul_paths_agree)
 		tmat t = tmat_make(all_formats[f], 64, 1024);
 		float *x = random_vec(3 * 1024);
 		for (uint32_t batch = 1; batch <= 3; batch += 2) {
-			float *a = nan_vec(64 * batch), *b = nan_vec(64 * batch);
-			kern_force_generic(0);
+			float *a = nan_vec(64 * batch);
+			kern_isa_limit(KERN_ISA_GENERIC);
 			kern_matmul(&t.m, x, batch, a);
-			kern_force_generic(1);
-			kern_matmul(&t.m, x, batch, b);
-			ck_assert(rel_err(a, b, 64 * batch) < 1e-5);
+			for (int isa = 1; isa <= kern_isa_best(); isa++) {
+				float *b = nan_vec(64 * batch);
+				kern_isa_limit(isa);
+				kern_matmul(&t.m, x, batch, b);
+				ck_assert_msg(rel_err(b, a, 64 * batch) < 1e-5, "%s batch %u: %s",
+					      fmt_name(t.m.format), batch, isa_names[isa]);
+				free(b);
+			}
 			free(a);
-			free(b);
 		}
 		free(x);
 		tmat_free(&t);
 	}
-	kern_force_generic(0);
+	kern_isa_limit(-1);
 }
 END_TEST
 
@@ -320,8 +329,8 @@ START_TEST(test_matmul_fp8_all_codes)
 		float want = (c & 0x7f) == 0x7f ? 0.0f : k2q_e4m3_to_f32((uint8_t)c) * s[c / 128];
 		ck_assert(kern_mat_get(&m, 1, (uint32_t)c) == want);
 	}
-	for (int generic = 0; generic < 2; generic++) {
-		kern_force_generic(generic);
+	for (int isa = 0; isa <= kern_isa_best(); isa++) {
+		kern_isa_limit(isa);
 		for (uint32_t batch = 1; batch <= 3; batch += 2) {
 			float *x = random_vec((size_t)batch * COLS);
 			float y[3 * ROWS], ref[3 * ROWS];
@@ -331,7 +340,7 @@ START_TEST(test_matmul_fp8_all_codes)
 			kern_matmul_ref(&m, x, batch, ref);
 			for (uint32_t b = 0; b < batch; b++) {
 				ck_assert(isnan(ref[b * ROWS]));
-				ck_assert_msg(isnan(y[b * ROWS]), "generic %d batch %u", generic, batch);
+				ck_assert_msg(isnan(y[b * ROWS]), "%s batch %u", isa_names[isa], batch);
 				for (int r = 1; r < ROWS; r++) {
 					double e = fabs((double)y[b * ROWS + r] - ref[b * ROWS + r]);
 					ck_assert_msg(e <= 1e-5 * (fabs(ref[b * ROWS + r]) + 1),
@@ -341,7 +350,7 @@ START_TEST(test_matmul_fp8_all_codes)
 			free(x);
 		}
 	}
-	kern_force_generic(0);
+	kern_isa_limit(-1);
 	free(w);
 }
 END_TEST
@@ -589,7 +598,6 @@ static Suite *kernels_suite(void)
 	TCase *tc = tcase_create("products");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_matmul_vs_ref);
-	tcase_add_test(tc, test_matmul_generic_vs_ref);
 	tcase_add_test(tc, test_matmul_odd_shapes);
 	tcase_add_test(tc, test_matmul_threads_identical);
 	tcase_add_test(tc, test_matmul_paths_agree);

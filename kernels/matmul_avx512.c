@@ -1,0 +1,287 @@
+/* matmul_avx512.c — the batch-1 (decode) products with 512-bit vectors, for
+ * CPUs with AVX-512 F/BW/VL (Xeon since Skylake-SP, Zen 4 and later), where
+ * int4 and fp8 are bound by the dequantizing work rather than by memory and
+ * twice the width pays. Batches > 1 use the AVX2 tiled path. Compiled with a
+ * target attribute; matmul.c calls it only where the CPU has the features.
+ *
+ * Same scheme as matmul_avx2.c: each row in one pass, four accumulators, a
+ * fixed order per row; column tails by masked loads instead of scalar code. */
+#include "kernels_impl.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+#include <immintrin.h>
+
+#define TGT "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
+#define A512 __attribute__((target(TGT)))
+#define A512_INLINE static inline __attribute__((target(TGT), always_inline))
+
+/* Sum of the 16 lanes in a fixed order. */
+A512_INLINE float hsum16(__m512 v)
+{
+	__m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+				 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+A512_INLINE __m512 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
+{
+	return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+}
+
+/* Mask of the first n (< 16 or 32) lanes. */
+A512_INLINE __mmask16 m16(uint32_t n)
+{
+	return (__mmask16)((1u << n) - 1);
+}
+
+A512_INLINE __mmask32 m32(uint32_t n)
+{
+	return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1);
+}
+
+A512_INLINE __m512 bf16x16(__m256i v)
+{
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+A512_INLINE __m512 i8x16(__m128i v)
+{
+	return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
+/* 32 e4m3 bytes as two vectors of 16 floats, times 2^-8 (see ld_fp8x16 in
+ * matmul_avx2.c for the bit trick); NaN codes tracked in *nan. */
+A512_INLINE void fp8x32(__m256i b, __m512 *lo, __m512 *hi, __m256i *nan)
+{
+	*nan = _mm256_max_epu8(*nan, _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));
+	__m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7),
+				     _mm512_set1_epi16((short)0xbf80));
+	*lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+	*hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+}
+
+A512_INLINE int fp8_nan_seen(__m256i nan)
+{
+	return _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan, _mm256_set1_epi8(0x7f))) != 0;
+}
+
+A512 static void mv_f32(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols;
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const float *w = (const float *)m->w + (size_t)r * cols;
+		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		uint32_t k = 0;
+		for (; k + 64 <= cols; k += 64) {
+			a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+			a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+			a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+			a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+		}
+		for (; k + 16 <= cols; k += 16)
+			a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+		if (k < cols) {
+			__mmask16 mk = m16(cols - k);
+			a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, w + k),
+					     _mm512_maskz_loadu_ps(mk, x + k), a1);
+		}
+		y[r] = hsum16(sum4(a0, a1, a2, a3));
+	}
+}
+
+A512 static void mv_bf16(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols;
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const uint16_t *w = (const uint16_t *)m->w + (size_t)r * cols;
+		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		uint32_t k = 0;
+#define LDW(o) bf16x16(_mm256_loadu_si256((const __m256i *)(w + k + (o))))
+		for (; k + 64 <= cols; k += 64) {
+			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
+			a1 = _mm512_fmadd_ps(LDW(16), _mm512_loadu_ps(x + k + 16), a1);
+			a2 = _mm512_fmadd_ps(LDW(32), _mm512_loadu_ps(x + k + 32), a2);
+			a3 = _mm512_fmadd_ps(LDW(48), _mm512_loadu_ps(x + k + 48), a3);
+		}
+		for (; k + 16 <= cols; k += 16)
+			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
+#undef LDW
+		if (k < cols) {
+			__mmask16 mk = m16(cols - k);
+			a1 = _mm512_fmadd_ps(bf16x16(_mm256_maskz_loadu_epi16(mk, w + k)),
+					     _mm512_maskz_loadu_ps(mk, x + k), a1);
+		}
+		y[r] = hsum16(sum4(a0, a1, a2, a3));
+	}
+}
+
+A512 static void mv_i8(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols;
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const int8_t *w = (const int8_t *)m->w + (size_t)r * cols;
+		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		uint32_t k = 0;
+#define LDW(o) i8x16(_mm_loadu_si128((const __m128i *)(w + k + (o))))
+		for (; k + 64 <= cols; k += 64) {
+			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
+			a1 = _mm512_fmadd_ps(LDW(16), _mm512_loadu_ps(x + k + 16), a1);
+			a2 = _mm512_fmadd_ps(LDW(32), _mm512_loadu_ps(x + k + 32), a2);
+			a3 = _mm512_fmadd_ps(LDW(48), _mm512_loadu_ps(x + k + 48), a3);
+		}
+		for (; k + 16 <= cols; k += 16)
+			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
+#undef LDW
+		if (k < cols) {
+			__mmask16 mk = m16(cols - k);
+			a1 = _mm512_fmadd_ps(i8x16(_mm_maskz_loadu_epi8(mk, w + k)),
+					     _mm512_maskz_loadu_ps(mk, x + k), a1);
+		}
+		y[r] = hsum16(sum4(a0, a1, a2, a3)) * ((const float *)m->s)[r];
+	}
+}
+
+A512 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols, ncb = (cols + 127) / 128;
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const uint8_t *w = (const uint8_t *)m->w + (size_t)r * cols;
+		const float *srow = (const float *)m->s + (size_t)(r / 128) * ncb;
+		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		__m256i nan = _mm256_setzero_si256();
+		for (uint32_t cb = 0; cb < ncb; cb++) {
+			uint32_t k = cb * 128, c1 = k + 128 < cols ? k + 128 : cols;
+			__m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0, lo, hi;
+			if (c1 - k == 128) {
+				for (int i = 0; i < 4; i += 2, k += 64) {
+					fp8x32(_mm256_loadu_si256((const __m256i *)(w + k)), &lo, &hi, &nan);
+					b0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + k), b0);
+					b1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + k + 16), b1);
+					fp8x32(_mm256_loadu_si256((const __m256i *)(w + k + 32)), &lo, &hi, &nan);
+					b2 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + k + 32), b2);
+					b3 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + k + 48), b3);
+				}
+			} else {
+				/* the partial last block: 32 columns a step, masked */
+				for (; k < c1; k += 32) {
+					uint32_t n = c1 - k;
+					fp8x32(_mm256_maskz_loadu_epi8(m32(n), w + k), &lo, &hi, &nan);
+					b0 = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(n >= 16 ? 0xffff : m16(n), x + k), b0);
+					if (n > 16)
+						b1 = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(n >= 32 ? 0xffff : m16(n - 16),
+												x + k + 16), b1);
+				}
+			}
+			__m512 s = _mm512_set1_ps(srow[cb] * 256.0f);
+			a0 = _mm512_fmadd_ps(b0, s, a0);
+			a1 = _mm512_fmadd_ps(b1, s, a1);
+			a2 = _mm512_fmadd_ps(b2, s, a2);
+			a3 = _mm512_fmadd_ps(b3, s, a3);
+		}
+		y[r] = fp8_nan_seen(nan) ? NAN : hsum16(sum4(a0, a1, a2, a3));
+	}
+}
+
+/* int4 at batch 1 takes x with each group of 32 rearranged, evens first
+ * (kern_i4_pair_split): then one byte widened to a 32-bit lane holds element
+ * 2i in its low nibble and 2i+1 in the next, and vpermps, which reads only the
+ * low 4 bits of each index, looks both up in a 16-entry table of (q − 8) · s
+ * for the group's scale s: the dequantized value exactly as kern_mat_get
+ * computes it, with no masking, offset or conversion. */
+A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, float *y, uint32_t r0,
+			      uint32_t r1)
+{
+	const uint32_t ng = m->cols / 32;
+	const __m512 q = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const uint8_t *w = (const uint8_t *)m->w + (size_t)r * ng * 16;
+		const uint16_t *s = (const uint16_t *)m->s + (size_t)r * ng;
+		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		uint32_t g = 0;
+#define I4_GROUP(G, SG, EVEN, ODD)                                                           \
+	do {                                                                                 \
+		__m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + (size_t)(G) * 16))); \
+		__m512 t = _mm512_mul_ps(q, SG);                                             \
+		const float *xg = xp + (size_t)(G) * 32;                                     \
+		EVEN = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, t), _mm512_loadu_ps(xg), EVEN); \
+		ODD = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), t),      \
+				      _mm512_loadu_ps(xg + 16), ODD);                        \
+	} while (0)
+		/* Sixteen groups a step, their scales converted together; even
+		 * groups go to (a0, a1), odd ones to (a2, a3). */
+		for (; g + 16 <= ng; g += 16) {
+			__m512 sv = bf16x16(_mm256_loadu_si256((const __m256i *)(s + g)));
+#define I4_STEP(J, EVEN, ODD) \
+	I4_GROUP(g + (J), _mm512_permutexvar_ps(_mm512_set1_epi32(J), sv), EVEN, ODD)
+			I4_STEP(0, a0, a1); I4_STEP(1, a2, a3); I4_STEP(2, a0, a1); I4_STEP(3, a2, a3);
+			I4_STEP(4, a0, a1); I4_STEP(5, a2, a3); I4_STEP(6, a0, a1); I4_STEP(7, a2, a3);
+			I4_STEP(8, a0, a1); I4_STEP(9, a2, a3); I4_STEP(10, a0, a1); I4_STEP(11, a2, a3);
+			I4_STEP(12, a0, a1); I4_STEP(13, a2, a3); I4_STEP(14, a0, a1); I4_STEP(15, a2, a3);
+#undef I4_STEP
+		}
+		for (; g < ng; g++) {
+			__m512 sg = _mm512_set1_ps(kern_bf16(s[g]));
+			if (g & 1)
+				I4_GROUP(g, sg, a2, a3);
+			else
+				I4_GROUP(g, sg, a0, a1);
+		}
+#undef I4_GROUP
+		y[r] = hsum16(sum4(a0, a1, a2, a3));
+	}
+}
+
+A512 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
+			   float *y, uint32_t r0, uint32_t r1)
+{
+	if (batch > 1) {
+		kern_rows_avx2(m, x, batch, y, r0, r1);
+		return;
+	}
+	switch (m->format) {
+	case K2_FORMAT_BF16:
+		mv_bf16(m, x, y, r0, r1);
+		break;
+	case K2_FORMAT_FP8_B128:
+		mv_fp8(m, x, y, r0, r1);
+		break;
+	case K2_FORMAT_INT8:
+		mv_i8(m, x, y, r0, r1);
+		break;
+	case K2_FORMAT_INT4_G32: /* kern_matmul sends int4 to kern_rows_avx512_i4 */
+		kern_rows_avx2(m, x, batch, y, r0, r1);
+		break;
+	case KERN_FORMAT_F32:
+		mv_f32(m, x, y, r0, r1);
+		break;
+	}
+}
+
+#else /* not x86-64 GCC/Clang: never called, kern_isa_best() is generic */
+
+void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
+		      float *y, uint32_t r0, uint32_t r1)
+{
+	kern_rows_generic(m, x, batch, y, r0, r1);
+}
+
+void kern_rows_avx512_i4(const kern_mat *m, const float *xp, float *y, uint32_t r0, uint32_t r1)
+{
+	(void)m, (void)xp;
+	for (uint32_t r = r0; r < r1; r++)
+		y[r] = NAN;
+}
+
+#endif
