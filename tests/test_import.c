@@ -320,13 +320,26 @@ static float *source_f32(const k2st_checkpoint *ck, int fx, uint32_t l, uint32_t
 			 uint32_t rows, uint32_t cols)
 {
 	char name[256];
-	snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.weight", l, e, projs[pj]);
+	snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.%s", l, e, projs[pj],
+		 fx == 2 ? "weight_packed" : "weight");
 	const k2st_tensor *t;
 	uint8_t *w = read_tensor(ck, name, &t);
 	float *f = malloc(sizeof(float) * rows * cols);
 	ck_assert_ptr_nonnull(f);
 	if (fx == 0) {
 		ck_assert_int_eq(k2q_to_f32(K2_DTYPE_BF16, w, (size_t)rows * cols, f), 0);
+	} else if (fx == 2) {
+		/* compressed-tensors: w = (nibble - 8) × weight_scale, decoded here by hand */
+		snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.weight_scale", l, e,
+			 projs[pj]);
+		const uint16_t *sc = (const uint16_t *)read_tensor(ck, name, NULL);
+		const uint32_t *words = (const uint32_t *)w;
+		for (uint32_t r = 0; r < rows; r++)
+			for (uint32_t c = 0; c < cols; c++) {
+				int q = (int)((words[r * (cols / 8) + c / 8] >> (4 * (c % 8))) & 15) - 8;
+				f[(size_t)r * cols + c] = (float)q * k2q_bf16_to_f32(sc[r * (cols / 32) + c / 32]);
+			}
+		free((void *)sc);
 	} else {
 		strcat(name, "_scale_inv");
 		uint8_t *s = read_tensor(ck, name, NULL);
@@ -348,17 +361,20 @@ static const struct conv_case conv_cases[] = {
 	{0, K2_FORMAT_INT4_G32},
 	{1, K2_FORMAT_INT4_G32},
 	{0, K2_FORMAT_BF16},
+	{2, K2_FORMAT_BF16},
+	{2, K2_FORMAT_FP8_B128},
+	{1, K2_FORMAT_INT8},
 };
 
 /* Checks one converted projection: the scales follow the format's rule, and
  * |w - dequant| is within the rounding bound of that format:
  *   fp8:  s = max|block|/448;   |err| <= s * max(2^-4 |w/s|, 2^-10)  (3 mantissa bits; subnormal step 2^-9)
- *   int8: s = max|row|/127;     |err| <= s/2
+ *   int8: s = max|row|/127;     |err| <= s/2 (+ float32 rounding, 3e-5 s)
  *   int4: s = bf16(max|g|/7.5); |err| <= 0.54 s (s/2, or up to 0.53 s where bf16
  *         rounding of s clamps the group maximum to 7)
- *   bf16: exact (the source is bf16) */
+ *   bf16: |err| <= 2^-8 |w| (exact for a bf16 source: checked as such) */
 static void check_converted(uint32_t format, const float *w, const uint8_t *qw, const uint8_t *qs,
-			    uint32_t rows, uint32_t cols, double *worst)
+			    uint32_t rows, uint32_t cols, double *worst, double *worst_abs)
 {
 	float *d = malloc(sizeof(float) * rows * cols);
 	ck_assert_ptr_nonnull(d);
@@ -396,7 +412,8 @@ static void check_converted(uint32_t format, const float *w, const uint8_t *qw, 
 				if (got != want)
 					ck_abort_msg("int8 scale [%u] %g != %g", r, got, want);
 				s = got;
-				bound = 0.5 * s * (1 + 1e-5);
+				/* + float32 rounding of w/s and q*s: 2 × 2^-24 × 127 s */
+				bound = s * (0.5 + 3e-5);
 				break;
 			}
 			case K2_FORMAT_INT4_G32: {
@@ -409,7 +426,8 @@ static void check_converted(uint32_t format, const float *w, const uint8_t *qw, 
 				break;
 			}
 			case K2_FORMAT_BF16:
-				bound = 0;
+				/* exact from a bf16 source; else round to nearest with 8 significant bits */
+				bound = fabs(w[i]) * 0x1p-8;
 				break;
 			}
 			if (err > bound)
@@ -417,6 +435,8 @@ static void check_converted(uint32_t format, const float *w, const uint8_t *qw, 
 					     d[i], err, bound, s);
 			if (s > 0 && err / s > *worst)
 				*worst = err / s;
+			if (err > *worst_abs)
+				*worst_abs = err;
 		}
 	}
 	free(amax);
@@ -431,7 +451,7 @@ START_TEST(test_convert_bounds)
 	import_ok(src, "conv.k2", cc->format, 2, out, sizeof(out));
 	k2p_pack *p = open_pack(out);
 	k2st_checkpoint *ck = open_ck(src);
-	double worst = 0;
+	double worst = 0, worst_abs = 0;
 	size_t n = 0;
 	for (size_t i = 0; i < k2p_entry_count(p); i++) {
 		const k2p_entry *en = k2p_entry_at(p, i);
@@ -448,12 +468,14 @@ START_TEST(test_convert_bounds)
 			uint32_t rows = pj == 2 ? 256 : 64, cols = pj == 2 ? 64 : 256;
 			float *w = source_f32(ck, cc->fx, en->layer, en->expert, pj, rows, cols);
 			check_converted(cc->format, w, img + lay.sec[2 * pj].offset,
-					img + lay.sec[2 * pj + 1].offset, rows, cols, &worst);
+					img + lay.sec[2 * pj + 1].offset, rows, cols, &worst, &worst_abs);
 			free(w);
 		}
 		free(img);
 	}
 	ck_assert_uint_eq(n, 96);
+	if (cc->format == K2_FORMAT_BF16 && cc->fx == 0)
+		ck_assert_msg(worst_abs == 0, "bf16 -> bf16 is not exact: %g", worst_abs);
 	/* the bound is not vacuous: rounding does reach a good part of it */
 	if (cc->format == K2_FORMAT_INT8 || cc->format == K2_FORMAT_INT4_G32)
 		ck_assert_msg(worst > 0.45, "worst error %g of a scale: suspiciously small", worst);

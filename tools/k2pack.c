@@ -127,13 +127,19 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	char raw[32], stored[32];
+	double es = st.expert_seconds > 0 ? st.expert_seconds : 1e-9;
 	printf("k2pack: %s: %llu entries (%llu files, %llu dense, %llu experts), %s -> %s "
-	       "(ratio %.3f), %.1f s, %.0f MB/s in\n",
+	       "(ratio %.3f), %.1f s, %.0f MB/s in; experts %.0f MB -> %.0f MB (ratio %.3f) "
+	       "in %.1f s, %.0f MB/s in, %.0f MB/s out\n",
 	       pos[1], (unsigned long long)(st.n_files + st.n_dense + st.n_experts),
 	       (unsigned long long)st.n_files, (unsigned long long)st.n_dense,
 	       (unsigned long long)st.n_experts, k2_format_bytes(st.raw_bytes, raw, sizeof(raw)),
 	       k2_format_bytes(st.stored_bytes, stored, sizeof(stored)),
 	       st.raw_bytes ? (double)st.stored_bytes / (double)st.raw_bytes : 0.0, st.seconds,
-	       st.seconds > 0 ? (double)st.bytes_in / st.seconds / 1e6 : 0.0);
+	       st.seconds > 0 ? (double)st.bytes_in / st.seconds / 1e6 : 0.0,
+	       (double)st.expert_raw / 1e6, (double)st.expert_stored / 1e6,
+	       st.expert_raw ? (double)st.expert_stored / (double)st.expert_raw : 0.0,
+	       st.expert_seconds, (double)st.expert_in / es / 1e6,
+	       (double)st.expert_stored / es / 1e6);
 	return 0;
 }

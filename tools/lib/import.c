@@ -1096,6 +1096,8 @@ int k2i_import(const char *src_dir, const char *out_path, const k2i_opts *o,
 	rc = write_files(&im, &st, err);
 	if (rc == 0)
 		rc = write_dense(&im, &st, err);
+	double t_exp = k2_now();
+	uint64_t in_before_experts = im.bytes_in;
 	if (rc == 0)
 		rc = write_experts(&im, err);
 	k2cli_progress_clear(&im.prog);
@@ -1118,12 +1120,18 @@ int k2i_import(const char *src_dir, const char *out_path, const k2i_opts *o,
 			const k2p_entry *e = k2p_entry_at(pk, i);
 			st.raw_bytes += e->raw_bytes;
 			st.stored_bytes += e->extent_bytes;
+			if (e->kind == K2P_KIND_EXPERT) {
+				st.expert_raw += e->raw_bytes;
+				st.expert_stored += e->extent_bytes;
+			}
 		}
 		st.pack_bytes = k2p_pack_file_bytes(pk);
 		k2p_pack_close(pk);
 	}
 	st.bytes_in = im.bytes_in;
+	st.expert_in = im.bytes_in - in_before_experts;
 	st.seconds = k2_now() - im.t0;
+	st.expert_seconds = k2_now() - t_exp;
 	if (stats)
 		*stats = st;
 out_free:

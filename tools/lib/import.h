@@ -32,6 +32,9 @@ typedef struct k2i_stats {
 	uint64_t raw_bytes, stored_bytes; /* of the pack's entries (writer totals) */
 	uint64_t pack_bytes;              /* size of the finished pack file */
 	double seconds;
+	/* the expert phase alone: from the first expert to the finished pack */
+	uint64_t expert_in, expert_raw, expert_stored;
+	double expert_seconds;
 } k2i_stats;
 
 /* Fills o with the defaults: keep, zstd, level 0, default blocks, all cores,
