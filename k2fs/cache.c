@@ -95,9 +95,12 @@ static void lru_touch(struct k2fs_cache *c, struct k2fs_slot *s)
 /* Frees every block of an idle slot (refs 0, nothing loading). */
 static void slot_evict(struct k2fs_cache *c, struct k2fs_slot *s)
 {
+	c->used -= s->bytes; /* first: what the pool may keep grows by it */
+	s->bytes = 0;
 	for (uint32_t b = 0; b < s->e->n_blocks && s->n_ready + s->n_error > 0; b++) {
 		if (s->bstate[b] == K2FS_B_READY) {
-			k2fs_pool_put(c->pool, s->bdata[b], align4k(block_raw(c, s, b)));
+			k2fs_pool_put(c->pool, s->bdata[b], align4k(block_raw(c, s, b)),
+				      k2fs_cache_pool_keep(c));
 			s->bdata[b] = NULL;
 			s->n_ready--;
 		} else if (s->bstate[b] == K2FS_B_ERROR) {
@@ -105,8 +108,6 @@ static void slot_evict(struct k2fs_cache *c, struct k2fs_slot *s)
 		}
 		s->bstate[b] = K2FS_B_ABSENT;
 	}
-	c->used -= s->bytes;
-	s->bytes = 0;
 	s->prefetched = 0;
 	s->drop_after_load = 0;
 	c->st.evictions++;
@@ -412,10 +413,10 @@ void k2fs_cache_block_finish(struct k2fs_cache *c, struct k2fs_job *job, uint32_
 		s->n_ready++;
 		c->st.bytes_decompressed += raw;
 	} else {
-		k2fs_pool_put(c->pool, job->bufs[i], align4k(raw));
-		job->bufs[i] = NULL;
 		s->bytes -= raw;
 		c->used -= raw;
+		k2fs_pool_put(c->pool, job->bufs[i], align4k(raw), k2fs_cache_pool_keep(c));
+		job->bufs[i] = NULL;
 		if (rc == -ECANCELED) {
 			s->bstate[b] = K2FS_B_ABSENT;
 		} else {
@@ -597,6 +598,7 @@ void k2fs_cache_set_limit(struct k2fs_cache *c, uint64_t limit)
 			break;
 		make_room(c, 0, NULL);
 	}
+	k2fs_pool_trim(c->pool, k2fs_cache_pool_keep(c));
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -667,12 +669,7 @@ int k2fs_cache_create(const k2p_pack *pack, const struct k2fs_cache_opts *opts,
 	pthread_cond_init(&c->work, NULL);
 	for (int i = 0; i < K2FS_NCOND; i++)
 		pthread_cond_init(&c->done[i], NULL);
-	uint64_t idle = c->limit / 8;
-	if (idle < (16u << 20))
-		idle = 16u << 20;
-	if (idle > (1ull << 30))
-		idle = 1ull << 30;
-	int rc = k2fs_pool_create(idle, &c->pool);
+	int rc = k2fs_pool_create(&c->pool);
 	if (rc) {
 		k2fs_cache_destroy(c);
 		return k2_err_set(err, rc, "k2fs: out of memory");
@@ -697,7 +694,7 @@ void k2fs_cache_destroy(struct k2fs_cache *c)
 			for (uint32_t b = 0; b < s->e->n_blocks; b++)
 				if (s->bdata[b])
 					k2fs_pool_put(c->pool, s->bdata[b],
-						      align4k(block_raw(c, s, b)));
+						      align4k(block_raw(c, s, b)), 0);
 		free(s->bstate);
 		free(s->bdata);
 	}

@@ -48,7 +48,7 @@ struct cli {
 	char *pack;
 	char *cache, *threads, *readahead, *iodepth, *chunk;
 	int direct_io, no_odirect;
-	char *timeout;
+	char *timeout, *kernel_ra;
 	int help, version;
 	int max_threads_given;
 };
@@ -64,6 +64,7 @@ static const struct fuse_opt cli_opts[] = {
 	{"iodepth=%s", offsetof(struct cli, iodepth), 0},
 	{"chunk=%s", offsetof(struct cli, chunk), 0},
 	{"timeout=%s", offsetof(struct cli, timeout), 0},
+	{"kernel_readahead=%s", offsetof(struct cli, kernel_ra), 0},
 	K2OPT("direct_io", direct_io),
 	K2OPT("no_odirect", no_odirect),
 	FUSE_OPT_KEY("-h", KEY_HELP),
@@ -131,6 +132,10 @@ static void usage(FILE *f, const char *prog)
 "                           the kernel page cache\n"
 "    -o no_odirect          read the pack through the page cache, not O_DIRECT\n"
 "    -o timeout=SECONDS     entry and attribute timeouts (default 86400)\n"
+"    -o kernel_readahead=SIZE  the kernel's read-ahead for this mount, set through\n"
+"                           /sys/class/bdi after mounting (needs root; FUSE\n"
+"                           offers at most 128K otherwise); 0 leaves it\n"
+"                           (default 1M)\n"
 "\n"
 "Control through extended attributes (getfattr -d -m user.k2 FILE):\n"
 "  expert file  user.k2.format, .codec, .stored_bytes, .state (disk, loading, ram,\n"
@@ -214,6 +219,9 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 			"'all')\n", cli->readahead);
 		return -1;
 	}
+	cfg->kernel_ra = 1 << 20;
+	if (cli->kernel_ra && parse_bytes("kernel_readahead", cli->kernel_ra, &cfg->kernel_ra))
+		return -1;
 	if (cli->timeout) {
 		unsigned t;
 		if (parse_count("timeout", cli->timeout, 0, 100000000, &t))
@@ -221,6 +229,54 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 		cfg->timeout = t;
 	}
 	return 0;
+}
+
+/* ---------------------------------------------------------------- kernel read-ahead */
+
+/* The "major:minor" of the mount at `mnt`, from /proc/self/mountinfo (field 3
+ * of the line whose field 5 is the mount point). Returns 0 or -ENOENT. */
+static int mount_devno(const char *mnt, char *out, size_t n)
+{
+	char *real = realpath(mnt, NULL);
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	int rc = -ENOENT;
+	char line[4096];
+	while (f && real && fgets(line, sizeof(line), f)) {
+		char dev[64], point[2048];
+		if (sscanf(line, "%*s %*s %63s %*s %2047s", dev, point) != 2)
+			continue;
+		if (strcmp(point, real) == 0) { /* the last match is the newest mount */
+			snprintf(out, n, "%s", dev);
+			rc = 0;
+		}
+	}
+	if (f)
+		fclose(f);
+	free(real);
+	return rc;
+}
+
+/* Raises the kernel's read-ahead of the mount: FUSE offers 128K at most at INIT,
+ * which caps buffered requests to 128K; the bdi setting lifts that (requests
+ * then reach max_read). Logs and carries on when it cannot (not root). */
+static void set_kernel_readahead(const char *mnt, uint64_t bytes)
+{
+	char dev[64], path[128], val[32];
+	if (bytes == 0)
+		return;
+	if (mount_devno(mnt, dev, sizeof(dev))) {
+		k2fs_log("%s: not found in /proc/self/mountinfo; kernel read-ahead left as is", mnt);
+		return;
+	}
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	snprintf(val, sizeof(val), "%" PRIu64 "\n", (bytes + 1023) / 1024);
+	FILE *f = fopen(path, "w");
+	if (!f || fputs(val, f) < 0 || fclose(f) != 0) {
+		if (f)
+			fclose(f);
+		k2fs_log("%s: cannot set (%s); kernel read-ahead left at FUSE's 128K", path,
+			 strerror(errno));
+	}
 }
 
 /* ---------------------------------------------------------------- main */
@@ -234,6 +290,7 @@ static void cli_free(struct cli *cli)
 	free(cli->iodepth);
 	free(cli->chunk);
 	free(cli->timeout);
+	free(cli->kernel_ra);
 }
 
 static int has_max_read(const struct fuse_args *args)
@@ -349,6 +406,7 @@ int k2fs_main(int argc, char **argv)
 		goto out_session;
 	if (fuse_session_mount(fs.se, opts.mountpoint) != 0)
 		goto out_signals;
+	set_kernel_readahead(opts.mountpoint, fs.cfg.kernel_ra);
 	fuse_daemonize(opts.foreground);
 	if (!opts.foreground) {
 		openlog("k2fs", LOG_PID, LOG_DAEMON);

@@ -132,16 +132,19 @@ long k2fs_tree_expert(const struct k2fs_tree *t, uint32_t layer, uint32_t expert
 /* ---------------------------------------------------------------- buffer pool (bufpool.c) */
 
 /* Page-aligned buffers (usable for O_DIRECT), recycled by exact capacity so that
- * loading an expert into memory just freed by an eviction costs no page faults.
+ * loading an expert into memory freed by an eviction costs no page faults.
  * Thread-safe. */
 struct k2fs_pool;
 
-/* idle_max: bytes of free buffers kept for reuse; more are unmapped. */
-int k2fs_pool_create(uint64_t idle_max, struct k2fs_pool **out);
+int k2fs_pool_create(struct k2fs_pool **out);
 void k2fs_pool_destroy(struct k2fs_pool *p);
 /* A buffer of exactly `cap` bytes (cap a multiple of 4096), or NULL. */
 void *k2fs_pool_get(struct k2fs_pool *p, size_t cap);
-void k2fs_pool_put(struct k2fs_pool *p, void *buf, size_t cap);
+/* Gives a buffer back: kept for reuse while the pool's free bytes stay within
+ * `keep`, else unmapped. NULL is ignored. */
+void k2fs_pool_put(struct k2fs_pool *p, void *buf, size_t cap, uint64_t keep);
+/* Unmaps free buffers until at most `keep` bytes are free. */
+void k2fs_pool_trim(struct k2fs_pool *p, uint64_t keep);
 uint64_t k2fs_pool_idle_bytes(struct k2fs_pool *p);
 
 /* ---------------------------------------------------------------- cache (cache.c, loader.c) */
@@ -358,6 +361,11 @@ void k2fs_loader_stop(struct k2fs_cache *c);
 void k2fs_loader_submit(struct k2fs_cache *c, struct k2fs_job *job);
 /* Moves a prefetch job (and its queued decode tasks) to demand priority. */
 void k2fs_loader_promote(struct k2fs_cache *c, struct k2fs_job *job);
+/* Free bytes the pool may keep: what the budget leaves unused. */
+static inline uint64_t k2fs_cache_pool_keep(const struct k2fs_cache *c)
+{
+	return c->limit > c->used ? c->limit - c->used : 0;
+}
 
 /* ---------------------------------------------------------------- the daemon (daemon.c, ops.c, xattr.c) */
 
@@ -367,6 +375,7 @@ struct k2fs_config {
 	struct k2fs_cache_opts cache;
 	int direct_io;        /* open files with direct_io instead of keep_cache */
 	double timeout;       /* entry and attribute timeouts, seconds */
+	uint64_t kernel_ra;   /* bytes for /sys/class/bdi/<dev>/read_ahead_kb, 0: leave */
 	int foreground;
 };
 

@@ -151,8 +151,9 @@ static void job_free(struct k2fs_cache *c, struct k2fs_job *j)
 			if (j->bufs[i])
 				k2fs_pool_put(c->pool, j->bufs[i],
 					      align4k(k2p_entry_block(c->pack, j->slot->e,
-								      j->b0 + i)->raw_bytes));
-	k2fs_pool_put(c->pool, j->stage, j->stage_cap);
+								      j->b0 + i)->raw_bytes),
+					      k2fs_cache_pool_keep(c));
+	k2fs_pool_put(c->pool, j->stage, j->stage_cap, k2fs_cache_pool_keep(c));
 	free(j->bufs);
 	free(j->pending);
 	free(j->tasks);

@@ -1,0 +1,45 @@
+/* k2bench.c — benchmarks of the k2 tools, one subcommand each:
+ *
+ *   k2bench fs [options]     filesystem throughput (tools/lib/bench_fs.c)
+ *
+ * Benchmarks measure and print; they are not tests and assert nothing. The
+ * command table below is the only place a new subcommand is registered (its
+ * entry point declared in tools/lib/bench.h). */
+#include "bench.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct bench_cmd {
+	const char *name;
+	int (*main)(int argc, char **argv);
+	const char *what;
+};
+
+static const struct bench_cmd commands[] = {
+	{"fs", bench_fs_main,
+	 "O_DIRECT pack reads vs cold/hot whole-expert reads through a k2fs mount vs "
+	 "page-cache reads of a plain file, for each codec"},
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: k2bench COMMAND [options]   (k2bench COMMAND --help for its options)\n\n"
+		   "commands:\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].what);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(argv[1], commands[i].name) == 0)
+			return commands[i].main(argc - 1, argv + 1);
+	fprintf(stderr, "k2bench: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	return 2;
+}
