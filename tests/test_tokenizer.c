@@ -693,6 +693,47 @@ START_TEST(test_bpe_merge_order)
 }
 END_TEST
 
+/* Writes text to dir/name. */
+static void write_file(const char *name, const char *text, size_t len)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	FILE *f = fopen(path, "wb");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(text, 1, len, f), len);
+	fclose(f);
+}
+
+/* ByteLevel's own options: a space prefixed to each piece, GPT-2's regex. */
+START_TEST(test_byte_level_options)
+{
+	write_tiny(tmpdir, NULL, false, NULL, false, NULL, 0, false);
+	inf_tok *t = load_tiny();
+	ENC(t, "ab abc", 256, ' ', 257); /* one piece: a+b merges, b+space does not */
+	inf_tok_free(t);
+	char path[512];
+	snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
+	FILE *f = fopen(path, "rb");
+	char *src = malloc(1 << 20);
+	size_t len = fread(src, 1, 1 << 20, f);
+	fclose(f);
+	char *p = memmem(src, len, "\"use_regex\": false", 18);
+	ck_assert_ptr_nonnull(p);
+	memcpy(p, "\"use_regex\": true ", 18);
+	p = memmem(src, len, "\"add_prefix_space\": false", 25);
+	ck_assert_ptr_nonnull(p);
+	memcpy(p, "\"add_prefix_space\": true ", 25);
+	write_file("tokenizer.json", src, len);
+	free(src);
+	t = load_tiny();
+	ENCX(t, "ab abc", ' ', 256, ' ', 257); /* " ab" " abc" */
+	ENC(t, " abc  ab", ' ', 257, ' ', ' ', 256); /* \s+(?!\S) leaves one space */
+	ENCX(t, "1", ' ', '1');
+	ENC(t, " it's", ' ', 'i', 't', '\'', 's');
+	inf_tok_free(t);
+}
+END_TEST
+
 START_TEST(test_split_behaviors)
 {
 	static const struct {
@@ -809,17 +850,6 @@ START_TEST(test_added_flags)
 	}
 }
 END_TEST
-
-/* Writes text to dir/name. */
-static void write_file(const char *name, const char *text, size_t len)
-{
-	char path[512];
-	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
-	FILE *f = fopen(path, "wb");
-	ck_assert_ptr_nonnull(f);
-	ck_assert_uint_eq(fwrite(text, 1, len, f), len);
-	fclose(f);
-}
 
 static void expect_load_error(const char *name, const char *needle)
 {
@@ -988,6 +1018,74 @@ START_TEST(test_fast_and_slow_paths)
 }
 END_TEST
 
+/* Random damage to a small tokenizer.json: every load either succeeds (and
+ * then encodes and decodes) or fails with a message naming the file. Run
+ * under `make asan` this is a small fuzzing pass over the loader. */
+START_TEST(test_mutated_files)
+{
+	static const struct tiny_added added[] = {
+		{300, "<L>", false, true, false, false, false},
+		{301, "<W>", true, false, true, false, true},
+	};
+	write_tiny(tmpdir, "\\p{N}{1,3}|\\s+", false, "Isolated", false, added, 2, true);
+	char path[512], mpath[512];
+	snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
+	snprintf(mpath, sizeof(mpath), "%s/m/tokenizer.json", tmpdir);
+	char mdir[512];
+	snprintf(mdir, sizeof(mdir), "%s/m", tmpdir);
+	ck_assert_int_eq(mkdir(mdir, 0700), 0);
+	FILE *f = fopen(path, "rb");
+	char *src = malloc(1 << 20);
+	size_t len = fread(src, 1, 1 << 20, f);
+	fclose(f);
+	char *buf = malloc(len + 64);
+	const char *seed = getenv("K2_TOK_SEED");
+	uint64_t x = seed ? strtoull(seed, NULL, 0) : 12345;
+	int loaded = 0;
+	const char *env = getenv("K2_TOK_MUTATIONS"); /* more rounds when asked */
+	const int rounds = env && atoi(env) > 0 ? atoi(env) : 1500;
+	for (int r = 0; r < rounds; r++) {
+		memcpy(buf, src, len);
+		size_t n = len;
+		int edits = 1 + r % 4;
+		for (int e = 0; e < edits; e++) {
+			x = x * 6364136223846793005ull + 1442695040888963407ull;
+			size_t at = (size_t)(x >> 33) % n;
+			static const char pool[] = "{}[]\",:\\u0 \n1-9aZ\xc3\xff";
+			switch ((x >> 20) % 4) {
+			case 0: buf[at] = pool[(x >> 8) % (sizeof(pool) - 1)]; break;
+			case 1: n = at + 1; break; /* truncate */
+			case 2: memmove(buf + at, buf + at + 1, n - at - 1), n--; break;
+			default: buf[at] ^= (char)(1 << ((x >> 12) % 8)); break;
+			}
+			if (n < 2)
+				break;
+		}
+		f = fopen(mpath, "wb");
+		fwrite(buf, 1, n, f);
+		fclose(f);
+		inf_tok *t = NULL;
+		k2_err err = {{0}};
+		if (inf_tok_load(mpath, &t, &err) == 0) {
+			loaded++;
+			size_t ni;
+			const char *txt = "ab 12345 <L> x<W>y \xff";
+			int32_t *ids = enc(t, txt, strlen(txt), &ni);
+			size_t dl;
+			free(dec(t, ids, ni, 0, &dl));
+			free(ids);
+			inf_tok_free(t);
+		} else {
+			EXPECT(strstr(err.msg, mpath) != NULL, "round %d: message without the file: %s",
+			       r, err.msg);
+		}
+	}
+	printf("tokenizer: %d of %d damaged files still loaded\n", loaded, rounds);
+	free(buf);
+	free(src);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("tokenizer");
@@ -1011,9 +1109,11 @@ static Suite *suite(void)
 	tcase_set_timeout(tf, 60);
 	tcase_add_test(tf, test_bpe_merge_order);
 	tcase_add_test(tf, test_split_behaviors);
+	tcase_add_test(tf, test_byte_level_options);
 	tcase_add_test(tf, test_added_flags);
 	tcase_add_test(tf, test_corrupt_files);
 	tcase_add_test(tf, test_fast_and_slow_paths);
+	tcase_add_test(tf, test_mutated_files);
 	suite_add_tcase(s, tf);
 	return s;
 }
