@@ -1,6 +1,7 @@
 /* k2bench.c — benchmarks of the k2 tools, one subcommand each:
  *
  *   k2bench fs [options]     filesystem throughput (tools/lib/bench_fs.c)
+ *   k2bench infer [options]  CPU decode speed vs memory copy rate (tools/lib/bench_infer.c)
  *
  * Benchmarks measure and print; they are not tests and assert nothing. The
  * command table below is the only place a new subcommand is registered (its
@@ -20,6 +21,9 @@ static const struct bench_cmd commands[] = {
 	{"fs", bench_fs_main,
 	 "O_DIRECT pack reads vs cold/hot whole-expert reads through a k2fs mount vs "
 	 "page-cache reads of a plain file, for each codec"},
+	{"infer", bench_infer_main,
+	 "decode tokens/s of the CPU engine on a Kimi-K2-shaped int4 model, weight bytes "
+	 "touched per token, vs a memory copy rate"},
 };
 
 static void usage(FILE *f)

@@ -12,6 +12,9 @@
 /* k2bench fs: O_DIRECT pack reads vs cold and hot reads through a k2fs mount vs
  * page-cache reads of a plain file (tools/lib/bench_fs.c). */
 int bench_fs_main(int argc, char **argv);
+/* k2bench infer: decode tokens/s of the CPU engine on a Kimi-K2-shaped model,
+ * weight bytes touched per token, vs a memory copy rate (tools/lib/bench_infer.c). */
+int bench_infer_main(int argc, char **argv);
 
 /* ---------------------------------------------------------------- shared helpers */
 

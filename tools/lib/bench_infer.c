@@ -13,8 +13,7 @@
  *   3. bytes of weights touched per token = the dense matrices (once each) +
  *      the expert images the routing used, and the rate they were touched at.
  * The goal line compares that rate with the copy rate (goal ≥ 0.5). */
-#include "bench_infer.h"
-
+#include "bench.h"
 #include "cli.h"
 #include "import.h"
 #include "gen.h"
@@ -245,7 +244,7 @@ static int prepare_model(const char *work, long layers, long experts, long vocab
 	return 0;
 }
 
-int k2bench_infer_main(int argc, char **argv)
+int bench_infer_main(int argc, char **argv)
 {
 	const char *model = NULL, *work = "/tmp/k2bench-infer";
 	long layers = 2, experts = 64, vocab = 163840, tokens = 16, threads = 0;
