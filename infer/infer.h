@@ -242,6 +242,7 @@ int inf_dump_write(const inf_dump *d, const char *path, k2_err *err);
 typedef struct inf_run_stats {
 	double ttft_s, decode_s;
 	uint32_t prompt_tokens, generated;
+	uint64_t dense_bytes;            /* read once at start */
 	uint64_t dense_bytes_per_token, expert_bytes_touched;
 	inf_cache_stats cache;
 	inf_prefetch_stats prefetch;

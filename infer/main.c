@@ -430,6 +430,7 @@ int main(int argc, char **argv)
 	if (o.stats) {
 		inf_engine_stats(e, &st.cache, &st.prefetch);
 		st.dense_bytes_per_token = inf_model_dense_bytes_per_token(m);
+		st.dense_bytes = inf_model_dense_bytes(m);
 		char *j = inf_stats_json(&st);
 		if (j) {
 			fprintf(stderr, "%s\n", j);

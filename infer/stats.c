@@ -18,7 +18,7 @@ char *inf_stats_json(const inf_run_stats *s)
 	double tps = s->generated > 1 && s->decode_s > 0 ? (s->generated - 1) / s->decode_s : 0;
 	json_t *o = json_pack(
 		"{s:f, s:f, s:f, s:i, s:i, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f},"
-		" s:I, s:I, s:I, s:{s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}}",
+		" s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}}",
 		"tokens_per_s", tps,
 		"ttft_s", s->ttft_s,
 		"decode_s", s->decode_s,
@@ -34,6 +34,7 @@ char *inf_stats_json(const inf_run_stats *s)
 		"slot_bytes", (json_int_t)c->slot_bytes,
 		"wait_s", c->wait_s,
 		"bytes_read", (json_int_t)c->bytes_read,
+		"dense_bytes", (json_int_t)s->dense_bytes,
 		"dense_bytes_per_token", (json_int_t)s->dense_bytes_per_token,
 		"expert_bytes_touched", (json_int_t)s->expert_bytes_touched,
 		"prefetch",
