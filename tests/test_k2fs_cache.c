@@ -303,7 +303,7 @@ START_TEST(test_tree)
 	ck_assert_int_eq(k2fs_tree_child(&t, &d, 3, &n, name, sizeof(name)), -ENOENT);
 	ck_assert_int_eq(k2fs_tree_node(&t, k2fs_tree_layer_ino(&t, 1), &d), 0);
 	for (int i = 0; i < EXPERTS; i++) {
-		char want[8];
+		char want[16];
 		snprintf(want, sizeof(want), "%03d", i);
 		ck_assert_int_eq(k2fs_tree_child(&t, &d, (size_t)i, &n, name, sizeof(name)), 0);
 		ck_assert_str_eq(name, want);
