@@ -120,16 +120,12 @@ void inf_rope_apply(float *x, uint32_t d, const float *inv_freq, float mscale, u
 	rope_rotate(x, half, cs, sn);
 }
 
-static float dot(const float *a, const float *b, uint32_t n)
-{
-	float s = 0;
-	for (uint32_t i = 0; i < n; i++)
-		s += a[i] * b[i];
-	return s;
-}
-
 /* Batch attention over cached positions [0, pos+n) for queries q [n, nh·qk]
- * at positions pos…pos+n-1; writes attn [n, nh·v]. */
+ * at positions pos…pos+n-1; writes attn [n, nh·v]. Keys are expanded from the
+ * cached c block by block (kv_b_proj), each head's scores and weighted values
+ * are products (kern_matmul) and the softmax is folded online across blocks:
+ *   s = Q_h K_hᵀ·scale (causal),  m' = max(m, max s),  l' = l·e^(m-m') + Σ e^(s-m'),
+ *   o' = o·e^(m-m') + e^(s-m') V_h,  out = o / l. */
 static void attend_batch(inf_engine *e, uint32_t layer, uint32_t n)
 {
 	const inf_model *m = e->m;
@@ -143,50 +139,61 @@ static void attend_batch(inf_engine *e, uint32_t layer, uint32_t n)
 	const float *kc = e->kv_c + (size_t)layer * e->max_ctx * R;
 	const float *kp = e->kv_pe + (size_t)layer * e->max_ctx * rope;
 	const uint32_t total = e->pos + n;
-	float sc[INF_KVBLK];
 
+	/* queries per head: qT [nh, n, qk] */
+	for (uint32_t t = 0; t < n; t++)
+		for (uint32_t h = 0; h < nh; h++)
+			memcpy(s->qT + ((size_t)h * n + t) * qk, s->q + ((size_t)t * nh + h) * qk,
+			       sizeof(float) * qk);
 	for (uint32_t i = 0; i < n * nh; i++) {
 		s->acc_m[i] = -INFINITY;
 		s->acc_l[i] = 0;
 	}
 	memset(s->attn, 0, sizeof(float) * n * nh * vd);
 	for (uint32_t k0 = 0; k0 < total; k0 += INF_KVBLK) {
-		uint32_t nb = total - k0 < INF_KVBLK ? total - k0 : INF_KVBLK;
+		const uint32_t nb = total - k0 < INF_KVBLK ? total - k0 : INF_KVBLK;
+		const uint32_t t0 = k0 > e->pos ? k0 - e->pos : 0; /* first query seeing the block */
+		const uint32_t nq = n - t0;
 		kern_matmul(&ly->kv_b, kc + (size_t)k0 * R, nb, s->kvblk);
-		for (uint32_t t = 0; t < n; t++) {
-			uint32_t qpos = e->pos + t;
-			if (qpos < k0)
-				continue;
-			uint32_t kend = qpos + 1 < k0 + nb ? qpos + 1 : k0 + nb;
-			for (uint32_t h = 0; h < nh; h++) {
-				const float *qn = s->q + ((size_t)t * nh + h) * qk;
-				const float *qp = qn + nope;
+		for (uint32_t h = 0; h < nh; h++) {
+			for (uint32_t j = 0; j < nb; j++) {
+				const float *kv = s->kvblk + ((size_t)j * nh + h) * kvw;
+				memcpy(s->kh + (size_t)j * qk, kv, sizeof(float) * nope);
+				memcpy(s->kh + (size_t)j * qk + nope, kp + (size_t)(k0 + j) * rope,
+				       sizeof(float) * rope);
+				for (uint32_t r = 0; r < vd; r++)
+					s->vth[(size_t)r * nb + j] = kv[nope + r];
+			}
+			const kern_mat km = {.format = KERN_FORMAT_F32, .rows = nb, .cols = qk, .w = s->kh};
+			const kern_mat vm = {.format = KERN_FORMAT_F32, .rows = vd, .cols = nb, .w = s->vth};
+			kern_matmul(&km, s->qT + ((size_t)h * n + t0) * qk, nq, s->sblk);
+			for (uint32_t i = 0; i < nq; i++) {
+				const uint32_t t = t0 + i, qpos = e->pos + t;
+				const uint32_t valid = qpos + 1 - k0 < nb ? qpos + 1 - k0 : nb;
+				float *row = s->sblk + (size_t)i * nb;
 				float mx = -INFINITY;
-				for (uint32_t j = k0; j < kend; j++) {
-					const float *kn = s->kvblk + ((size_t)(j - k0) * nh + h) * kvw;
-					float v = (dot(qn, kn, nope) +
-						   dot(qp, kp + (size_t)j * rope, rope)) * scale;
-					sc[j - k0] = v;
-					if (v > mx)
-						mx = v;
+				for (uint32_t j = 0; j < valid; j++) {
+					row[j] *= scale;
+					if (row[j] > mx)
+						mx = row[j];
 				}
 				float *am = &s->acc_m[t * nh + h], *al = &s->acc_l[t * nh + h];
-				float *o = s->attn + ((size_t)t * nh + h) * vd;
-				float mnew = *am > mx ? *am : mx;
-				float corr = *am == -INFINITY ? 0.0f : expf(*am - mnew);
-				if (corr != 1.0f) {
-					*al *= corr;
-					for (uint32_t r = 0; r < vd; r++)
-						o[r] *= corr;
+				const float mnew = *am > mx ? *am : mx;
+				s->corr[i] = *am == -INFINITY ? 0.0f : expf(*am - mnew);
+				float sum = 0;
+				for (uint32_t j = 0; j < nb; j++) {
+					row[j] = j < valid ? expf(row[j] - mnew) : 0.0f;
+					sum += row[j];
 				}
-				for (uint32_t j = k0; j < kend; j++) {
-					float p = expf(sc[j - k0] - mnew);
-					const float *vv = s->kvblk + ((size_t)(j - k0) * nh + h) * kvw + nope;
-					*al += p;
-					for (uint32_t r = 0; r < vd; r++)
-						o[r] += p * vv[r];
-				}
+				*al = *al * s->corr[i] + sum;
 				*am = mnew;
+			}
+			kern_matmul(&vm, s->sblk, nq, s->oblk);
+			for (uint32_t i = 0; i < nq; i++) {
+				float *o = s->attn + ((size_t)(t0 + i) * nh + h) * vd;
+				const float *ob = s->oblk + (size_t)i * vd;
+				for (uint32_t r = 0; r < vd; r++)
+					o[r] = o[r] * s->corr[i] + ob[r];
 			}
 		}
 	}

@@ -91,6 +91,12 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	s->ckv = inf_alloc(sizeof(float) * B * (R + rope));
 	s->attn = inf_alloc(sizeof(float) * B * nh * vd);
 	s->kvblk = inf_alloc(sizeof(float) * INF_KVBLK * nh * (nope + vd));
+	s->qT = inf_alloc(sizeof(float) * B * nh * (nope + rope));
+	s->kh = inf_alloc(sizeof(float) * INF_KVBLK * (nope + rope));
+	s->vth = inf_alloc(sizeof(float) * INF_KVBLK * vd);
+	s->sblk = inf_alloc(sizeof(float) * B * INF_KVBLK);
+	s->oblk = inf_alloc(sizeof(float) * B * vd);
+	s->corr = inf_alloc(sizeof(float) * B);
 	s->acc_m = inf_alloc(sizeof(float) * B * nh);
 	s->acc_l = inf_alloc(sizeof(float) * B * nh);
 	s->qc = inf_alloc(sizeof(float) * nh * R);
@@ -115,7 +121,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	e->pf_list = inf_alloc(sizeof(int32_t) * (E ? E : 1));
 	e->pf_has = inf_alloc(L);
 	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
-		       s->attn, s->kvblk, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
+		       s->attn, s->kvblk, s->qT, s->kh, s->vth, s->sblk, s->oblk, s->corr, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
 		       s->scores, s->scores2, s->qpe, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
 		       s->router_logits, s->route_w, s->route_scratch, s->pf_x, s->pf_logits,
 		       s->tok_list, s->slot_list, e->pf_pred, e->pf_list, e->pf_has};
@@ -156,7 +162,7 @@ void inf_engine_destroy(inf_engine *e)
 	inf_cache_destroy(e->cache);
 	inf_scratch *s = &e->s;
 	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
-		       s->attn, s->kvblk, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
+		       s->attn, s->kvblk, s->qT, s->kh, s->vth, s->sblk, s->oblk, s->corr, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
 		       s->scores, s->scores2, s->qpe, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
 		       s->router_logits, s->route_w, s->route_scratch, s->pf_x, s->pf_logits,
 		       s->tok_list, s->slot_list, e->pf_pred, e->pf_list, e->pf_has, e->routes};

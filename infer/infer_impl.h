@@ -59,6 +59,9 @@ typedef struct inf_scratch {
 	float *ckv;                 /* [B, R + rope] */
 	float *attn;                /* [B, nh·v] */
 	float *kvblk;               /* [KVBLK, nh·(nope + v)] */
+	float *qT;                  /* [nh, B, qk] queries per head */
+	float *kh, *vth;            /* [KVBLK, qk], [v, KVBLK] one head's keys / values */
+	float *sblk, *oblk, *corr;  /* [B, KVBLK], [B, v], [B] */
 	float *acc_m, *acc_l;       /* [B, nh] online softmax state */
 	float *qc;                  /* [nh, R] absorbed queries (decode) */
 	float *oc;                  /* [nh, R] */

@@ -271,6 +271,41 @@ START_TEST(prompt_chunked_and_stepwise)
 }
 END_TEST
 
+/* A prompt longer than the attention's key blocks (64): one batch, chunks of
+ * 37 and token by token (absorbed decode) agree at every position. */
+START_TEST(long_prompt_paths_agree)
+{
+	k2_err err;
+	inf_model *m;
+	ck_assert_msg(inf_model_open(dir, &m, &err) == 0, "%s", err.msg);
+	const uint32_t n = 150;
+	int32_t *p = malloc(sizeof(int32_t) * n);
+	for (uint32_t i = 0; i < n; i++)
+		p[i] = (int32_t)((i * 7919u + 13u) % V);
+	float *a = malloc(sizeof(float) * n * V), *b = malloc(sizeof(float) * n * V);
+	k2_err e2;
+	inf_engine_opts o = {.max_ctx = n, .max_batch = n};
+	inf_engine *e;
+	ck_assert_msg(inf_engine_create(m, &o, &e, &e2) == 0, "%s", e2.msg);
+	ck_assert_int_eq(inf_engine_forward(e, p, n, a, 1, &err), 0);
+	inf_engine_destroy(e);
+	o.max_batch = 37;
+	ck_assert_int_eq(inf_engine_create(m, &o, &e, &e2), 0);
+	ck_assert_int_eq(inf_engine_forward(e, p, n, b, 1, &err), 0);
+	double d = max_abs(a, b, (size_t)n * V);
+	ck_assert_msg(d < 1e-4, "chunks of 37 differ from one batch by %g", d);
+	inf_engine_reset(e);
+	for (uint32_t i = 0; i < n; i++)
+		ck_assert_int_eq(inf_engine_forward(e, p + i, 1, b + (size_t)i * V, 0, &err), 0);
+	d = max_abs(a, b, (size_t)n * V);
+	ck_assert_msg(d < 1e-4, "token by token differs from one batch by %g", d);
+	ck_assert_int_eq(inf_engine_forward(e, p, 1, b, 0, &err), -ENOSPC);
+	inf_engine_destroy(e);
+	free(a), free(b), free(p);
+	inf_model_close(m);
+}
+END_TEST
+
 /* A 1-expert cache (every use evicts) and prefetch change nothing, bit for bit. */
 START_TEST(cache_size_does_not_change_results)
 {
@@ -328,6 +363,7 @@ static Suite *infer_model_suite(void)
 	tcase_add_test(t, prompt_logits_and_router);
 	tcase_add_loop_test(t, greedy_decode, 0, 2);
 	tcase_add_test(t, prompt_chunked_and_stepwise);
+	tcase_add_test(t, long_prompt_paths_agree);
 	tcase_add_test(t, cache_size_does_not_change_results);
 	tcase_add_test(t, bad_inputs);
 	suite_add_tcase(s, t);
