@@ -415,8 +415,10 @@ void k2fs_cache_block_finish(struct k2fs_cache *c, struct k2fs_job *job, uint32_
 	} else {
 		s->bytes -= raw;
 		c->used -= raw;
-		k2fs_pool_put(c->pool, job->bufs[i], align4k(raw), k2fs_cache_pool_keep(c));
-		job->bufs[i] = NULL;
+		if (job->bufs) { /* NULL when the job failed before its buffers existed */
+			k2fs_pool_put(c->pool, job->bufs[i], align4k(raw), k2fs_cache_pool_keep(c));
+			job->bufs[i] = NULL;
+		}
 		if (rc == -ECANCELED) {
 			s->bstate[b] = K2FS_B_ABSENT;
 		} else {

@@ -556,6 +556,32 @@ START_TEST(test_cache_damage)
 }
 END_TEST
 
+/* Destroying the cache with loads queued and in flight: started loads finish,
+ * queued ones are dropped, nothing leaks or crashes (run it under ASan). */
+START_TEST(test_cache_shutdown)
+{
+	write_pack(codecs[_i]);
+	k2p_pack *p = open_pack();
+	struct k2fs_cache_opts o = {.limit = 64 << 20, .threads = 1, .iodepth = 1,
+				    .chunk = 4096, .readahead = K2FS_RA_ALL};
+	struct k2fs_cache *c;
+	k2_err err = {{0}};
+	ck_assert_msg(k2fs_cache_create(p, &o, &c, &err) == 0, "%s", err.msg);
+	size_t all[LAYERS * EXPERTS], n = 0;
+	for (uint32_t l = FIRST; l < FIRST + LAYERS; l++)
+		for (uint32_t e = 0; e < EXPERTS; e++)
+			all[n++] = expert_entry(p, l, e);
+	k2fs_cache_willneed_many(c, all, n);
+	struct k2fs_stats st;
+	k2fs_cache_stats(c, &st);
+	ck_assert_uint_eq(st.loads, n);
+	ck_assert_uint_eq(st.cache_used, n * 102400);
+	k2fs_cache_destroy(c);
+	k2p_pack_close(p);
+	remove_pack();
+}
+END_TEST
+
 /* ---------------------------------------------------------------- xattr layer */
 
 
@@ -722,6 +748,7 @@ static Suite *suite(void)
 	tcase_add_test(t, test_cache_hints);
 	tcase_add_test(t, test_cache_partial);
 	tcase_add_loop_test(t, test_cache_damage, 0, 3);
+	tcase_add_loop_test(t, test_cache_shutdown, 0, 3);
 	suite_add_tcase(s, t);
 	t = tcase_create("xattr");
 	tcase_set_timeout(t, 60);
