@@ -386,6 +386,57 @@ out_unlock:
 	return rc;
 }
 
+int k2fs_cache_read_resident(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
+			     struct k2fs_read *rd)
+{
+	memset(rd, 0, sizeof(*rd));
+	if (entry >= c->n_slots || !c->slots[entry].e)
+		return -EINVAL;
+	struct k2fs_slot *s = &c->slots[entry];
+	const k2p_entry *e = s->e;
+	if (off >= e->raw_bytes || len == 0)
+		return 0;
+	if (len > e->raw_bytes - off)
+		len = (size_t)(e->raw_bytes - off);
+	const uint64_t bb = c->block_bytes;
+	uint32_t n0 = (uint32_t)(off / bb), n1 = (uint32_t)((off + len - 1) / bb + 1);
+	if (n1 > e->n_blocks)
+		return -EIO;
+	int niov = (int)(n1 - n0);
+	rd->iov = rd->small;
+	if (niov > (int)(sizeof(rd->small) / sizeof(rd->small[0]))) {
+		rd->iov = malloc((size_t)niov * sizeof(*rd->iov));
+		if (!rd->iov)
+			return -ENOMEM;
+	}
+	pthread_mutex_lock(&c->lock);
+	int ready = s->bstate != NULL;
+	for (uint32_t b = n0; ready && b < n1; b++)
+		ready = s->bstate[b] == K2FS_B_READY;
+	if (!ready) {
+		pthread_mutex_unlock(&c->lock);
+		if (rd->iov != rd->small)
+			free(rd->iov);
+		rd->iov = NULL;
+		return -EAGAIN;
+	}
+	s->refs++;
+	uint64_t pos = off, end = off + len;
+	for (uint32_t b = n0; b < n1; b++) {
+		uint64_t bstart = (uint64_t)b * bb;
+		uint64_t bend = bstart + block_raw(c, s, b);
+		uint64_t to = end < bend ? end : bend;
+		rd->iov[b - n0].iov_base = s->bdata[b] + (pos - bstart);
+		rd->iov[b - n0].iov_len = (size_t)(to - pos);
+		pos = to;
+	}
+	rd->niov = niov;
+	rd->bytes = len;
+	rd->slot = s;
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
 void k2fs_cache_read_end(struct k2fs_cache *c, struct k2fs_read *rd)
 {
 	if (rd->slot) {
@@ -432,6 +483,8 @@ void k2fs_cache_block_finish(struct k2fs_cache *c, struct k2fs_job *job, uint32_
 	s->n_loading--;
 	c->loading--;
 	job->left--;
+	if (rc == 0 && s->n_ready == s->e->n_blocks && c->opts.loaded)
+		c->opts.loaded(c->opts.loaded_arg, job->entry);
 	if (s->n_loading == 0 && s->drop_after_load && s->refs == 0)
 		slot_evict(c, s);
 	lru_update(c, s);

@@ -47,7 +47,7 @@ static void fuse_log_func(enum fuse_log_level level, const char *fmt, va_list ap
 struct cli {
 	char *pack;
 	char *cache, *threads, *readahead, *iodepth, *chunk;
-	int direct_io, no_odirect;
+	int direct_io, no_odirect, notify_store;
 	char *timeout, *kernel_ra;
 	int help, version;
 	int max_threads_given;
@@ -67,6 +67,7 @@ static const struct fuse_opt cli_opts[] = {
 	{"kernel_readahead=%s", offsetof(struct cli, kernel_ra), 0},
 	K2OPT("direct_io", direct_io),
 	K2OPT("no_odirect", no_odirect),
+	K2OPT("notify_store", notify_store),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -131,6 +132,8 @@ static void usage(FILE *f, const char *prog)
 "    -o direct_io           serve files with FUSE direct_io instead of keeping them in\n"
 "                           the kernel page cache\n"
 "    -o no_odirect          read the pack through the page cache, not O_DIRECT\n"
+"    -o notify_store        push each expert into the kernel page cache as soon as\n"
+"                           its load finishes (fuse_lowlevel_notify_store)\n"
 "    -o timeout=SECONDS     entry and attribute timeouts (default 86400)\n"
 "    -o kernel_readahead=SIZE  the kernel's read-ahead for this mount, set through\n"
 "                           /sys/class/bdi after mounting (needs root; FUSE\n"
@@ -195,6 +198,7 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 	cfg->cache.readahead = K2FS_RA_ALL;
 	cfg->cache.no_odirect = cli->no_odirect;
 	cfg->direct_io = cli->direct_io;
+	cfg->notify_store = cli->notify_store;
 	cfg->timeout = 86400;
 	if (cli->cache && parse_bytes("cache", cli->cache, &cfg->cache.limit))
 		return -1;
@@ -303,6 +307,7 @@ static int has_max_read(const struct fuse_args *args)
 
 static void fs_free(struct k2fs_fs *fs)
 {
+	k2fs_push_destroy(fs->push);
 	k2fs_cache_destroy(fs->cache);
 	if (fs->layer_prefetch)
 		for (uint32_t l = 0; l < fs->tree.n_layers; l++)
@@ -413,9 +418,21 @@ int k2fs_main(int argc, char **argv)
 		log_to_syslog = 1;
 	}
 	/* threads start after the fork of fuse_daemonize */
+	if (fs.cfg.notify_store && !fs.cfg.direct_io) {
+		if (k2fs_push_create(&fs, &fs.push)) {
+			k2fs_log("out of memory");
+			goto out_unmount;
+		}
+		fs.cfg.cache.loaded = k2fs_push_queue;
+		fs.cfg.cache.loaded_arg = fs.push;
+	}
 	rc = k2fs_cache_create(fs.pack, &fs.cfg.cache, &fs.cache, &err);
 	if (rc) {
 		k2fs_log("%s", err.msg);
+		goto out_unmount;
+	}
+	if (fs.push && k2fs_push_start(fs.push)) {
+		k2fs_log("cannot start the notify_store thread");
 		goto out_unmount;
 	}
 
@@ -437,6 +454,8 @@ int k2fs_main(int argc, char **argv)
 	}
 	/* rc > 0: the signal that ended the loop; 0: unmounted; < 0: an error */
 	ret = rc < 0 ? 1 : 0;
+	k2fs_push_destroy(fs.push); /* before the cache it reads from */
+	fs.push = NULL;
 
 out_unmount:
 	fuse_session_unmount(fs.se);

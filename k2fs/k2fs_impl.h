@@ -180,6 +180,10 @@ struct k2fs_cache_opts {
 	uint64_t chunk;       /* bytes per read SQE at most (multiple of 4096) */
 	uint64_t readahead;   /* default for expert files: bytes or K2FS_RA_ALL */
 	int no_odirect;       /* 1: read the pack through the page cache */
+	/* Called, cache lock held (so it must only queue), when a load leaves an
+	 * expert wholly resident. NULL: not called. */
+	void (*loaded)(void *arg, size_t entry);
+	void *loaded_arg;
 };
 
 struct k2fs_stats {
@@ -316,6 +320,10 @@ struct k2fs_read {
 int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
 			  struct k2fs_read *rd);
 void k2fs_cache_read_end(struct k2fs_cache *c, struct k2fs_read *rd);
+/* As k2fs_cache_read_begin, but never loads and counts nothing: 0 with rd filled
+ * when every block of the range is resident, -EAGAIN when one is not. */
+int k2fs_cache_read_resident(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
+			     struct k2fs_read *rd);
 
 /* Applies a hint to an expert: WILLNEED queues a background load of whatever is
  * not resident (nothing when all is, nothing when it does not fit the budget
@@ -369,11 +377,22 @@ static inline uint64_t k2fs_cache_pool_keep(const struct k2fs_cache *c)
 
 /* ---------------------------------------------------------------- the daemon (daemon.c, ops.c, xattr.c) */
 
+/* Pushes experts into the kernel page cache (fuse_lowlevel_notify_store) as their
+ * loads finish, from its own thread (push.c). */
+struct k2fs_push;
+struct k2fs_fs;
+int k2fs_push_create(struct k2fs_fs *fs, struct k2fs_push **out);
+/* The cache's `loaded` callback: queues an expert (never blocks). */
+void k2fs_push_queue(void *arg, size_t entry);
+int k2fs_push_start(struct k2fs_push *p);
+void k2fs_push_destroy(struct k2fs_push *p); /* stops the thread; accepts NULL */
+
 struct k2fs_config {
 	char *pack_path;
 	char *mountpoint;
 	struct k2fs_cache_opts cache;
 	int direct_io;        /* open files with direct_io instead of keep_cache */
+	int notify_store;     /* push loaded experts into the kernel page cache */
 	double timeout;       /* entry and attribute timeouts, seconds */
 	uint64_t kernel_ra;   /* bytes for /sys/class/bdi/<dev>/read_ahead_kb, 0: leave */
 	int foreground;
@@ -385,6 +404,7 @@ struct k2fs_fs {
 	struct k2fs_cache *cache;
 	struct k2fs_config cfg;
 	struct fuse_session *se;
+	struct k2fs_push *push;    /* NULL unless cfg.notify_store */
 	pthread_mutex_t hint_lock;
 	char *root_prefetch;       /* last list set on the root; protected by hint_lock */
 	char **layer_prefetch;     /* [tree.n_layers] last list per layer dir */
