@@ -961,7 +961,7 @@ static int write_files(struct imp *im, k2i_stats *st, k2_err *err)
 		n++;
 	}
 	closedir(d);
-	if (rc == 0)
+	if (rc == 0 && n > 1)
 		qsort(names, n, sizeof(*names), name_cmp);
 	for (size_t i = 0; i < n; i++) {
 		if (rc == 0)
