@@ -327,20 +327,28 @@ AVX2_INLINE void mk_block(int NR, int NB, const float *wbuf, const float *x, siz
 {
 	__m256 a[KERN_TILE_ROWS][3];
 
+	/* Fully unrolled, so that a[][] and xv[] live in registers. */
+#pragma GCC unroll 4
 	for (int r = 0; r < NR; r++)
+#pragma GCC unroll 3
 		for (int b = 0; b < NB; b++)
 			a[r][b] = _mm256_loadu_ps(acc + ((size_t)r * KERN_TILE_BATCH + b) * 8);
 	for (uint32_t k = 0; k < n8; k += 8) {
 		__m256 xv[3];
+#pragma GCC unroll 3
 		for (int b = 0; b < NB; b++)
 			xv[b] = _mm256_loadu_ps(x + b * xs + k);
+#pragma GCC unroll 4
 		for (int r = 0; r < NR; r++) {
 			__m256 w = _mm256_loadu_ps(wbuf + (size_t)r * KERN_KC + k);
+#pragma GCC unroll 3
 			for (int b = 0; b < NB; b++)
 				a[r][b] = _mm256_fmadd_ps(w, xv[b], a[r][b]);
 		}
 	}
+#pragma GCC unroll 4
 	for (int r = 0; r < NR; r++)
+#pragma GCC unroll 3
 		for (int b = 0; b < NB; b++)
 			_mm256_storeu_ps(acc + ((size_t)r * KERN_TILE_BATCH + b) * 8, a[r][b]);
 }

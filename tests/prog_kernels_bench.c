@@ -9,7 +9,9 @@
  * Two regimes: "hot" multiplies one matrix again and again (it may stay in
  * the last-level cache, and so does the memcpy of its size); "stream" cycles
  * through distinct matrices totalling at least 256 MiB (weights from DRAM),
- * against memcpy of a 256 MiB buffer. Prints one line per case. */
+ * against memcpy of a 256 MiB buffer. Copy and product are timed in
+ * alternating short rounds and the best round of each is kept, so that load
+ * from other processes weighs on both alike. Prints one line per case. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include "kernels_impl.h"
 
 #define STREAM_BYTES (256ull << 20)
+#define ROUNDS 6
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -37,8 +40,8 @@ static void fill_weights(uint32_t format, uint8_t *w, size_t bytes)
 		uint8_t b = (uint8_t)rnd();
 		if (format == K2_FORMAT_FP8_B128 && (b & 0x7f) == 0x7f)
 			b = 0x30;
-		if (format == K2_FORMAT_BF16 && (i & 1))
-			b = (uint8_t)(0x3c + (b & 1) + (b & 0x80)); /* bf16 exponent near 1 */
+		if ((format == K2_FORMAT_BF16 && (i & 1)) || (format == KERN_FORMAT_F32 && (i & 3) == 3))
+			b = (uint8_t)(0x3c + (b & 1) + (b & 0x80)); /* exponents near 1 */
 		w[i] = b;
 	}
 }
@@ -78,34 +81,43 @@ static void fill_scales(uint32_t format, void *s, size_t bytes)
 	}
 }
 
-/* memcpy of `bytes` for about `seconds`; returns bytes copied per second. */
-static double memcpy_rate(size_t bytes, double seconds)
+/* A copy buffer pair. */
+struct copybuf {
+	char *a, *b;
+	size_t bytes;
+};
+
+static int copybuf_make(struct copybuf *c, size_t bytes)
 {
-	char *a = malloc(bytes), *b = malloc(bytes);
-	if (!a || !b) {
-		free(a);
-		free(b);
-		return 0;
-	}
-	memset(a, 1, bytes);
-	memset(b, 2, bytes);
-	memcpy(b, a, bytes);
-	double best = 0;
-	for (int rep = 0; rep < 3; rep++) {
-		uint64_t it = 0;
-		double t0 = k2_now(), t;
-		do {
-			memcpy(b, a, bytes);
-			it++;
-		} while ((t = k2_now() - t0) < seconds / 3);
-		double r = (double)bytes * it / t;
-		best = r > best ? r : best;
-	}
-	free(a);
-	free(b);
-	return best;
+	c->bytes = bytes;
+	c->a = malloc(bytes);
+	c->b = malloc(bytes);
+	if (!c->a || !c->b)
+		return -ENOMEM;
+	memset(c->a, 1, bytes);
+	memset(c->b, 2, bytes);
+	return 0;
 }
 
+static void copybuf_free(struct copybuf *c)
+{
+	free(c->a);
+	free(c->b);
+}
+
+/* memcpy for about `seconds`; returns bytes copied per second. */
+static double memcpy_round(const struct copybuf *c, double seconds)
+{
+	uint64_t it = 0;
+	double t0 = k2_now(), t;
+	do {
+		memcpy(c->b, c->a, c->bytes);
+		it++;
+	} while ((t = k2_now() - t0) < seconds);
+	return (double)c->bytes * it / t;
+}
+
+/* Matrices of one format and shape, back to back in one allocation. */
 struct set {
 	kern_mat *m;
 	uint32_t n;
@@ -136,45 +148,82 @@ static void set_free(struct set *st)
 	free(st->s);
 }
 
-/* Products over the set, round robin, for about `seconds`; best of 3 in
- * weight bytes per second. */
-static double matmul_rate(const struct set *st, const float *x, uint32_t batch, float *y,
-			  double seconds)
+/* Products over the set, round robin, for about `seconds`; returns weight
+ * bytes per second. *next carries the position across rounds. */
+static double matmul_round(const struct set *st, const float *x, uint32_t batch, float *y,
+			   double seconds, uint64_t *next)
 {
-	uint64_t bytes = kern_mat_bytes(&st->m[0]);
-	double best = 0;
-	for (uint32_t i = 0; i < st->n; i++)
-		kern_matmul(&st->m[i], x, batch, y);
-	for (int rep = 0; rep < 3; rep++) {
-		uint64_t it = 0;
-		double t0 = k2_now(), t;
-		do {
-			kern_matmul(&st->m[it % st->n], x, batch, y);
-			it++;
-		} while ((t = k2_now() - t0) < seconds / 3);
-		double r = (double)bytes * it / t;
-		best = r > best ? r : best;
+	uint64_t bytes = kern_mat_bytes(&st->m[0]), it = 0;
+	double t0 = k2_now(), t;
+	do {
+		kern_matmul(&st->m[(*next)++ % st->n], x, batch, y);
+		it++;
+	} while ((t = k2_now() - t0) < seconds);
+	return (double)bytes * it / t;
+}
+
+/* One line: a format, a shape, a regime. Returns 0 or -ENOMEM. */
+static int bench_case(const char *name, uint32_t format, uint32_t rows, uint32_t cols,
+		      int stream, uint32_t batch, double seconds)
+{
+	kern_mat probe = {.format = format, .rows = rows, .cols = cols};
+	uint64_t bytes = kern_mat_bytes(&probe);
+	uint32_t n = stream ? (uint32_t)((STREAM_BYTES + bytes - 1) / bytes) : 1;
+	struct set st = {0};
+	struct copybuf cb = {0};
+	float *x = malloc((size_t)batch * cols * sizeof(float));
+	float *y = malloc((size_t)batch * rows * sizeof(float));
+	int rc = -ENOMEM;
+
+	if (!x || !y || set_make(&st, format, rows, cols, n) != 0 ||
+	    copybuf_make(&cb, stream ? STREAM_BYTES : bytes) != 0)
+		goto out;
+	for (size_t i = 0; i < (size_t)batch * cols; i++)
+		x[i] = (float)((int)(rnd() % 2001) - 1000) * 1e-3f;
+
+	double copy = 0, rate = 0, round = seconds / (2 * ROUNDS);
+	uint64_t next = 0;
+	for (uint32_t i = 0; i < st.n; i++) /* warm: touch every matrix once */
+		kern_matmul(&st.m[i], x, batch, y);
+	memcpy_round(&cb, round / 4);
+	for (int r = 0; r < ROUNDS; r++) {
+		double c = memcpy_round(&cb, round);
+		double mr = matmul_round(&st, x, batch, y, round, &next);
+		copy = c > copy ? c : copy;
+		rate = mr > rate ? mr : rate;
 	}
-	return best;
+	char shape[32];
+	snprintf(shape, sizeof(shape), "%ux%u", rows, cols);
+	printf("%-9s %-11s %-6s %9.1f %9.2f %11.2f %6.2f\n", name, shape,
+	       stream ? "stream" : "hot", (double)bytes / rate * 1e6, rate / 1e9, copy / 1e9,
+	       rate / copy);
+	fflush(stdout);
+	rc = 0;
+out:
+	copybuf_free(&cb);
+	set_free(&st);
+	free(x);
+	free(y);
+	return rc;
 }
 
 int main(int argc, char **argv)
 {
-	int threads = 0;
+	static const char *const isa_names[] = {"portable", "avx2", "avx512"};
+	static const uint32_t shapes[2][2] = {{2048, 7168}, {7168, 2048}};
+	int threads = 0, isa = -1;
 	double seconds = 1.5;
 	uint32_t batch = 1;
 	char formats[256] = "int4-g32,bf16";
-	int isa = -1;
-	static const char *const isa_names[] = {"portable", "avx2", "avx512"};
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+		if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
 			threads = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+		} else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
 			seconds = atof(argv[++i]);
-		else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+		} else if (!strcmp(argv[i], "--batch") && i + 1 < argc) {
 			batch = (uint32_t)atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+		} else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
 			const char *a = argv[++i];
 			isa = !strcmp(a, "portable") ? 0 : !strcmp(a, "avx2") ? 1 : !strcmp(a, "avx512") ? 2 : 9;
 			if (isa > kern_isa_best()) {
@@ -182,18 +231,18 @@ int main(int argc, char **argv)
 					isa_names[kern_isa_best()]);
 				return 2;
 			}
-		}
-		else if (!strcmp(argv[i], "--formats") && i + 1 < argc)
+		} else if (!strcmp(argv[i], "--formats") && i + 1 < argc) {
 			snprintf(formats, sizeof(formats), "%s", argv[++i]);
-		else {
+		} else {
 			fprintf(stderr, "usage: %s [--threads N] [--seconds S] [--batch B] "
-					"[--isa portable|avx2|avx512] [--formats int4-g32,bf16,fp8-b128,int8,f32]\n",
+					"[--isa portable|avx2|avx512] "
+					"[--formats int4-g32,bf16,fp8-b128,int8,f32]\n",
 				argv[0]);
 			return 2;
 		}
 	}
-	if (batch == 0 || seconds <= 0) {
-		fprintf(stderr, "%s: --batch and --seconds must be positive\n", argv[0]);
+	if (batch == 0 || batch > 4096 || seconds <= 0) {
+		fprintf(stderr, "%s: --batch must be 1 … 4096 and --seconds positive\n", argv[0]);
 		return 2;
 	}
 	kern_set_threads(threads);
@@ -203,8 +252,6 @@ int main(int argc, char **argv)
 	printf("%-9s %-11s %-6s %9s %9s %11s %6s\n", "format", "shape", "regime", "us/call",
 	       "GB/s", "memcpy GB/s", "ratio");
 
-	static const uint32_t shapes[2][2] = {{2048, 7168}, {7168, 2048}};
-	double stream_copy = memcpy_rate(STREAM_BYTES, seconds);
 	for (char *save = NULL, *f = strtok_r(formats, ",", &save); f;
 	     f = strtok_r(NULL, ",", &save)) {
 		uint32_t format = !strcmp(f, "f32") ? KERN_FORMAT_F32 : k2_format_parse(f);
@@ -212,36 +259,13 @@ int main(int argc, char **argv)
 			fprintf(stderr, "%s: unknown format %s\n", argv[0], f);
 			return 2;
 		}
-		for (int si = 0; si < 2; si++) {
-			uint32_t rows = shapes[si][0], cols = shapes[si][1];
-			float *x = malloc((size_t)batch * cols * sizeof(float));
-			float *y = malloc((size_t)batch * rows * sizeof(float));
-			if (!x || !y)
-				return 1;
-			for (size_t i = 0; i < (size_t)batch * cols; i++)
-				x[i] = (float)((int)(rnd() % 2001) - 1000) * 1e-3f;
-			for (int regime = 0; regime < 2; regime++) {
-				struct set st;
-				kern_mat probe = {.format = format, .rows = rows, .cols = cols};
-				uint64_t bytes = kern_mat_bytes(&probe);
-				uint32_t n = regime == 0 ? 1 : (uint32_t)((STREAM_BYTES + bytes - 1) / bytes);
-				if (set_make(&st, format, rows, cols, n) != 0) {
+		for (int si = 0; si < 2; si++)
+			for (int stream = 0; stream < 2; stream++)
+				if (bench_case(f, format, shapes[si][0], shapes[si][1], stream, batch,
+					       seconds) != 0) {
 					fprintf(stderr, "%s: out of memory\n", argv[0]);
 					return 1;
 				}
-				double copy = regime == 0 ? memcpy_rate(bytes, seconds) : stream_copy;
-				double rate = matmul_rate(&st, x, batch, y, seconds);
-				char shape[32];
-				snprintf(shape, sizeof(shape), "%ux%u", rows, cols);
-				printf("%-9s %-11s %-6s %9.1f %9.2f %11.2f %6.2f\n", f, shape,
-				       regime == 0 ? "hot" : "stream", (double)bytes / rate * 1e6,
-				       rate / 1e9, copy / 1e9, rate / copy);
-				fflush(stdout);
-				set_free(&st);
-			}
-			free(x);
-			free(y);
-		}
 	}
 	return 0;
 }
