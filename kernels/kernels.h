@@ -38,7 +38,8 @@ void kern_set_threads(int n);
 int kern_threads(void);
 
 /* Y [batch, rows] = X [batch, cols] · Wᵀ. Threaded over rows; the result does
- * not depend on the number of threads. */
+ * not depend on the number of threads. y must not overlap x. An unknown format,
+ * or int4-g32 with cols % 32 != 0, fills y with NaN. */
 void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
 
 /* The plain single-threaded scalar reference of kern_matmul: dequantize each

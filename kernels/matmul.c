@@ -103,9 +103,12 @@ void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 {
 	if (batch == 0 || m->rows == 0)
 		return;
-	if (m->format != K2_FORMAT_BF16 && m->format != K2_FORMAT_FP8_B128 &&
-	    m->format != K2_FORMAT_INT8 && m->format != K2_FORMAT_INT4_G32 &&
-	    m->format != KERN_FORMAT_F32) {
+	/* An unknown format, or int4 with a partial group, is a caller's bug:
+	 * NaN outputs make it loud instead of reading past the matrix. */
+	if ((m->format != K2_FORMAT_BF16 && m->format != K2_FORMAT_FP8_B128 &&
+	     m->format != K2_FORMAT_INT8 && m->format != K2_FORMAT_INT4_G32 &&
+	     m->format != KERN_FORMAT_F32) ||
+	    (m->format == K2_FORMAT_INT4_G32 && m->cols % 32 != 0)) {
 		for (size_t i = 0; i < (size_t)batch * m->rows; i++)
 			y[i] = NAN;
 		return;

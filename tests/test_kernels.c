@@ -377,6 +377,14 @@ START_TEST(test_matmul_degenerate)
 	for (int i = 0; i < 8; i++)
 		ck_assert(isnan(y[i]));
 	tmat_free(&t);
+	t = tmat_make(K2_FORMAT_INT4_G32, 4, 32);
+	t.m.cols = 16; /* int4 without whole groups */
+	for (int i = 0; i < 8; i++)
+		y[i] = 7;
+	kern_matmul(&t.m, x, 2, y);
+	for (int i = 0; i < 8; i++)
+		ck_assert(isnan(y[i]));
+	tmat_free(&t);
 }
 END_TEST
 
