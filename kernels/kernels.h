@@ -33,7 +33,8 @@ typedef struct kern_mat {
 } kern_mat;
 
 /* Sets the number of worker threads the kernels use (0 = online cores). Safe to
- * call before any kernel; later calls resize the pool. */
+ * call before any kernel; later calls resize the pool (waiting for a running
+ * product to finish); ignored when called from inside kern_parallel_for. */
 void kern_set_threads(int n);
 int kern_threads(void);
 

@@ -39,6 +39,7 @@ static struct {
 	pthread_t *th;              /* [n_workers]; protected by run_lock */
 	int n_workers;              /* threads besides the caller; protected by run_lock */
 	int configured;             /* kern_set_threads or a default ran; protected by run_lock */
+	atomic_int total;           /* n_workers + 1, readable without run_lock */
 	/* the current run: written by the caller before open_gen is set */
 	kern_task_fn fn;
 	void *ctx;
@@ -157,6 +158,7 @@ static void pool_stop_workers(void)
 	free(pool.th);
 	pool.th = NULL;
 	pool.n_workers = 0;
+	atomic_store(&pool.total, 1);
 	atomic_store(&pool.stop, 0);
 }
 
@@ -183,10 +185,15 @@ static void pool_resize(int n)
 			break;
 		pool.n_workers++;
 	}
+	atomic_store(&pool.total, pool.n_workers + 1);
 }
 
 void kern_set_threads(int n)
 {
+	/* From inside a task the pool is running (its run_lock may be held by
+	 * this very thread): leave it as it is. */
+	if (in_task)
+		return;
 	if (n <= 0)
 		n = pool_online_cores();
 	if (n > POOL_MAX_THREADS)
@@ -198,6 +205,8 @@ void kern_set_threads(int n)
 
 int kern_threads(void)
 {
+	if (in_task)
+		return atomic_load(&pool.total) > 0 ? atomic_load(&pool.total) : 1;
 	pthread_mutex_lock(&pool.run_lock);
 	if (!pool.configured)
 		pool_resize(pool_online_cores());

@@ -572,8 +572,11 @@ static void pfor_outer(void *ctx, uint32_t i)
 {
 	struct pfor_check *c = ctx;
 	atomic_fetch_add(&c->hits[i], 1);
-	if (i % 100 == 0)
+	if (i % 100 == 0) {
 		kern_parallel_for(5, pfor_inner, c); /* nested: runs inline */
+		kern_set_threads(1);                 /* ignored inside a task, no deadlock */
+		atomic_fetch_add(&c->nested, kern_threads() >= 1 ? 0 : 1000);
+	}
 }
 
 START_TEST(test_parallel_for)
@@ -592,6 +595,7 @@ START_TEST(test_parallel_for)
 			for (int i = 0; i < N; i++)
 				ck_assert_int_eq(atomic_load(&hits[i]), 1);
 			ck_assert_int_eq(atomic_load(&c.nested), 5 * (N / 100));
+			ck_assert_int_eq(kern_threads(), th);
 		}
 	}
 	kern_parallel_for(0, pfor_outer, &c); /* nothing to do: returns */
