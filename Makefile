@@ -61,7 +61,10 @@ endif
 
 PROGRAMS := $(BIN)/k2fs $(BIN)/infer $(TOOLS)
 
-.PHONY: all test asan fuzz demo clean check-fuse
+.PHONY: all test asan fuzz demo clean
+# Keep objects of tools and tests between runs (they are intermediate files of
+# pattern rules otherwise, deleted after each link).
+.SECONDARY:
 all: $(PROGRAMS)
 
 $(BUILD)/obj/%.o: %.c
