@@ -51,7 +51,7 @@ typedef struct tmat {
  * so per-row, per-block and per-group scales all matter. */
 static float *random_dense(uint32_t rows, uint32_t cols)
 {
-	float *d = malloc((size_t)rows * cols * sizeof(*d) + 1);
+	float *d = malloc((size_t)rows * cols * sizeof(*d));
 	ck_assert_ptr_nonnull(d);
 	for (uint32_t r = 0; r < rows; r++)
 		for (uint32_t c = 0; c < cols; c++)
@@ -69,7 +69,7 @@ static tmat tmat_make(uint32_t format, uint32_t rows, uint32_t cols)
 
 	switch (format) {
 	case K2_FORMAT_BF16: {
-		uint16_t *w = malloc(n * 2 + 1);
+		uint16_t *w = malloc(n * 2);
 		ck_assert_ptr_nonnull(w);
 		for (size_t i = 0; i < n; i++)
 			w[i] = k2q_f32_to_bf16(d[i]);
@@ -77,20 +77,20 @@ static tmat tmat_make(uint32_t format, uint32_t rows, uint32_t cols)
 		break;
 	}
 	case K2_FORMAT_FP8_B128:
-		t.w = malloc(n + 1);
+		t.w = malloc(n);
 		t.s = malloc(4 * (size_t)((rows + 127) / 128) * ((cols + 127) / 128));
 		ck_assert(t.w && t.s);
 		rc = k2q_quant_fp8_b128(d, rows, cols, t.w, t.s);
 		break;
 	case K2_FORMAT_INT8:
-		t.w = malloc(n + 1);
+		t.w = malloc(n);
 		t.s = malloc(4 * (size_t)rows);
 		ck_assert(t.w && t.s);
 		rc = k2q_quant_int8_row(d, rows, cols, t.w, t.s);
 		break;
 	case K2_FORMAT_INT4_G32:
-		t.w = malloc(n / 2 + 1);
-		t.s = malloc(2 * (size_t)rows * (cols / 32) + 1);
+		t.w = malloc(n / 2);
+		t.s = malloc(2 * (size_t)rows * (cols / 32));
 		ck_assert(t.w && t.s);
 		rc = k2q_quant_int4_g32(d, rows, cols, t.w, t.s);
 		break;
@@ -114,7 +114,7 @@ static void tmat_free(tmat *t)
 
 static float *random_vec(size_t n)
 {
-	float *v = malloc(n * sizeof(*v) + 1);
+	float *v = malloc(n * sizeof(*v));
 	ck_assert_ptr_nonnull(v);
 	for (size_t i = 0; i < n; i++)
 		v[i] = rng_unit();
@@ -123,7 +123,7 @@ static float *random_vec(size_t n)
 
 static float *nan_vec(size_t n)
 {
-	float *v = malloc(n * sizeof(*v) + 1);
+	float *v = malloc(n * sizeof(*v));
 	ck_assert_ptr_nonnull(v);
 	for (size_t i = 0; i < n; i++)
 		v[i] = NAN;
