@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -237,36 +238,37 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 
 /* ---------------------------------------------------------------- kernel read-ahead */
 
-/* The "major:minor" of the mount at `mnt`, from /proc/self/mountinfo (field 3
- * of the line whose field 5 is the mount point). Returns 0 or -ENOENT. */
+/* The "major:minor" of the mount at `mnt` (an absolute path), from
+ * /proc/self/mountinfo (field 3 of the last line whose field 5 is the mount
+ * point). Returns 0 or -ENOENT. Touches nothing on the mount itself. */
 static int mount_devno(const char *mnt, char *out, size_t n)
 {
-	char *real = realpath(mnt, NULL);
 	FILE *f = fopen("/proc/self/mountinfo", "r");
 	int rc = -ENOENT;
 	char line[4096];
-	while (f && real && fgets(line, sizeof(line), f)) {
+	while (f && fgets(line, sizeof(line), f)) {
 		char dev[64], point[2048];
 		if (sscanf(line, "%*s %*s %63s %*s %2047s", dev, point) != 2)
 			continue;
-		if (strcmp(point, real) == 0) { /* the last match is the newest mount */
+		if (strcmp(point, mnt) == 0) {
 			snprintf(out, n, "%s", dev);
 			rc = 0;
 		}
 	}
 	if (f)
 		fclose(f);
-	free(real);
 	return rc;
 }
 
 /* Raises the kernel's read-ahead of the mount: FUSE offers 128K at most at INIT,
- * which caps buffered requests to 128K; the bdi setting lifts that (requests
- * then reach max_read). Logs and carries on when it cannot (not root). */
+ * which caps buffered requests to 128K; the bdi setting lifts that, so requests
+ * reach max_read. The kernel applies FUSE's value when it processes the INIT
+ * reply, so this runs once, on the first request after INIT (k2fs_after_init).
+ * Logs and carries on when it cannot (not root). */
 static void set_kernel_readahead(const char *mnt, uint64_t bytes)
 {
 	char dev[64], path[128], val[32];
-	if (bytes == 0)
+	if (bytes == 0 || !mnt)
 		return;
 	if (mount_devno(mnt, dev, sizeof(dev))) {
 		k2fs_log("%s: not found in /proc/self/mountinfo; kernel read-ahead left as is", mnt);
@@ -281,6 +283,15 @@ static void set_kernel_readahead(const char *mnt, uint64_t bytes)
 		k2fs_log("%s: cannot set (%s); kernel read-ahead left at FUSE's 128K", path,
 			 strerror(errno));
 	}
+}
+
+void k2fs_after_init(struct k2fs_fs *fs)
+{
+	if (atomic_load_explicit(&fs->after_init_done, memory_order_acquire))
+		return;
+	if (atomic_exchange(&fs->after_init_done, 1))
+		return;
+	set_kernel_readahead(fs->cfg.mountpoint, fs->cfg.kernel_ra);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -318,6 +329,7 @@ static void fs_free(struct k2fs_fs *fs)
 	k2p_pack_close(fs->pack);
 	pthread_mutex_destroy(&fs->hint_lock);
 	free(fs->cfg.pack_path);
+	free(fs->cfg.mountpoint);
 }
 
 int k2fs_main(int argc, char **argv)
@@ -370,7 +382,8 @@ int k2fs_main(int argc, char **argv)
 	if (fuse_opt_add_arg(&args, "-osubtype=k2fs,fsname=k2fs") == -1)
 		goto out_opts;
 
-	/* the pack, by absolute path: daemonizing changes the directory */
+	/* absolute paths: daemonizing changes the directory */
+	fs.cfg.mountpoint = realpath(opts.mountpoint, NULL);
 	fs.cfg.pack_path = realpath(cli.pack, NULL);
 	k2_err err = {{0}};
 	if (!fs.cfg.pack_path) {
@@ -411,7 +424,6 @@ int k2fs_main(int argc, char **argv)
 		goto out_session;
 	if (fuse_session_mount(fs.se, opts.mountpoint) != 0)
 		goto out_signals;
-	set_kernel_readahead(opts.mountpoint, fs.cfg.kernel_ra);
 	fuse_daemonize(opts.foreground);
 	if (!opts.foreground) {
 		openlog("k2fs", LOG_PID, LOG_DAEMON);

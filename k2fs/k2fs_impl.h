@@ -21,6 +21,7 @@
 #include <fuse_lowlevel.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -405,6 +406,7 @@ struct k2fs_fs {
 	struct k2fs_config cfg;
 	struct fuse_session *se;
 	struct k2fs_push *push;    /* NULL unless cfg.notify_store */
+	atomic_int after_init_done;
 	pthread_mutex_t hint_lock;
 	char *root_prefetch;       /* last list set on the root; protected by hint_lock */
 	char **layer_prefetch;     /* [tree.n_layers] last list per layer dir */
@@ -425,6 +427,10 @@ int k2fs_xattr_set(struct k2fs_fs *fs, const struct k2fs_node *n, const char *na
 		   const char *val, size_t len);
 /* removexattr: -EPERM for a name of the table, -ENODATA otherwise. */
 int k2fs_xattr_remove(struct k2fs_fs *fs, const struct k2fs_node *n, const char *name);
+
+/* Runs once, on the first request after FUSE's INIT (daemon.c): settings the
+ * kernel only accepts once the connection is up (the mount's read-ahead). */
+void k2fs_after_init(struct k2fs_fs *fs);
 
 /* Logs one line (no trailing newline needed) to stderr, or syslog when daemonized. */
 void k2fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -51,6 +51,7 @@ static void reply_entry(fuse_req_t req, struct k2fs_fs *fs, const struct k2fs_no
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct k2fs_fs *fs = fs_of(req);
+	k2fs_after_init(fs);
 	struct k2fs_node n;
 	int rc = k2fs_tree_lookup(&fs->tree, parent, name, &n);
 	if (rc == -ENOENT) {
@@ -72,6 +73,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	(void)fi;
 	struct k2fs_fs *fs = fs_of(req);
+	k2fs_after_init(fs);
 	struct k2fs_node n;
 	int rc = k2fs_tree_node(&fs->tree, ino, &n);
 	if (rc) {
@@ -165,6 +167,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct k2fs_fs *fs = fs_of(req);
+	k2fs_after_init(fs);
 	struct k2fs_node n;
 	int rc = k2fs_tree_node(&fs->tree, ino, &n);
 	if (rc) {
