@@ -123,8 +123,14 @@ for kind in bf16 fp8; do
 		ok "$kind: $(cat "$T/verify.out")" || fail "$kind: $(cat "$T/verify.out")"
 done
 
-# ---------------------------------------------------------------- xattr names and values
+# ---------------------------------------------------------------- kernel read-ahead (root only)
 mnt="$T/mnt_bf16" pack="$T/bf16.k2"
+if [ "$(id -u)" = 0 ]; then
+	ra=$(cat "/sys/class/bdi/$(mountpoint -d "$mnt")/read_ahead_kb" 2>/dev/null)
+	expect "the mount's kernel read-ahead raised to 1M (FUSE offers 128K)" "$ra" "1024"
+fi
+
+# ---------------------------------------------------------------- xattr names and values
 layer=$(ls "$mnt/experts" | head -1)
 ex="$mnt/experts/$layer/003"
 getfattr -d -m user.k2 "$ex" >"$T/gf.out" 2>/dev/null
