@@ -11,11 +11,10 @@
  * the fp8 quantization of its bf16 one.
  *
  * Values: element i of a weight is a pure function of (seed, weight name, i):
- * counter p = i/2 of the stream XXH64(name, seed) is hashed (splitmix64) into
- * two 24-bit uniforms, and Box–Muller turns them into elements 2p and 2p+1.
+ * counter i of the stream XXH64(name, seed) is hashed (splitmix64) and the
+ * ziggurat method turns the hash into a standard normal sample.
  * Tensors are generated in bands of 128-row blocks by a thread pool and
  * appended to the safetensors writer in order. */
-#define _GNU_SOURCE /* sincosf */
 #include "gen.h"
 
 #include "cli.h"
@@ -416,26 +415,78 @@ static inline uint64_t mix64(uint64_t z)
 	return z;
 }
 
+/* The ziggurat of Marsaglia & Tsang (J. Stat. Softw. 5(8), 2000) with 128
+ * layers: exact normal samples, almost always from one hash, one table
+ * lookup and one multiply. Tables are built once. */
+static struct {
+	uint32_t k[128];
+	double w[128], f[128];
+} zig;
+static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
+
+static void zig_init(void)
+{
+	const double m1 = 2147483648.0, vn = 9.91256303526217e-3;
+	double dn = 3.442619855899, tn = dn;
+	double q = vn / exp(-0.5 * dn * dn);
+	zig.k[0] = (uint32_t)((dn / q) * m1);
+	zig.k[1] = 0;
+	zig.w[0] = q / m1;
+	zig.w[127] = dn / m1;
+	zig.f[0] = 1.0;
+	zig.f[127] = exp(-0.5 * dn * dn);
+	for (int i = 126; i >= 1; i--) {
+		dn = sqrt(-2.0 * log(vn / dn + exp(-0.5 * dn * dn)));
+		zig.k[i + 1] = (uint32_t)((dn / tn) * m1);
+		tn = dn;
+		zig.f[i] = exp(-0.5 * dn * dn);
+		zig.w[i] = dn / m1;
+	}
+}
+
+/* A uniform in (0, 1) from the top 53 bits of h. */
+static inline double unit(uint64_t h)
+{
+	return ((double)(h >> 11) + 0.5) * 0x1p-53;
+}
+
+/* The standard normal value of element i of stream `key`: a pure function of
+ * (key, i). Attempt a of the ziggurat uses hash(key, i, a); the value is its
+ * upper 32 bits (signed) and the layer its low 7 bits. */
+static float normal_at(uint64_t key, uint64_t i)
+{
+	const double r = 3.442619855899;
+	uint64_t base = key + (i + 1) * 0x9e3779b97f4a7c15ull;
+	uint64_t h = mix64(base);
+	for (uint64_t a = 1;; a++) {
+		int32_t hz = (int32_t)(h >> 32);
+		uint32_t iz = (uint32_t)h & 127;
+		uint32_t mag = hz < 0 ? (uint32_t)(-(int64_t)hz) : (uint32_t)hz;
+		double x = (double)hz * zig.w[iz];
+		if (mag < zig.k[iz])
+			return (float)x;
+		uint64_t u = mix64(h ^ 0xd1b54a32d192ed03ull);
+		if (iz == 0) { /* the tail beyond r */
+			for (uint64_t t = 1;; t++) {
+				double xt = -log(unit(u)) / r;
+				double y = -log(unit(mix64(u + 0x2545f4914f6cdd1dull)));
+				if (y + y >= xt * xt)
+					return (float)(hz > 0 ? r + xt : -r - xt);
+				u = mix64(u + t * 0x632be59bd9b4e019ull);
+			}
+		}
+		if (zig.f[iz] + unit(u) * (zig.f[iz - 1] - zig.f[iz]) < exp(-0.5 * x * x))
+			return (float)x;
+		h = mix64(base + a * 0x632be59bd9b4e019ull);
+	}
+}
+
 /* Standard normal values of elements [i0, i0+n) of stream `key`. */
 static void normals(uint64_t key, uint64_t i0, size_t n, float *out)
 {
-	uint64_t i = i0;
-	const uint64_t end = i0 + n;
-	while (i < end) {
-		uint64_t h = mix64(key + ((i >> 1) + 1) * 0x9e3779b97f4a7c15ull);
-		float u1 = ((float)(h >> 40) + 0.5f) * 0x1p-24f;
-		float u2 = (float)(h & 0xffffff) * 0x1p-24f;
-		float r = sqrtf(-2.0f * logf(u1));
-		float s, c;
-		sincosf(6.28318530718f * u2, &s, &c);
-		if ((i & 1) == 0) {
-			out[i - i0] = r * c;
-			if (++i < end)
-				out[i++ - i0] = r * s;
-		} else {
-			out[i++ - i0] = r * s;
-		}
-	}
+	pthread_once(&zig_once, zig_init);
+	for (size_t j = 0; j < n; j++)
+		out[j] = normal_at(key, i0 + j);
 }
 
 /* ---------------------------------------------------------------- pool */
