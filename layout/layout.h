@@ -107,6 +107,8 @@ uint64_t k2_checksum(const void *data, size_t n);
 #define K2P_MAX_DIMS 8
 #define K2P_MAX_NAME 1024
 #define K2P_MAX_BLOCK_BYTES (64u << 20)
+#define K2P_MAX_LAYERS 4096u      /* expert layer indices are below this */
+#define K2P_MAX_EXPERTS 65536u    /* expert indices are below this */
 
 enum k2p_kind {
 	K2P_KIND_FILE = 1,

@@ -303,6 +303,11 @@ static int check_entry_fields(const char *path, uint64_t at, uint32_t i,
 		break;
 	}
 	case K2P_KIND_EXPERT: {
+		if (d->layer >= K2P_MAX_LAYERS || d->expert >= K2P_MAX_EXPERTS)
+			return k2_err_set(err, -EINVAL, "%s: index entry %" PRIu32 " at offset %"
+					  PRIu64 ": expert %" PRIu32 "/%" PRIu32 " outside the limits"
+					  " (layer < %u, expert < %u)", path, i, at, d->layer,
+					  d->expert, K2P_MAX_LAYERS, K2P_MAX_EXPERTS);
 		for (int k = 2; k < K2P_MAX_DIMS; k++)
 			if (d->shape[k])
 				return k2_err_set(err, -EINVAL, "%s: index entry %" PRIu32

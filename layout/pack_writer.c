@@ -743,6 +743,10 @@ int k2p_writer_add_expert(k2p_writer *w, const void *image, size_t n, k2_err *er
 				  "expert image", &lay, err);
 	if (rc)
 		return rc;
+	if (lay.layer >= K2P_MAX_LAYERS || lay.expert >= K2P_MAX_EXPERTS)
+		return k2_err_set(err, -EINVAL, "expert image %u/%u: outside the pack's limits"
+				  " (layer < %u, expert < %u)", lay.layer, lay.expert,
+				  K2P_MAX_LAYERS, K2P_MAX_EXPERTS);
 	struct k2p_entry_disk d = {.kind = K2P_KIND_EXPERT, .layer = lay.layer,
 				   .expert = lay.expert, .format = lay.format};
 	d.shape[0] = lay.hidden;
