@@ -74,7 +74,7 @@ struct mm_job {
 static void mm_rows(const struct mm_job *j, uint32_t r0, uint32_t r1)
 {
 	if (j->xp)
-		kern_rows_avx512_i4(j->m, j->xp, j->y, r0, r1);
+		kern_rows_avx512_i4(j->m, j->xp, j->batch, j->y, r0, r1);
 	else
 		j->fn(j->m, j->x, j->batch, j->y, r0, r1);
 }
@@ -145,14 +145,16 @@ void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	j.rows_per_task = (uint32_t)rpt;
 
 	float xp_stack[XP_STACK], *xp_heap = NULL;
-	if (j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 && batch == 1) {
-		float *xp = m->cols <= XP_STACK ? xp_stack : (xp_heap = malloc(m->cols * sizeof(float)));
+	if (j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 &&
+	    batch <= KERN_FUSED_BATCH) {
+		size_t n = (size_t)batch * m->cols;
+		float *xp = n <= XP_STACK ? xp_stack : (xp_heap = malloc(n * sizeof(float)));
 		if (xp) {
-			kern_i4_pair_split(x, m->cols, xp);
+			for (uint32_t b = 0; b < batch; b++)
+				kern_i4_pair_split(x + (size_t)b * m->cols, m->cols,
+						   xp + (size_t)b * m->cols);
 			j.xp = xp;
-		} else {
-			j.fn = kern_rows_avx2; /* no memory: the next best path */
-		}
+		} /* else no memory: kern_rows_avx512 takes the AVX2 path */
 	}
 	uint32_t n_tasks = (uint32_t)((m->rows + rpt - 1) / rpt);
 	if (n_tasks == 1)

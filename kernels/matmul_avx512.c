@@ -1,11 +1,14 @@
-/* matmul_avx512.c — the batch-1 (decode) products with 512-bit vectors, for
+/* matmul_avx512.c — the products at batch 1 (decode) and at batches up to
+ * KERN_FUSED_BATCH (an expert's share of a prompt) with 512-bit vectors, for
  * CPUs with AVX-512 F/BW/VL (Xeon since Skylake-SP, Zen 4 and later), where
  * int4 and fp8 are bound by the dequantizing work rather than by memory and
- * twice the width pays. Batches > 1 use the AVX2 tiled path. Compiled with a
- * target attribute; matmul.c calls it only where the CPU has the features.
+ * twice the width pays. Larger batches use the AVX2 tiled path. Compiled with
+ * a target attribute; matmul.c calls it only where the CPU has the features.
  *
- * Same scheme as matmul_avx2.c: each row in one pass, four accumulators, a
- * fixed order per row; column tails by masked loads instead of scalar code. */
+ * Same scheme as matmul_avx2.c: each row in one pass, its weights dequantized
+ * once in registers and used for every row of x, a fixed order per output
+ * element; column tails by masked loads instead of scalar code. Rows of x go
+ * four at a time over a task's rows, whose weights stay in cache between. */
 #include "kernels_impl.h"
 
 #include <math.h>
@@ -193,61 +196,246 @@ A512 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0
 	}
 }
 
-/* int4 at batch 1 takes x with each group of 32 rearranged, evens first
+/* int4 takes x with each group of 32 rearranged, evens first
  * (kern_i4_pair_split): then one byte widened to a 32-bit lane holds element
  * 2i in its low nibble and 2i+1 in the next, and vpermps, which reads only the
  * low 4 bits of each index, looks both up in a 16-entry table of (q − 8) · s
  * for the group's scale s: the dequantized value exactly as kern_mat_get
- * computes it, with no masking, offset or conversion. */
-A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, float *y, uint32_t r0,
-			      uint32_t r1)
+ * computes it, with no masking, offset or conversion. At batch 1 even groups
+ * go to (a[0][0], a[0][1]) and odd ones to (a[1][0], a[1][1]); at batches
+ * 2 … 4 each row of x has one pair (even and odd columns). */
+A512_INLINE void i4_rows(const kern_mat *m, const float *xp, const int B, float *y,
+			 uint32_t r0, uint32_t r1)
 {
-	const uint32_t ng = m->cols / 32;
+	const uint32_t ng = m->cols / 32, rows = m->rows;
+	const size_t xs = m->cols;
 	const __m512 q = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
 
 	for (uint32_t r = r0; r < r1; r++) {
 		const uint8_t *w = (const uint8_t *)m->w + (size_t)r * ng * 16;
 		const uint16_t *s = (const uint16_t *)m->s + (size_t)r * ng;
-		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		__m512 a[4][2];
+#pragma GCC unroll 4
+		for (int b = 0; b < 4; b++)
+			a[b][0] = a[b][1] = _mm512_setzero_ps();
 		uint32_t g = 0;
-#define I4_GROUP(G, SG, EVEN, ODD)                                                           \
+#define I4_GROUP(G, SG, PAR)                                                                 \
 	do {                                                                                 \
 		__m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + (size_t)(G) * 16))); \
 		__m512 t = _mm512_mul_ps(q, SG);                                             \
+		__m512 we = _mm512_permutexvar_ps(d, t);                                     \
+		__m512 wo = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), t);               \
 		const float *xg = xp + (size_t)(G) * 32;                                     \
-		EVEN = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, t), _mm512_loadu_ps(xg), EVEN); \
-		ODD = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), t),      \
-				      _mm512_loadu_ps(xg + 16), ODD);                        \
+		if (B == 1) {                                                                \
+			a[PAR][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xg), a[PAR][0]);      \
+			a[PAR][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xg + 16), a[PAR][1]); \
+		} else {                                                                     \
+			_Pragma("GCC unroll 4") for (int b = 0; b < B; b++) {                \
+				a[b][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xg + b * xs), a[b][0]); \
+				a[b][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xg + b * xs + 16), a[b][1]); \
+			}                                                                    \
+		}                                                                            \
 	} while (0)
-		/* Sixteen groups a step, their scales converted together; even
-		 * groups go to (a0, a1), odd ones to (a2, a3). */
+		/* Sixteen groups a step, their scales converted together. */
 		for (; g + 16 <= ng; g += 16) {
 			__m512 sv = bf16x16(_mm256_loadu_si256((const __m256i *)(s + g)));
-#define I4_STEP(J, EVEN, ODD) \
-	I4_GROUP(g + (J), _mm512_permutexvar_ps(_mm512_set1_epi32(J), sv), EVEN, ODD)
-			I4_STEP(0, a0, a1); I4_STEP(1, a2, a3); I4_STEP(2, a0, a1); I4_STEP(3, a2, a3);
-			I4_STEP(4, a0, a1); I4_STEP(5, a2, a3); I4_STEP(6, a0, a1); I4_STEP(7, a2, a3);
-			I4_STEP(8, a0, a1); I4_STEP(9, a2, a3); I4_STEP(10, a0, a1); I4_STEP(11, a2, a3);
-			I4_STEP(12, a0, a1); I4_STEP(13, a2, a3); I4_STEP(14, a0, a1); I4_STEP(15, a2, a3);
+#define I4_STEP(J) I4_GROUP(g + (J), _mm512_permutexvar_ps(_mm512_set1_epi32(J), sv), (J) & 1)
+			I4_STEP(0); I4_STEP(1); I4_STEP(2); I4_STEP(3);
+			I4_STEP(4); I4_STEP(5); I4_STEP(6); I4_STEP(7);
+			I4_STEP(8); I4_STEP(9); I4_STEP(10); I4_STEP(11);
+			I4_STEP(12); I4_STEP(13); I4_STEP(14); I4_STEP(15);
 #undef I4_STEP
 		}
 		for (; g < ng; g++) {
 			__m512 sg = _mm512_set1_ps(kern_bf16(s[g]));
 			if (g & 1)
-				I4_GROUP(g, sg, a2, a3);
+				I4_GROUP(g, sg, 1);
 			else
-				I4_GROUP(g, sg, a0, a1);
+				I4_GROUP(g, sg, 0);
 		}
 #undef I4_GROUP
-		y[r] = hsum16(sum4(a0, a1, a2, a3));
+		if (B == 1)
+			y[r] = hsum16(sum4(a[0][0], a[0][1], a[1][0], a[1][1]));
+		else
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++)
+				y[(size_t)b * rows + r] = hsum16(_mm512_add_ps(a[b][0], a[b][1]));
 	}
 }
+
+A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, float *y,
+			      uint32_t r0, uint32_t r1)
+{
+	/* rows of x four at a time: the task's weights stay in cache between */
+	for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
+		const float *xb = xp + (size_t)b0 * m->cols;
+		float *yb = y + (size_t)b0 * m->rows;
+		switch (batch - b0 < 4 ? batch - b0 : 4) {
+		case 1: i4_rows(m, xb, 1, yb, r0, r1); break;
+		case 2: i4_rows(m, xb, 2, yb, r0, r1); break;
+		case 3: i4_rows(m, xb, 3, yb, r0, r1); break;
+		default: i4_rows(m, xb, 4, yb, r0, r1); break;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- batches 2 … 4 */
+
+/* The other formats at batches 2 … 4 (more in fours): each weight vector
+ * dequantized once in registers and multiplied into B rows of x, two accumulators per row of x
+ * (fp8: two per block, folded into two with the block's scale). */
+A512_INLINE void mvb_plain(const kern_mat *m, const float *x, const int B, float *y,
+			   uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols, rows = m->rows;
+
+	for (uint32_t r = r0; r < r1; r++) {
+		__m512 a[4][2], w0, w1;
+#pragma GCC unroll 4
+		for (int b = 0; b < 4; b++)
+			a[b][0] = a[b][1] = _mm512_setzero_ps();
+		uint32_t k = 0;
+		for (; k + 32 <= cols; k += 32) {
+			switch (m->format) {
+			case K2_FORMAT_BF16: {
+				const uint16_t *w = (const uint16_t *)m->w + (size_t)r * cols + k;
+				w0 = bf16x16(_mm256_loadu_si256((const __m256i *)w));
+				w1 = bf16x16(_mm256_loadu_si256((const __m256i *)(w + 16)));
+				break;
+			}
+			case K2_FORMAT_INT8: {
+				const int8_t *w = (const int8_t *)m->w + (size_t)r * cols + k;
+				w0 = i8x16(_mm_loadu_si128((const __m128i *)w));
+				w1 = i8x16(_mm_loadu_si128((const __m128i *)(w + 16)));
+				break;
+			}
+			default: {
+				const float *w = (const float *)m->w + (size_t)r * cols + k;
+				w0 = _mm512_loadu_ps(w);
+				w1 = _mm512_loadu_ps(w + 16);
+				break;
+			}
+			}
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++) {
+				a[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + (size_t)b * cols + k), a[b][0]);
+				a[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + (size_t)b * cols + k + 16), a[b][1]);
+			}
+		}
+		for (; k < cols; k += 16) {
+			uint32_t n = cols - k < 16 ? cols - k : 16;
+			__mmask16 mk = n == 16 ? 0xffff : m16(n);
+			switch (m->format) {
+			case K2_FORMAT_BF16:
+				w0 = bf16x16(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)m->w + (size_t)r * cols + k));
+				break;
+			case K2_FORMAT_INT8:
+				w0 = i8x16(_mm_maskz_loadu_epi8(mk, (const int8_t *)m->w + (size_t)r * cols + k));
+				break;
+			default:
+				w0 = _mm512_maskz_loadu_ps(mk, (const float *)m->w + (size_t)r * cols + k);
+				break;
+			}
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++)
+				a[b][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mk, x + (size_t)b * cols + k),
+							  a[b][0]);
+		}
+		float s = m->format == K2_FORMAT_INT8 ? ((const float *)m->s)[r] : 1.0f;
+#pragma GCC unroll 4
+		for (int b = 0; b < B; b++) {
+			float v = hsum16(_mm512_add_ps(a[b][0], a[b][1]));
+			y[(size_t)b * rows + r] = m->format == K2_FORMAT_INT8 ? v * s : v;
+		}
+	}
+}
+
+A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, const int B, float *y,
+			 uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols, rows = m->rows, ncb = (cols + 127) / 128;
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const uint8_t *w = (const uint8_t *)m->w + (size_t)r * cols;
+		const float *srow = (const float *)m->s + (size_t)(r / 128) * ncb;
+		__m512 a[4][2], lo, hi;
+		__m256i nan = _mm256_setzero_si256();
+#pragma GCC unroll 4
+		for (int b = 0; b < 4; b++)
+			a[b][0] = a[b][1] = _mm512_setzero_ps();
+		for (uint32_t cb = 0; cb < ncb; cb++) {
+			uint32_t k = cb * 128, c1 = k + 128 < cols ? k + 128 : cols;
+			__m512 blk[4][2];
+#pragma GCC unroll 4
+			for (int b = 0; b < 4; b++)
+				blk[b][0] = blk[b][1] = _mm512_setzero_ps();
+			for (; k < c1; k += 32) {
+				uint32_t n = c1 - k;
+				if (n >= 32) {
+					fp8x32(_mm256_loadu_si256((const __m256i *)(w + k)), &lo, &hi, &nan);
+#pragma GCC unroll 4
+					for (int b = 0; b < B; b++) {
+						const float *xb = x + (size_t)b * cols + k;
+						blk[b][0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), blk[b][0]);
+						blk[b][1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), blk[b][1]);
+					}
+				} else {
+					__mmask16 m0 = n >= 16 ? 0xffff : m16(n), m1 = n > 16 ? m16(n - 16) : 0;
+					fp8x32(_mm256_maskz_loadu_epi8(m32(n), w + k), &lo, &hi, &nan);
+#pragma GCC unroll 4
+					for (int b = 0; b < B; b++) {
+						const float *xb = x + (size_t)b * cols + k;
+						blk[b][0] = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(m0, xb), blk[b][0]);
+						blk[b][1] = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(m1, xb + 16),
+									    blk[b][1]);
+					}
+				}
+			}
+			__m512 sv = _mm512_set1_ps(srow[cb] * 256.0f);
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++) {
+				a[b][0] = _mm512_fmadd_ps(blk[b][0], sv, a[b][0]);
+				a[b][1] = _mm512_fmadd_ps(blk[b][1], sv, a[b][1]);
+			}
+		}
+		int isnan_row = fp8_nan_seen(nan);
+#pragma GCC unroll 4
+		for (int b = 0; b < B; b++)
+			y[(size_t)b * rows + r] = isnan_row ? NAN : hsum16(_mm512_add_ps(a[b][0], a[b][1]));
+	}
+}
+
+#define MVB(NAME, FN, B)                                                               \
+	A512 static void NAME(const kern_mat *m, const float *x, float *y, uint32_t r0, \
+			      uint32_t r1)                                               \
+	{                                                                              \
+		FN(m, x, B, y, r0, r1);                                                \
+	}
+MVB(mvb_plain_2, mvb_plain, 2) MVB(mvb_plain_3, mvb_plain, 3) MVB(mvb_plain_4, mvb_plain, 4)
+MVB(mvb_fp8_2, mvb_fp8, 2) MVB(mvb_fp8_3, mvb_fp8, 3) MVB(mvb_fp8_4, mvb_fp8, 4)
+#undef MVB
 
 A512 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 			   float *y, uint32_t r0, uint32_t r1)
 {
-	if (batch > 1) {
+	if (batch > KERN_FUSED_BATCH || m->format == K2_FORMAT_INT4_G32) {
+		/* int4 gets here only when kern_matmul could not rearrange x */
 		kern_rows_avx2(m, x, batch, y, r0, r1);
+		return;
+	}
+	if (batch > 1) {
+		/* rows of x four at a time: the task's weights stay in cache between */
+		int fp8 = m->format == K2_FORMAT_FP8_B128;
+		for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
+			const float *xb = x + (size_t)b0 * m->cols;
+			float *yb = y + (size_t)b0 * m->rows;
+			switch (batch - b0 < 4 ? batch - b0 : 4) {
+			case 1: kern_rows_avx512(m, xb, 1, yb, r0, r1); break;
+			case 2: (fp8 ? mvb_fp8_2 : mvb_plain_2)(m, xb, yb, r0, r1); break;
+			case 3: (fp8 ? mvb_fp8_3 : mvb_plain_3)(m, xb, yb, r0, r1); break;
+			default: (fp8 ? mvb_fp8_4 : mvb_plain_4)(m, xb, yb, r0, r1); break;
+			}
+		}
 		return;
 	}
 	switch (m->format) {
@@ -259,9 +447,6 @@ A512 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 		break;
 	case K2_FORMAT_INT8:
 		mv_i8(m, x, y, r0, r1);
-		break;
-	case K2_FORMAT_INT4_G32: /* kern_matmul sends int4 to kern_rows_avx512_i4 */
-		kern_rows_avx2(m, x, batch, y, r0, r1);
 		break;
 	case KERN_FORMAT_F32:
 		mv_f32(m, x, y, r0, r1);
@@ -277,11 +462,13 @@ void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 	kern_rows_generic(m, x, batch, y, r0, r1);
 }
 
-void kern_rows_avx512_i4(const kern_mat *m, const float *xp, float *y, uint32_t r0, uint32_t r1)
+void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, float *y,
+			 uint32_t r0, uint32_t r1)
 {
-	(void)m, (void)xp;
-	for (uint32_t r = r0; r < r1; r++)
-		y[r] = NAN;
+	(void)xp;
+	for (uint32_t b = 0; b < batch; b++)
+		for (uint32_t r = r0; r < r1; r++)
+			y[(size_t)b * m->rows + r] = NAN;
 }
 
 #endif

@@ -31,6 +31,9 @@ static float rng_unit(void)
 	return (float)((double)(rng_next() >> 11) * 0x1p-53 * 2.0 - 1.0);
 }
 
+/* The instruction-set paths, by enum kern_isa. */
+static const char *const isa_names[] = {"portable", "avx2", "avx512"};
+
 static const uint32_t all_formats[] = {
 	K2_FORMAT_BF16, K2_FORMAT_FP8_B128, K2_FORMAT_INT8, K2_FORMAT_INT4_G32, KERN_FORMAT_F32,
 };
@@ -144,8 +147,26 @@ static double rel_err(const float *y, const float *ref, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* ‖ |W|·|x| ‖ over a product: the scale of the terms summed, which bounds
+ * what float32 accumulation can get wrong when the terms cancel. */
+static double abs_product_norm(const kern_mat *m, const float *x, uint32_t batch)
+{
+	double n2 = 0;
+	for (uint32_t b = 0; b < batch; b++)
+		for (uint32_t r = 0; r < m->rows; r++) {
+			double a = 0;
+			for (uint32_t c = 0; c < m->cols; c++)
+				a += fabs((double)kern_mat_get(m, r, c) * x[(size_t)b * m->cols + c]);
+			n2 += a * a;
+		}
+	return sqrt(n2);
+}
+
 /* Runs kern_matmul on t (output poisoned first) and checks it against the
- * reference; returns the relative error. */
+ * reference: ‖y − ref‖ / ‖ref‖ < 1e-5, except that when the terms cancel so
+ * much that ‖ref‖ < ‖ |W|·|x| ‖ / 100 (a few cases in a thousand, and only
+ * with a handful of outputs), ‖ |W|·|x| ‖ / 100 stands in for ‖ref‖. Returns
+ * the relative error. */
 static double check_product(const tmat *t, uint32_t batch)
 {
 	size_t ny = (size_t)batch * t->m.rows;
@@ -155,8 +176,16 @@ static double check_product(const tmat *t, uint32_t batch)
 	kern_matmul(&t->m, x, batch, y);
 	kern_matmul_ref(&t->m, x, batch, ref);
 	double e = rel_err(y, ref, ny);
-	ck_assert_msg(e < 1e-5, "%s %ux%u batch %u: relative error %g",
-		      fmt_name(t->m.format), t->m.rows, t->m.cols, batch, e);
+	if (isfinite(e) && e >= 1e-5) {
+		double norm_ref = 0, floor = abs_product_norm(&t->m, x, batch) / 100;
+		for (size_t i = 0; i < ny; i++)
+			norm_ref += (double)ref[i] * ref[i];
+		norm_ref = sqrt(norm_ref);
+		if (norm_ref < floor)
+			e *= norm_ref / floor;
+	}
+	ck_assert_msg(e < 1e-5, "%s %ux%u batch %u (%s path): relative error %g",
+		      fmt_name(t->m.format), t->m.rows, t->m.cols, batch, isa_names[kern_isa()], e);
 	free(x);
 	free(y);
 	free(ref);
@@ -167,7 +196,7 @@ static double check_product(const tmat *t, uint32_t batch)
 
 static const uint32_t shape_rows[] = {1, 7, 129, 300};
 static const uint32_t shape_cols[] = {32, 64, 160, 416};
-static const uint32_t shape_batch[] = {1, 3, 17};
+static const uint32_t shape_batch[] = {1, 2, 3, 4, 7, 17};
 
 static void products_all_shapes(void)
 {
@@ -175,14 +204,11 @@ static void products_all_shapes(void)
 		for (size_t ri = 0; ri < 4; ri++)
 			for (size_t ci = 0; ci < 4; ci++) {
 				tmat t = tmat_make(all_formats[f], shape_rows[ri], shape_cols[ci]);
-				for (size_t bi = 0; bi < 3; bi++)
+				for (size_t bi = 0; bi < sizeof(shape_batch) / sizeof(shape_batch[0]); bi++)
 					check_product(&t, shape_batch[bi]);
 				tmat_free(&t);
 			}
 }
-
-/* Every instruction-set path this CPU has, portable C first. */
-static const char *const isa_names[] = {"portable", "avx2", "avx512"};
 
 START_TEST(test_matmul_vs_ref)
 {
@@ -241,7 +267,9 @@ START_TEST(test_matmul_threads_identical)
 	rng_state = 4;
 	for (size_t f = 0; f < N_FORMATS; f++) {
 		tmat t = tmat_make(all_formats[f], 1000, 1056);
-		for (uint32_t batch = 1; batch <= 17; batch += 16) {
+		static const uint32_t batches[] = {1, 6, 17};
+		for (size_t bi = 0; bi < 3; bi++) {
+			uint32_t batch = batches[bi];
 			size_t ny = (size_t)batch * t.m.rows;
 			float *x = random_vec((size_t)batch * t.m.cols);
 			for (int isa = 0; isa <= kern_isa_best(); isa++) {
