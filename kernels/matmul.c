@@ -14,19 +14,35 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 /* ---------------------------------------------------------------- dispatch */
 
 static int cpu_isa;
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 static int isa_cap = -1;
 
+/* F16C from CPUID leaf 1 (ECX bit 29): not every compiler's
+ * __builtin_cpu_supports knows it. Its YMM state is AVX's, which the AVX2
+ * check below already requires the OS to save. */
+static int cpu_has_f16c(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	unsigned a, b, c, d;
+	return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+#else
+	return 0;
+#endif
+}
+
 static void cpu_detect(void)
 {
 	cpu_isa = KERN_ISA_GENERIC;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	    __builtin_cpu_supports("f16c")) {
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
 		cpu_isa = KERN_ISA_AVX2;
 		if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 		    __builtin_cpu_supports("avx512vl"))
