@@ -35,7 +35,8 @@ void kern_rows_generic(const kern_mat *m, const float *x, uint32_t batch,
 /* AVX2 + FMA + F16C (matmul_avx2.c). */
 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 		    float *y, uint32_t r0, uint32_t r1);
-/* AVX-512 F/BW/VL at batch 1, AVX2 above (matmul_avx512.c). */
+/* AVX-512 F/BW/VL at batches up to KERN_FUSED_BATCH, the AVX2 tiled path
+ * above (matmul_avx512.c). */
 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 		      float *y, uint32_t r0, uint32_t r1);
 

@@ -1,6 +1,6 @@
 /* matmul_avx2.c — the AVX2 + FMA + F16C products, compiled with a target
  * attribute so the rest of the build needs no -mavx2; matmul.c calls them only
- * where __builtin_cpu_supports says the CPU has all three.
+ * where its run-time detection found all three.
  *
  * Batch 1 (decode): one pass over each weight row, dequantizing in registers
  * (bf16 by a shift, int8 by widening, fp8 e4m3 by rebuilding it as an IEEE
