@@ -609,6 +609,16 @@ void k2fs_cache_info(struct k2fs_cache *c, size_t entry, struct k2fs_slot_info *
 	pthread_mutex_unlock(&c->lock);
 }
 
+int k2fs_cache_resident(struct k2fs_cache *c, size_t entry)
+{
+	if (entry >= c->n_slots || !c->slots[entry].e)
+		return 0;
+	pthread_mutex_lock(&c->lock);
+	int r = c->slots[entry].n_ready == c->slots[entry].e->n_blocks;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
 void k2fs_cache_set_readahead(struct k2fs_cache *c, size_t entry, uint64_t ra)
 {
 	if (entry >= c->n_slots || !c->slots[entry].e)

@@ -48,7 +48,7 @@ static void fuse_log_func(enum fuse_log_level level, const char *fmt, va_list ap
 struct cli {
 	char *pack;
 	char *cache, *threads, *readahead, *iodepth, *chunk;
-	int direct_io, no_odirect, notify_store;
+	int direct_io, no_odirect, notify_store, auto_direct;
 	char *timeout, *kernel_ra;
 	int help, version;
 	int max_threads_given;
@@ -69,6 +69,7 @@ static const struct fuse_opt cli_opts[] = {
 	K2OPT("direct_io", direct_io),
 	K2OPT("no_odirect", no_odirect),
 	K2OPT("notify_store", notify_store),
+	K2OPT("auto_direct", auto_direct),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -132,6 +133,9 @@ static void usage(FILE *f, const char *prog)
 "    -o chunk=SIZE          largest single pack read (default 1M)\n"
 "    -o direct_io           serve files with FUSE direct_io instead of keeping them in\n"
 "                           the kernel page cache\n"
+"    -o auto_direct         open experts that are not resident in the RAM cache with\n"
+"                           direct_io (cold reads: parallel requests, one copy\n"
+"                           less), resident ones through the page cache\n"
 "    -o no_odirect          read the pack through the page cache, not O_DIRECT\n"
 "    -o notify_store        push each expert into the kernel page cache as soon as\n"
 "                           its load finishes (fuse_lowlevel_notify_store)\n"
@@ -200,6 +204,7 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 	cfg->cache.no_odirect = cli->no_odirect;
 	cfg->direct_io = cli->direct_io;
 	cfg->notify_store = cli->notify_store;
+	cfg->auto_direct = cli->auto_direct;
 	cfg->timeout = 86400;
 	if (cli->cache && parse_bytes("cache", cli->cache, &cfg->cache.limit))
 		return -1;

@@ -344,6 +344,8 @@ struct k2fs_slot_info {
 	uint64_t effective_ra;     /* what reads use */
 };
 void k2fs_cache_info(struct k2fs_cache *c, size_t entry, struct k2fs_slot_info *out);
+/* 1 when every block of the expert is resident, else 0. */
+int k2fs_cache_resident(struct k2fs_cache *c, size_t entry);
 
 /* Read-ahead of one expert, of one layer's experts (K2FS_RA_INHERIT resets). */
 void k2fs_cache_set_readahead(struct k2fs_cache *c, size_t entry, uint64_t ra);
@@ -393,6 +395,7 @@ struct k2fs_config {
 	char *mountpoint;
 	struct k2fs_cache_opts cache;
 	int direct_io;        /* open files with direct_io instead of keep_cache */
+	int auto_direct;      /* direct_io for experts not resident at open, else keep_cache */
 	int notify_store;     /* push loaded experts into the kernel page cache */
 	double timeout;       /* entry and attribute timeouts, seconds */
 	uint64_t kernel_ra;   /* bytes for /sys/class/bdi/<dev>/read_ahead_kb, 0: leave */

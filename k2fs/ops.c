@@ -182,8 +182,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (fs->cfg.direct_io)
-		fi->direct_io = 1;
+	if (fs->cfg.direct_io ||
+	    (fs->cfg.auto_direct && n.kind == K2FS_NODE_EXPERT &&
+	     !k2fs_cache_resident(fs->cache, n.entry)))
+		fi->direct_io = 1; /* cold: requests in parallel, no page-cache copy */
 	else
 		fi->keep_cache = 1;
 	fuse_reply_open(req, fi);

@@ -28,6 +28,8 @@
 /* Shared memory the x tile of one block may take before the batch tile shrinks
  * (more blocks per SM keep more loads in flight). */
 #define MV_SMEM_SOFT (80u << 10)
+/* Blocks per SM the fast kernel's grid is capped at. */
+#define MV_BLOCKS_PER_SM 2
 
 /* Elements per 16-byte chunk of a row. */
 template <int FMT> struct Fmt;
@@ -198,6 +200,7 @@ struct MvArgs {
 	const float *ywts;       /* per-token factor or NULL */
 	uint32_t ldy;
 	int accumulate;
+	int x_vec4;              /* x rows 16-byte aligned, ldx % 4 == 0 */
 	uint32_t nb;             /* tokens in this tile */
 };
 
@@ -213,6 +216,25 @@ static __device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t b, uin
 	*dst = a.accumulate ? *dst + v : v;
 }
 
+/* Stages the nb rows of x into shared memory, padded (see xpad). */
+static __device__ __forceinline__ void stage_x(const MvArgs &a, float *xs, uint32_t pc)
+{
+	const uint32_t cols = a.cols;
+	for (uint32_t b = 0; b < a.nb; b++) {
+		const float *xr = a.x + (size_t)(a.xrows ? a.xrows[b] : (int32_t)b) * a.ldx;
+		if (a.x_vec4) { /* 16-byte aligned rows, cols % 4 == 0 */
+			for (uint32_t i = threadIdx.x * 4; i < cols; i += MV_THREADS * 4)
+				*(float4 *)(xs + b * pc + xpad(i)) = *(const float4 *)(xr + i);
+		} else {
+			for (uint32_t i = threadIdx.x; i < cols; i += MV_THREADS)
+				xs[b * pc + xpad(i)] = xr[i];
+		}
+	}
+}
+
+/* The fast kernel. Each block stages x once, then each warp takes rows r =
+ * blockIdx.x·8 + warp, + gridDim.x·8 … (the grid is capped at a few blocks per
+ * SM, so x is re-read from L2 fewer times). */
 template <int FMT, int BT, int MODE>
 static __global__ void __launch_bounds__(MV_THREADS) mv_vec_kernel(MvArgs a)
 {
@@ -222,74 +244,71 @@ static __global__ void __launch_bounds__(MV_THREADS) mv_vec_kernel(MvArgs a)
 	constexpr int U = MODE ? 2 : 4;  /* chunks per lane in flight, per matrix */
 	const uint32_t cols = a.cols, pc = xpad_len(cols);
 
-	for (uint32_t b = 0; b < a.nb; b++) {
-		const float *xr = a.x + (size_t)(a.xrows ? a.xrows[b] : (int32_t)b) * a.ldx;
-		for (uint32_t i = threadIdx.x; i < cols; i += MV_THREADS)
-			xs[b * pc + xpad(i)] = xr[i];
-	}
-	__syncthreads();
+	stage_x(a, xs, pc);
+	__syncthreads(); /* the only barrier: rows below are warp-uniform */
 
 	const int lane = threadIdx.x & 31;
-	const uint32_t r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-	if (r >= a.rows)
-		return; /* no barrier below */
 	const uint32_t nch = cols / E;
-	const uint4 *w1 = (const uint4 *)a.w + (size_t)r * nch;
-	const uint4 *w2 = MODE ? (const uint4 *)a.w2 + (size_t)r * nch : w1;
-	float acc1[BT], acc2[BT];
+	for (uint32_t r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5); r < a.rows;
+	     r += gridDim.x * MV_WARPS) {
+		const uint4 *w1 = (const uint4 *)a.w + (size_t)r * nch;
+		const uint4 *w2 = MODE ? (const uint4 *)a.w2 + (size_t)r * nch : w1;
+		float acc1[BT], acc2[BT];
 #pragma unroll
-	for (int b = 0; b < BT; b++)
-		acc1[b] = acc2[b] = 0.0f;
+		for (int b = 0; b < BT; b++)
+			acc1[b] = acc2[b] = 0.0f;
 
-	for (uint32_t base = 0; base < nch; base += 32 * U) {
-		uint4 v1[U], v2[U];
-		float s1[U], s2[U];
+		for (uint32_t base = 0; base < nch; base += 32 * U) {
+			uint4 v1[U], v2[U];
+			float s1[U], s2[U];
 #pragma unroll
-		for (int u = 0; u < U; u++) {
-			const uint32_t c = base + u * 32 + lane;
-			v1[u] = v2[u] = make_uint4(0, 0, 0, 0);
-			s1[u] = s2[u] = 0.0f;
-			if (c < nch) {
-				v1[u] = ld_stream(w1 + c);
-				s1[u] = chunk_scale<FMT>(a.s, r, c, cols);
-				if (MODE) {
-					v2[u] = ld_stream(w2 + c);
-					s2[u] = chunk_scale<FMT>(a.s2, r, c, cols);
+			for (int u = 0; u < U; u++) {
+				const uint32_t c = base + u * 32 + lane;
+				v1[u] = v2[u] = make_uint4(0, 0, 0, 0);
+				s1[u] = s2[u] = 0.0f;
+				if (c < nch) {
+					v1[u] = ld_stream(w1 + c);
+					s1[u] = chunk_scale<FMT>(a.s, r, c, cols);
+					if (MODE) {
+						v2[u] = ld_stream(w2 + c);
+						s2[u] = chunk_scale<FMT>(a.s2, r, c, cols);
+					}
+				}
+			}
+#pragma unroll
+			for (int u = 0; u < U; u++) {
+				const uint32_t c = base + u * 32 + lane;
+				if (c < nch) {
+					chunk_dot<FMT, BT>(v1[u], s1[u], xs, pc, c * E, a.nb, acc1);
+					if (MODE)
+						chunk_dot<FMT, BT>(v2[u], s2[u], xs, pc, c * E, a.nb, acc2);
 				}
 			}
 		}
-#pragma unroll
-		for (int u = 0; u < U; u++) {
-			const uint32_t c = base + u * 32 + lane;
-			if (c < nch) {
-				chunk_dot<FMT, BT>(v1[u], s1[u], xs, pc, c * E, a.nb, acc1);
-				if (MODE)
-					chunk_dot<FMT, BT>(v2[u], s2[u], xs, pc, c * E, a.nb, acc2);
-			}
-		}
-	}
 
 #pragma unroll
-	for (int b = 0; b < BT; b++) {
-		acc1[b] = kcu_warp_sum(acc1[b]);
-		if (MODE)
-			acc2[b] = kcu_warp_sum(acc2[b]);
-	}
-	if (lane != 0)
-		return;
-	float rs1 = 1.0f, rs2 = 1.0f;
-	if constexpr (FMT == K2_FORMAT_INT8) {
-		rs1 = __ldg((const float *)a.s + r);
-		if (MODE)
-			rs2 = __ldg((const float *)a.s2 + r);
-	}
-#pragma unroll
-	for (int b = 0; b < BT; b++) {
-		if (b < (int)a.nb) {
+		for (int b = 0; b < BT; b++) {
+			acc1[b] = kcu_warp_sum(acc1[b]);
 			if (MODE)
-				a.y[(size_t)b * a.ldy + r] = silu_f(acc1[b] * rs1) * (acc2[b] * rs2);
-			else
-				mv_store(a, b, r, acc1[b] * rs1);
+				acc2[b] = kcu_warp_sum(acc2[b]);
+		}
+		if (lane == 0) {
+			float rs1 = 1.0f, rs2 = 1.0f;
+			if constexpr (FMT == K2_FORMAT_INT8) {
+				rs1 = __ldg((const float *)a.s + r);
+				if (MODE)
+					rs2 = __ldg((const float *)a.s2 + r);
+			}
+#pragma unroll
+			for (int b = 0; b < BT; b++) {
+				if (b < (int)a.nb) {
+					if (MODE)
+						a.y[(size_t)b * a.ldy + r] =
+							silu_f(acc1[b] * rs1) * (acc2[b] * rs2);
+					else
+						mv_store(a, b, r, acc1[b] * rs1);
+				}
+			}
 		}
 	}
 }
@@ -353,7 +372,13 @@ static int mv_vec_launch(kcu_ctx *ctx, const MvArgs &a)
 	if (smem > (48u << 10))
 		KCU_CHECK(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						    (int)smem));
-	kern<<<kcu_div_up(a.rows, MV_WARPS), MV_THREADS, smem, ctx->stream>>>(a);
+	/* at most MV_BLOCKS_PER_SM blocks per SM, each warp then taking the same
+	 * number of rows (± 1) */
+	const unsigned full = kcu_div_up(a.rows, MV_WARPS);
+	const unsigned cap = ctx->sm_count > 0 ? (unsigned)ctx->sm_count * MV_BLOCKS_PER_SM : full;
+	const unsigned per = (full + cap - 1) / cap;
+	const unsigned blocks = (full + per - 1) / per;
+	kern<<<blocks, MV_THREADS, smem, ctx->stream>>>(a);
 	KCU_CHECK_LAUNCH(ctx, "mv_vec_kernel");
 	return 0;
 }
@@ -397,6 +422,7 @@ static int mv_run(kcu_ctx *ctx, uint32_t fmt, int mode, MvArgs a, uint32_t batch
 	int vec = !force_generic && E > 0 && a.cols % E == 0 &&
 		  ((uintptr_t)a.w & 15) == 0 && (mode == 0 || ((uintptr_t)a.w2 & 15) == 0) &&
 		  row_smem <= ctx->smem_optin;
+	a.x_vec4 = ((uintptr_t)a.x & 15) == 0 && a.ldx % 4 == 0;
 	int bt = 1;
 	if (vec) {
 		while (bt < 8 && (uint32_t)bt < batch && (size_t)(bt * 2) * row_smem <= MV_SMEM_SOFT &&

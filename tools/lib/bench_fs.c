@@ -3,8 +3,8 @@
  *
  *   (a) O_DIRECT read of the pack's expert extents (4 MiB requests; the better of
  *       1 and 4 threads): what the disk gives;
- *   (b) cold whole-expert reads through a k2fs mount: daemon cache emptied
- *       (cache_limit 0, then back), kernel page cache dropped;
+ *   (b) cold whole-expert reads through a k2fs mount: a daemon mounted afresh,
+ *       the kernel page cache dropped;
  *   (c) hot reads through the mount: the same files again (kernel page cache,
  *       kept by keep_cache);
  *   (c') reads served from the daemon's RAM cache: the mount's page cache dropped,
@@ -12,7 +12,9 @@
  *   (d) page-cache reads of the same bytes from a plain file (one pread per
  *       expert, the same readers);
  *
- * and the ratios b/a and c/d. Each figure is the median of --runs runs. Readers
+ * and the ratios b/a and c/d. Each figure is the median of --runs runs; the runs
+ * of all columns (packs × --config option sets) are interleaved, so a machine
+ * whose load drifts affects every column alike. Readers
  * read whole experts with one pread each, pulling the next expert from a shared
  * counter. Also holds the helpers shared by k2bench's subcommands (bench.h). */
 #define _GNU_SOURCE
@@ -258,7 +260,7 @@ static void *reader_main(void *arg)
 		int fd = j->plain_fd;
 		uint64_t base = x->plain_off;
 		if (j->mode == RMODE_MOUNT) {
-			char path[PATH_MAX];
+			char path[PATH_MAX + 128];
 			snprintf(path, sizeof(path), "%s/%s", j->mnt, x->path);
 			fd = open(path, O_RDONLY | O_CLOEXEC);
 			base = 0;
@@ -400,21 +402,11 @@ static void unmount_pack(const char *mnt, pid_t pid)
 	waitpid(pid, NULL, 0);
 }
 
-static int set_limit(const char *mnt, const char *v)
-{
-	if (setxattr(mnt, "user.k2.cache_limit", v, strlen(v), 0) < 0) {
-		fprintf(stderr, "k2bench: setxattr %s user.k2.cache_limit: %s\n", mnt,
-			strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
 /* Drops the kernel's cached pages of every expert file of the mount. */
 static void drop_mount_pages(const struct fs_pack *fp, const char *mnt)
 {
 	for (size_t i = 0; i < fp->n; i++) {
-		char path[PATH_MAX];
+		char path[PATH_MAX + 128];
 		snprintf(path, sizeof(path), "%s/%s", mnt, fp->ex[i].path);
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
@@ -438,99 +430,83 @@ static void drop_file_pages(const char *path)
 
 enum { COL_A, COL_B, COL_C, COL_CD, COL_D, N_COLS };
 
-struct result {
-	double v[N_COLS];
-};
+#define MAX_RUNS 16
+#define MAX_CONFIGS 6
 
 struct fs_opts {
 	int runs;
 	int readers[8], n_readers;
 	const char *k2fs;
 	const char *mount_opts;
+	const char *configs[MAX_CONFIGS];
+	int n_configs;
 	const char *dir;
 	int verbose;
 };
 
-static int bench_pack(const struct fs_opts *o, const struct fs_pack *fp, const char *plain,
-		      struct result *res /* [n_readers] */)
+/* One column of the table: a pack mounted with one set of options. */
+struct target {
+	const struct fs_pack *fp;
+	const char *plain;
+	const char *config;     /* extra -o options, "" for none */
+	double v[8][N_COLS][MAX_RUNS];
+	char stats[1024];
+};
+
+/* One run of every figure for one target: mounts, measures (a), (b), (c), (c'),
+ * (d) with `readers` threads, unmounts. Returns 0 or -1. */
+static int measure(const struct fs_opts *o, struct target *t, int ri, int run, int can_drop)
 {
-	char mnt[PATH_MAX], opts[512], limit[32];
+	const struct fs_pack *fp = t->fp;
+	char mnt[PATH_MAX], opts[1024];
+	int readers = o->readers[ri];
+	double *v[N_COLS];
+	for (int c = 0; c < N_COLS; c++)
+		v[c] = &t->v[ri][c][run];
 	snprintf(mnt, sizeof(mnt), "%s/mnt", o->dir);
 	/* room for every expert: (c') must come from the daemon's RAM */
-	snprintf(limit, sizeof(limit), "%" PRIu64, fp->total + (64u << 20));
-	snprintf(opts, sizeof(opts), "cache=%s%s%s", limit, o->mount_opts ? "," : "",
-		 o->mount_opts ? o->mount_opts : "");
+	snprintf(opts, sizeof(opts), "cache=%" PRIu64 "%s%s%s%s", fp->total + (64u << 20),
+		 o->mount_opts ? "," : "", o->mount_opts ? o->mount_opts : "",
+		 t->config[0] ? "," : "", t->config);
+	/* (a) the disk */
+	drop_file_pages(fp->path);
+	double a1 = read_direct(fp, 1), a4 = read_direct(fp, 4);
+	*v[COL_A] = a1 > a4 ? a1 : a4;
+	/* (b) cold: a fresh daemon, nothing of the pack or the mount in the page cache */
+	drop_file_pages(fp->path);
+	if (can_drop)
+		bench_drop_caches();
 	pid_t pid = mount_pack(o->k2fs, fp->path, mnt, opts);
 	if (pid < 0)
 		return -1;
-	int plain_fd = open(plain, O_RDONLY | O_CLOEXEC);
+	int plain_fd = open(t->plain, O_RDONLY | O_CLOEXEC);
 	if (plain_fd < 0) {
-		fprintf(stderr, "k2bench: %s: %s\n", plain, strerror(errno));
+		fprintf(stderr, "k2bench: %s: %s\n", t->plain, strerror(errno));
 		unmount_pack(mnt, pid);
 		return -1;
 	}
-	int rc = 0;
-	int most = 1;
-	for (int r = 0; r < o->n_readers; r++)
-		most = o->readers[r] > most ? o->readers[r] : most;
-	if (reader_bufs(fp->biggest, most)) {
-		fprintf(stderr, "k2bench: out of memory\n");
-		close(plain_fd);
-		unmount_pack(mnt, pid);
-		return -1;
-	}
-	int can_drop = bench_drop_caches() == 0;
-	if (!can_drop)
-		fprintf(stderr, "k2bench: cannot write /proc/sys/vm/drop_caches (not root?): "
-			"dropping pages with posix_fadvise only\n");
-	for (int r = 0; r < o->n_readers && rc == 0; r++) {
-		int readers = o->readers[r];
-		double v[N_COLS][16];
-		for (int run = 0; run < o->runs && rc == 0; run++) {
-			/* (a) the disk */
-			drop_file_pages(fp->path);
-			double a1 = read_direct(fp, 1), a4 = read_direct(fp, 4);
-			v[COL_A][run] = a1 > a4 ? a1 : a4;
-			/* (b) cold through the mount */
-			if (set_limit(mnt, "0") || set_limit(mnt, limit)) {
-				rc = -1;
-				break;
-			}
-			drop_mount_pages(fp, mnt);
-			drop_file_pages(fp->path);
-			if (can_drop)
-				bench_drop_caches();
-			v[COL_B][run] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
-			/* (c) hot: page cache of the mount */
-			v[COL_C][run] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
-			/* (c') the daemon's RAM cache */
-			drop_mount_pages(fp, mnt);
-			v[COL_CD][run] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
-			/* (d) a plain file in the page cache (warmed untimed) */
-			read_all(fp, RMODE_PLAIN, NULL, plain_fd, readers);
-			v[COL_D][run] = read_all(fp, RMODE_PLAIN, NULL, plain_fd, readers);
-			for (int c = 0; c < N_COLS; c++)
-				if (v[c][run] < 0)
-					rc = -1;
-			if (o->verbose)
-				fprintf(stderr, "  %s, %d readers, run %d: a %.2f b %.2f c %.2f c' %.2f "
-					"d %.2f GB/s\n", fp->codec, readers, run + 1, v[COL_A][run],
-					v[COL_B][run], v[COL_C][run], v[COL_CD][run], v[COL_D][run]);
-		}
-		for (int c = 0; c < N_COLS && rc == 0; c++)
-			res[r].v[c] = bench_median(v[c], (size_t)o->runs);
-	}
-	if (o->verbose) {
-		char stats[1024];
-		ssize_t n = getxattr(mnt, "user.k2.stats", stats, sizeof(stats) - 1);
-		if (n > 0) {
-			stats[n] = '\0';
-			fprintf(stderr, "  k2fs stats: %s\n", stats);
-		}
-	}
+	*v[COL_B] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
+	/* (c) hot: the same files again */
+	*v[COL_C] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
+	/* (c') the daemon's RAM cache: the mount's page cache dropped */
+	drop_mount_pages(fp, mnt);
+	*v[COL_CD] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
+	/* (d) a plain file in the page cache (warmed untimed) */
+	read_all(fp, RMODE_PLAIN, NULL, plain_fd, readers);
+	*v[COL_D] = read_all(fp, RMODE_PLAIN, NULL, plain_fd, readers);
+	ssize_t n = getxattr(mnt, "user.k2.stats", t->stats, sizeof(t->stats) - 1);
+	t->stats[n > 0 ? n : 0] = '\0';
 	close(plain_fd);
 	unmount_pack(mnt, pid);
-	return rc;
+	if (o->verbose)
+		fprintf(stderr, "  %s%s%s, %d reader%s, run %d: a %.2f b %.2f c %.2f c' %.2f d %.2f "
+			"GB/s\n", fp->codec, t->config[0] ? " " : "", t->config, readers,
+			readers > 1 ? "s" : "", run + 1, *v[COL_A], *v[COL_B], *v[COL_C], *v[COL_CD],
+			*v[COL_D]);
+	for (int c = 0; c < N_COLS; c++)
+		if (*v[c] < 0)
+			return -1;
+	return 0;
 }
 
 static void usage(FILE *f)
@@ -538,9 +514,9 @@ static void usage(FILE *f)
 	fprintf(f,
 "usage: k2bench fs (--pack PACK [--pack PACK]... | --gen) [options]\n"
 "\n"
-"Measures, side by side for each pack: (a) an O_DIRECT read of the pack's expert\n"
+"Measures, side by side for each pack (each run mounts it afresh): (a) an O_DIRECT read of the pack's expert\n"
 "extents (4 MiB requests, better of 1 and 4 threads), (b) cold whole-expert reads\n"
-"through a k2fs mount (daemon cache emptied with cache_limit, kernel page cache\n"
+"through a k2fs mount (a fresh daemon, kernel page cache\n"
 "dropped), (c) hot reads through the mount (page cache), (c') reads from the\n"
 "daemon's RAM cache (the mount's page cache dropped), (d) page-cache reads of the\n"
 "same bytes from a plain file; and the ratios b/a and c/d. Medians of --runs runs.\n"
@@ -557,6 +533,9 @@ static void usage(FILE *f)
 "  --readers LIST     reader threads, comma-separated (default 1,4)\n"
 "  --k2fs PATH        the daemon (default: k2fs beside k2bench)\n"
 "  --mount-opts OPTS  more -o options for k2fs (e.g. threads=4,iodepth=32)\n"
+"  --config OPTS      measure each pack also with these -o options (repeatable, up\n"
+"                     to 6; \"\" for the defaults): one more column each, runs\n"
+"                     interleaved so that all columns see the same machine load\n"
 "  --quiet            only the table\n");
 }
 
@@ -639,6 +618,8 @@ int bench_fs_main(int argc, char **argv)
 			o.k2fs = v;
 		else if (strcmp(a, "--mount-opts") == 0)
 			o.mount_opts = v;
+		else if (strcmp(a, "--config") == 0 && o.n_configs < MAX_CONFIGS)
+			o.configs[o.n_configs++] = v;
 		else if (strcmp(a, "--readers") == 0) {
 			o.n_readers = 0;
 			char *s = strdup(v), *save = NULL;
@@ -652,15 +633,21 @@ int bench_fs_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (o.runs < 1 || o.runs > 16 || o.n_readers == 0) {
-		fprintf(stderr, "k2bench fs: --runs 1…16 and at least one reader count\n");
+	if (o.runs < 1 || o.runs > MAX_RUNS || o.n_readers == 0) {
+		fprintf(stderr, "k2bench fs: --runs 1…%d and at least one reader count\n",
+			MAX_RUNS);
 		return 2;
 	}
-	for (int r = 0; r < o.n_readers; r++)
+	int most = 1;
+	for (int r = 0; r < o.n_readers; r++) {
 		if (o.readers[r] < 1 || o.readers[r] > MAX_READERS) {
 			fprintf(stderr, "k2bench fs: readers 1…%d\n", MAX_READERS);
 			return 2;
 		}
+		most = o.readers[r] > most ? o.readers[r] : most;
+	}
+	if (o.n_configs == 0)
+		o.configs[o.n_configs++] = "";
 	if ((n_packs == 0) == !gen) {
 		fprintf(stderr, "k2bench fs: give --pack PACK or --gen\n");
 		usage(stderr);
@@ -673,45 +660,76 @@ int bench_fs_main(int argc, char **argv)
 	if (gen && gen_packs(&o, bindir, layers, experts, format, packs, &n_packs))
 		return 1;
 
-	struct fs_pack fp[MAX_PACKS];
-	struct result res[MAX_PACKS][8];
-	for (int p = 0; p < n_packs; p++) {
+	static struct fs_pack fp[MAX_PACKS];
+	static char plain[MAX_PACKS][PATH_MAX];
+	static struct target tg[MAX_PACKS * MAX_CONFIGS];
+	int n_tg = 0, rc = 0;
+	for (int p = 0; p < n_packs && rc == 0; p++) {
 		if (pack_load(packs[p], &fp[p]))
 			return 1;
-		char plain[PATH_MAX];
-		snprintf(plain, sizeof(plain), "%s/plain-%d.bin", o.dir, p);
-		if (plain_write(packs[p], plain))
-			return 1;
+		snprintf(plain[p], sizeof(plain[p]), "%s/plain-%d.bin", o.dir, p);
+		if (plain_write(packs[p], plain[p]))
+			rc = 1;
 		if (o.verbose)
 			fprintf(stderr, "k2bench: %s: %zu experts, %.2f GB, codec %s\n", packs[p],
 				fp[p].n, (double)fp[p].total / 1e9, fp[p].codec);
-		int rc = bench_pack(&o, &fp[p], plain, res[p]);
-		unlink(plain);
-		if (rc)
-			return 1;
+		if (reader_bufs(fp[p].biggest, most)) {
+			fprintf(stderr, "k2bench: out of memory\n");
+			rc = 1;
+		}
+		for (int c = 0; c < o.n_configs; c++)
+			tg[n_tg++] = (struct target){.fp = &fp[p], .plain = plain[p],
+						     .config = o.configs[c]};
 	}
+	int can_drop = bench_drop_caches() == 0;
+	if (!can_drop)
+		fprintf(stderr, "k2bench: cannot write /proc/sys/vm/drop_caches (not root?): "
+			"dropping pages with posix_fadvise only\n");
+	for (int r = 0; r < o.n_readers && rc == 0; r++)
+		for (int run = 0; run < o.runs && rc == 0; run++)
+			for (int t = 0; t < n_tg && rc == 0; t++)
+				if (measure(&o, &tg[t], r, run, can_drop))
+					rc = 1;
+	for (int p = 0; p < n_packs; p++)
+		unlink(plain[p]);
+	if (rc)
+		return 1;
+	if (o.verbose)
+		for (int t = 0; t < n_tg; t++)
+			fprintf(stderr, "k2fs stats after the last run of %s %s: %s\n", tg[t].fp->path,
+				tg[t].config, tg[t].stats);
 
-	printf("k2bench fs: GB/s, medians of %d runs; whole-expert preads\n", o.runs);
+	printf("k2bench fs: GB/s, medians of %d runs; whole-expert preads%s%s\n", o.runs,
+	       o.mount_opts ? "; k2fs -o " : "", o.mount_opts ? o.mount_opts : "");
+	static const char *const rows[N_COLS] = {
+		"(a) O_DIRECT pack  ", "(b) cold, mount    ", "(c) hot, mount     ",
+		"(c') daemon RAM    ", "(d) plain, pg cache"};
 	for (int r = 0; r < o.n_readers; r++) {
-		printf("\n%d reader%s       ", o.readers[r], o.readers[r] > 1 ? "s" : " ");
-		for (int p = 0; p < n_packs; p++)
-			printf(" %14s", fp[p].codec);
+		double med[MAX_PACKS * MAX_CONFIGS][N_COLS];
+		for (int t = 0; t < n_tg; t++)
+			for (int c = 0; c < N_COLS; c++)
+				med[t][c] = bench_median(tg[t].v[r][c], (size_t)o.runs);
+		printf("\n%2d reader%s      ", o.readers[r], o.readers[r] > 1 ? "s" : " ");
+		for (int t = 0; t < n_tg; t++)
+			printf(" %14s", tg[t].fp->codec);
+		if (o.n_configs > 1 || o.configs[0][0]) {
+			printf("\n                   ");
+			for (int t = 0; t < n_tg; t++)
+				printf(" %14.14s", tg[t].config[0] ? tg[t].config : "defaults");
+		}
 		printf("\n");
-		static const char *const rows[N_COLS] = {
-			"(a) O_DIRECT pack  ", "(b) cold, mount    ", "(c) hot, mount     ",
-			"(c') daemon RAM    ", "(d) plain, pg cache"};
 		for (int c = 0; c < N_COLS; c++) {
 			printf("%s", rows[c]);
-			for (int p = 0; p < n_packs; p++)
-				printf(" %14.2f", res[p][r].v[c]);
+			for (int t = 0; t < n_tg; t++)
+				printf(" %14.2f", med[t][c]);
 			printf("\n");
 		}
 		printf("b/a                ");
-		for (int p = 0; p < n_packs; p++)
-			printf(" %14.2f", res[p][r].v[COL_B] / res[p][r].v[COL_A]);
+		for (int t = 0; t < n_tg; t++)
+			printf(" %14.2f", med[t][COL_B] / med[t][COL_A]);
 		printf("\nc/d                ");
-		for (int p = 0; p < n_packs; p++)
-			printf(" %14.2f", res[p][r].v[COL_C] / res[p][r].v[COL_D]);
+		for (int t = 0; t < n_tg; t++)
+			printf(" %14.2f", med[t][COL_C] / med[t][COL_D]);
 		printf("\n");
 	}
 	printf("\npacks:");
