@@ -31,6 +31,8 @@ static const char *fixtures(void)
 	return f && *f ? f : "../shared/fixtures";
 }
 
+/* Unchecked fixture: runs in the parent once per test case, so the directory
+ * is removed even when a (forked) test fails. */
 static void setup(void)
 {
 	snprintf(tmpdir, sizeof(tmpdir), "/tmp/k2-test-gen-XXXXXX");
@@ -521,7 +523,7 @@ static Suite *gen_suite(void)
 {
 	Suite *s = suite_create("gen");
 	TCase *tc = tcase_create("gen");
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_tiny_matches_fixture, 0, 3);
 	tcase_add_test(tc, test_k2_preset);

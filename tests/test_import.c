@@ -43,6 +43,8 @@ static void model_dir(int fx, char *buf, size_t n)
 	snprintf(buf, n, "%s/%s/model", fixtures(), fixture_names[fx]);
 }
 
+/* Unchecked fixture: runs in the parent once per test case, so the directory
+ * is removed even when a (forked) test fails. */
 static void setup(void)
 {
 	snprintf(tmpdir, sizeof(tmpdir), "/tmp/k2-test-import-XXXXXX");
@@ -822,7 +824,7 @@ static Suite *import_suite(void)
 {
 	Suite *s = suite_create("import");
 	TCase *tc = tcase_create("fixtures");
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, test_keep_dense_and_files, 0, 3);
 	tcase_add_loop_test(tc, test_keep_experts_exact, 0, 3);
@@ -835,7 +837,7 @@ static Suite *import_suite(void)
 	suite_add_tcase(s, tc);
 
 	TCase *tb = tcase_create("bad input");
-	tcase_add_checked_fixture(tb, setup, teardown);
+	tcase_add_unchecked_fixture(tb, setup, teardown);
 	tcase_set_timeout(tb, 60);
 	tcase_add_test(tb, test_expert_name_parse);
 	tcase_add_test(tb, test_small_checkpoint_ok);
