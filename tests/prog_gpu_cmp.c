@@ -1,7 +1,7 @@
 /* prog_gpu_cmp.c — judges what `infer --dump-logits` wrote by the GPU
  * acceptance measures of issue 5, for tools/gpu-check.sh:
  *
- *   prog_gpu_cmp REF DUMP [--max-rel E] [--min-ids N]
+ *   prog_gpu_cmp REF DUMP [--max-rel E] [--min-ids N] [--label NAME]
  *       REF: a fixture's reference.safetensors; DUMP: infer's dump.
  *       Prints the relative error ‖out − ref‖ / ‖ref‖ of the prompt `logits`
  *       against the reference `logits`, of `step_logits` against
@@ -12,7 +12,8 @@
  *       Exit 0 when `logits`, `step_logits` and `ids` of two dumps are
  *       bit-identical (the 4-expert cache against the full one).
  *
- * Lines starting with "@@ " are summary rows (name | value | goal | verdict).
+ * Lines starting with "@@ " are summary rows (name | value | goal | verdict),
+ * named by --label (default: the dump's path).
  * Exit status 1 when a requirement fails, 2 on bad input (a missing tensor, a
  * shape or dtype other than stated). */
 #include <errno.h>
@@ -133,7 +134,7 @@ int main(int argc, char **argv)
 {
 	double max_rel = 2e-2;
 	long min_ids = 8;
-	const char *pos[2] = {NULL, NULL};
+	const char *pos[2] = {NULL, NULL}, *label = NULL;
 	int npos = 0, ident = 0;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--identical") == 0)
@@ -142,10 +143,12 @@ int main(int argc, char **argv)
 			max_rel = strtod(argv[++i], NULL);
 		else if (strcmp(argv[i], "--min-ids") == 0 && i + 1 < argc)
 			min_ids = strtol(argv[++i], NULL, 10);
+		else if (strcmp(argv[i], "--label") == 0 && i + 1 < argc)
+			label = argv[++i];
 		else if (argv[i][0] != '-' && npos < 2)
 			pos[npos++] = argv[i];
 		else {
-			fprintf(stderr, "usage: prog_gpu_cmp REF DUMP [--max-rel E] [--min-ids N]\n"
+			fprintf(stderr, "usage: prog_gpu_cmp REF DUMP [--max-rel E] [--min-ids N] [--label NAME]\n"
 					"       prog_gpu_cmp --identical A B\n");
 			return 2;
 		}
@@ -205,8 +208,11 @@ int main(int argc, char **argv)
 	printf("greedy_ids_prefix %llu/%llu\n", (unsigned long long)prefix, (unsigned long long)n_ids);
 	printf("step_logits_rel_err %.3e (over %llu steps)\n", se, (unsigned long long)steps);
 	const int ok_e = e < max_rel, ok_ids = (long)prefix >= min_ids;
-	printf("@@ %s logits rel err | %.2e | < %.0e | %s\n", pos[1], e, max_rel, ok_e ? "PASS" : "FAIL");
-	printf("@@ %s leading greedy ids | %llu/%llu | >= %ld | %s\n", pos[1],
+	if (!label)
+		label = pos[1];
+	printf("@@ %s: prompt logits rel err | %.2e | < %.0e | %s\n", label, e, max_rel,
+	       ok_e ? "PASS" : "FAIL");
+	printf("@@ %s: leading greedy ids equal | %llu/%llu | >= %ld | %s\n", label,
 	       (unsigned long long)prefix, (unsigned long long)n_ids, min_ids, ok_ids ? "PASS" : "FAIL");
 	rc = ok_e && ok_ids ? 0 : 1;
 out:

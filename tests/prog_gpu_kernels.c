@@ -348,13 +348,18 @@ static void matmul_case(const char *family, double tol, uint32_t f, uint32_t row
 			uint32_t batch, unsigned flags, int misalign)
 {
 	struct tmat m;
-	tmat_make(&m, f, rows, cols, misalign);
+	tmat_make(&m, f, rows, cols, misalign & 1);
 	size_t nx = (size_t)batch * cols, ny = (size_t)batch * rows;
 	float *x = xmalloc(nx * 4), *ref = xmalloc(ny * 4), *out = xmalloc(ny * 4);
 	float *y0 = xmalloc(ny * 4);
 	fill_normal(x, nx, 1.0f);
 	kern_matmul_ref(&m.h, x, batch, ref);
-	float *dx = dup_to_dev(x, nx * 4), *dy = dalloc(ny * 4);
+	/* misalign & 2: x one float off its 16-byte alignment */
+	const size_t xoff = misalign & 2 ? 1 : 0;
+	float *dx_alloc = dalloc((nx + xoff) * 4), *dx = dx_alloc + xoff, *dy = dalloc(ny * 4);
+	int urc = kcu_upload(ctx, dx, x, nx * 4);
+	if (urc < 0)
+		die("kcu_upload", urc);
 	if (flags & KCU_MM_ACCUMULATE) {
 		fill_normal(y0, ny, 1.0f);
 		for (size_t i = 0; i < ny; i++)
@@ -374,10 +379,11 @@ static void matmul_case(const char *family, double tol, uint32_t f, uint32_t row
 		down(out, dy, ny * 4);
 		err = (flags & KCU_MM_ACCUMULATE) ? relerr_delta(out, ref, y0, ny) : relerr(out, ref, ny);
 	}
-	check(family, tol, err, "%s %ux%u batch %u%s%s%s%s", fmt_name(f), rows, cols, batch,
+	check(family, tol, err, "%s %ux%u batch %u%s%s%s%s%s", fmt_name(f), rows, cols, batch,
 	      flags & KCU_MM_ACCUMULATE ? " acc" : "", flags & KCU_MM_GENERIC ? " scalar" : "",
-	      flags & KCU_MM_GEMM ? " cublas" : "", misalign ? " misaligned" : "");
-	kcu_free(ctx, dx);
+	      flags & KCU_MM_GEMM ? " cublas" : "", misalign & 1 ? " misaligned W" : "",
+	      misalign & 2 ? " misaligned x" : "");
+	kcu_free(ctx, dx_alloc);
 	kcu_free(ctx, dy);
 	free(x);
 	free(ref);
@@ -417,6 +423,7 @@ static void test_matmul(void)
 			matmul_case(fam, TOL_F32, f, 300, 36, 1, 0, 0);
 		}
 		matmul_case(fam, TOL_F32, f, 129, 416, 3, 0, 1);         /* misaligned matrix */
+		matmul_case(fam, TOL_F32, f, 300, 160, 5, 0, 2);         /* misaligned x */
 		matmul_case(fam, TOL_F32, f, 3, 60000, 2, 0, 0);         /* x beyond shared memory */
 		snprintf(fam, sizeof(fam), "matmul %s kimi", fmt_name(f));
 		matmul_case(fam, TOL_F32, f, 2048, 7168, 1, 0, 0);

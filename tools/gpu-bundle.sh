@@ -37,7 +37,7 @@ pkgs="fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson"
 cflags="-std=gnu11 -O2 -g -pthread -fno-strict-aliasing -D_FILE_OFFSET_BITS=64 -DK2_HAVE_CUDA=1 \
 	-Ilayout -Ikernels -Iinfer -Ik2fs -Itools/lib $(pkg-config --cflags $pkgs)"
 static="-Wl,-Bstatic -lfuse3 -luring -ljansson -lzstd -llz4 -lxxhash -lpcre2-8 -Wl,-Bdynamic"
-cudalibs="-L$cuda/lib64 -Wl,--as-needed -lcublas -Wl,--no-as-needed -lcudart_static -lstdc++"
+cudalibs="-L$cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -Wl,--as-needed -lcublas -Wl,--no-as-needed -lcudart_static -lstdc++"
 libs="build/libtools.a build/libinfer.a build/libk2fs.a build/libkernels.a build/liblayout.a"
 
 # name:main source

@@ -24,7 +24,8 @@
 #      K2_BENCH_VOCAB) with the expert cache at 10% of its experts, prefetch
 #      none and router, with and without --cpu-experts (and the CPU backend)
 # A step whose program or flag is not there yet (infer without --backend cuda,
-# no /dev/fuse) is skipped with a line saying why.
+# no /dev/fuse) is skipped with a line saying why. K2_GPU_BACKEND=cpu runs the
+# infer steps with --backend cpu instead (to try this script where no GPU is).
 #
 # LOGDIR gets three files (the device tool returns at most 8): summary.txt (the
 # table), gpu-check.log (all output), logs.tar.gz (one log per step, the infer
@@ -176,8 +177,9 @@ fi
 
 # infer --backend cuda is tried on the first fixture; an engine without it
 # answers "not built" and the infer steps are skipped from there on.
+be=${K2_GPU_BACKEND:-cuda}
 infer_cuda=0
-[ $fuse_ok = 1 ] && [ $gpu = 1 ] && infer_cuda=1
+[ $fuse_ok = 1 ] && { [ $gpu = 1 ] || [ "$be" != cuda ]; } && infer_cuda=1
 
 # ---------------------------------------------------------------- 3. fixtures
 for fx in ${K2_GPU_FIXTURES:-bf16 fp8}; do
@@ -199,25 +201,25 @@ for fx in ${K2_GPU_FIXTURES:-bf16 fp8}; do
 		continue
 	fi
 	if [ $infer_cuda = 0 ]; then
-		row "fixture $fx: infer --backend cuda" "not run (no GPU or no k2fs)" "-" "SKIP"
+		row "fixture $fx: infer --backend $be" "not run (no GPU or no k2fs)" "-" "SKIP"
 		continue
 	fi
-	run 60 "infer-$fx-full" "$bin/infer" --model "$work/mnt/$fx" --backend cuda --tokens "$ids" -n 16 \
+	run 60 "infer-$fx-full" "$bin/infer" --model "$work/mnt/$fx" --backend "$be" --tokens "$ids" -n 16 \
 		--ignore-eos --dump-logits "$work/$fx.full.st" --stats
 	rc=$?
 	if grep -qi 'not built\|unknown backend\|no CUDA' "$work/logs/infer-$fx-full.log"; then
-		row "fixture $fx: infer --backend cuda" "$(grep -i -m1 'not built\|unknown backend\|no CUDA' \
+		row "fixture $fx: infer --backend $be" "$(grep -i -m1 'not built\|unknown backend\|no CUDA' \
 			"$work/logs/infer-$fx-full.log" | cut -c1-90)" "-" "SKIP"
 		infer_cuda=0
 		continue
 	fi
 	if [ $rc -ne 0 ] || [ ! -f "$work/$fx.full.st" ]; then
-		row "fixture $fx: infer --backend cuda" "exit $rc (see infer-$fx-full.log)" "exit 0" "FAIL"
+		row "fixture $fx: infer --backend $be" "exit $rc (see infer-$fx-full.log)" "exit 0" "FAIL"
 		continue
 	fi
 	run 30 "cmp-$fx-full" "$prog/prog_gpu_cmp" "$src/reference.safetensors" "$work/$fx.full.st" \
-		--max-rel 2e-2 --min-ids 8
-	run 60 "infer-$fx-cache4" "$bin/infer" --model "$work/mnt/$fx" --backend cuda --tokens "$ids" -n 16 \
+		--max-rel 2e-2 --min-ids 8 --label "fixture $fx ($be)"
+	run 60 "infer-$fx-cache4" "$bin/infer" --model "$work/mnt/$fx" --backend "$be" --tokens "$ids" -n 16 \
 		--ignore-eos --expert-cache 4experts --dump-logits "$work/$fx.c4.st" --stats
 	if run 30 "cmp-$fx-cache4" "$prog/prog_gpu_cmp" --identical "$work/$fx.full.st" "$work/$fx.c4.st"; then
 		row "fixture $fx: cache of 4 experts vs full" "identical" "identical" "PASS"
@@ -229,8 +231,8 @@ cleanup
 
 # ---------------------------------------------------------------- 4. decode speed
 if [ $fuse_ok = 1 ] && [ $infer_cuda = 1 ] && [ -x "$bin/k2gen" ]; then
-	L=${K2_BENCH_LAYERS:-3} E=${K2_BENCH_EXPERTS:-40} V=${K2_BENCH_VOCAB:-32768}
-	N=${K2_BENCH_TOKENS:-24}
+	L=${K2_BENCH_LAYERS:-3} E=${K2_BENCH_EXPERTS:-32} V=${K2_BENCH_VOCAB:-32768}
+	N=${K2_BENCH_TOKENS:-16}
 	if run 100 gen-k2 "$bin/k2gen" --preset k2 --layers "$L" --experts "$E" --format int4 \
 		--set vocab_size="$V" --seed 1 "$work/k2ckpt" &&
 	   run 60 pack-k2 "$bin/k2pack" "$work/k2ckpt" "$work/k2.k2" --codec none &&
@@ -244,10 +246,10 @@ if [ $fuse_ok = 1 ] && [ $infer_cuda = 1 ] && [ -x "$bin/k2gen" ]; then
 		for cfg in "none:" "router:" "none:--cpu-experts" "router:--cpu-experts" "router:cpu"; do
 			pf=${cfg%%:*}
 			extra=${cfg#*:}
-			backend=cuda
+			backend=$be
 			[ "$extra" = cpu ] && { backend=cpu; extra=""; }
 			name="decode-$backend-$pf${extra:+-cpuexp}"
-			run 45 "$name" "$bin/infer" --model "$work/mnt/k2" --backend $backend --tokens 1,2,3,4,5,6,7,8 \
+			run 60 "$name" "$bin/infer" --model "$work/mnt/k2" --backend $backend --tokens 1,2,3,4,5,6,7,8 \
 				-n "$N" --ignore-eos --expert-cache "${cache}experts" --prefetch "$pf" $extra --stats
 			rc=$?
 			line=$(grep -o '"tokens_per_s":[0-9.eE+-]*' "$work/logs/$name.log" | head -1 | cut -d: -f2)
