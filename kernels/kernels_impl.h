@@ -73,9 +73,9 @@ const float *kern_e4m3_lut(void);
 #define KERN_TILE_ROWS 4u
 #define KERN_TILE_BATCH 48u
 /* Batches up to this go through fused row kernels (weights dequantized in
- * registers, once per row and four rows of x) on the AVX-512 path rather
- * than the tiled one; measured on Zen 5 at 2048 x 7168, fused wins clearly
- * at batch 4 (int4 1.8x) and loses from 6 on. */
+ * registers, once per row and four rows of x) rather than the tiled path;
+ * measured on Zen 5 at 2048 x 7168, fused wins clearly at batch 4 (int4:
+ * AVX-512 1.8x, AVX2 1.4x) and loses from 6 on. */
 #define KERN_FUSED_BATCH 4u
 
 static inline float kern_bf16(uint16_t v)

@@ -5,9 +5,11 @@
  * Batch 1 (decode): one pass over each weight row, dequantizing in registers
  * (bf16 by a shift, int8 by widening, fp8 e4m3 by rebuilding it as an IEEE
  * half and converting with F16C, int4 by a variable shift of a broadcast word)
- * into four independent float accumulators. Batch > 1: tiles of 4 weight rows
- * are dequantized KERN_KC columns at a time into a small buffer and reused for
- * every row of X, 4 × 3 accumulators per register block. */
+ * into four independent float accumulators. Batches 2 … KERN_FUSED_BATCH
+ * (an expert's share of a prompt): the same, each weight vector multiplied
+ * into every row of x. Larger batches: tiles of 4 weight rows are dequantized
+ * KERN_KC columns at a time into a small buffer and reused for every row of
+ * X, 4 × 3 accumulators per register block. */
 #include "kernels_impl.h"
 
 #include <math.h>
@@ -408,11 +410,130 @@ AVX2 static void mm_tiled(const kern_mat *m, const float *x, uint32_t batch,
 	}
 }
 
+/* ---------------------------------------------------------------- batches 2 … 4 */
+
+/* Sixteen weights from column k (a multiple of 16) of row r, dequantized into
+ * w[0], w[1]: bf16, f32 and int8 as they are (int8's row scale is applied to
+ * the sums), fp8 and int4 with their block's or group's scale applied. */
+AVX2_INLINE void dq16(const kern_mat *m, const uint32_t F, uint32_t r, uint32_t k, __m256 *w,
+		      __m128i *nan, __m256i shifts)
+{
+	const size_t i = (size_t)r * m->cols + k;
+
+	switch (F) {
+	case K2_FORMAT_BF16:
+		w[0] = ld_bf16x8((const uint16_t *)m->w + i);
+		w[1] = ld_bf16x8((const uint16_t *)m->w + i + 8);
+		break;
+	case K2_FORMAT_INT8:
+		w[0] = ld_i8x8((const int8_t *)m->w + i);
+		w[1] = ld_i8x8((const int8_t *)m->w + i + 8);
+		break;
+	case K2_FORMAT_FP8_B128: {
+		__m256 s = _mm256_set1_ps(kern_fp8_scale(m, r, k / 128) * 256.0f);
+		ld_fp8x16((const uint8_t *)m->w + i, &w[0], &w[1], nan);
+		w[0] = _mm256_mul_ps(w[0], s);
+		w[1] = _mm256_mul_ps(w[1], s);
+		break;
+	}
+	case K2_FORMAT_INT4_G32: {
+		const uint8_t *p = (const uint8_t *)m->w + i / 2;
+		__m256 s = _mm256_set1_ps(kern_bf16(((const uint16_t *)m->s)[i / 32]));
+		w[0] = _mm256_mul_ps(ld_i4x8(p, shifts), s);
+		w[1] = _mm256_mul_ps(ld_i4x8(p + 4, shifts), s);
+		break;
+	}
+	default:
+		w[0] = _mm256_loadu_ps((const float *)m->w + i);
+		w[1] = _mm256_loadu_ps((const float *)m->w + i + 8);
+		break;
+	}
+}
+
+/* B (2 … 4) rows of x against rows [r0, r1) of a format-F matrix: each weight
+ * vector dequantized once and multiplied into every row of x; per output,
+ * two lane accumulators (even and odd vectors of 8), then 8 columns, then a
+ * scalar tail. */
+AVX2_INLINE void mvb(const kern_mat *m, const uint32_t F, const float *x, const int B,
+		     float *y, uint32_t r0, uint32_t r1)
+{
+	const uint32_t cols = m->cols, rows = m->rows;
+	const __m256i shifts = I4_SHIFTS();
+
+	for (uint32_t r = r0; r < r1; r++) {
+		__m256 a[4][2], w[2];
+		__m128i nan = _mm_setzero_si128();
+		float tail[4] = {0, 0, 0, 0};
+#pragma GCC unroll 4
+		for (int b = 0; b < 4; b++)
+			a[b][0] = a[b][1] = _mm256_setzero_ps();
+		uint32_t k = 0;
+		for (; k + 16 <= cols; k += 16) {
+			dq16(m, F, r, k, w, &nan, shifts);
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++) {
+				const float *xb = x + (size_t)b * cols + k;
+				a[b][0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), a[b][0]);
+				a[b][1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8), a[b][1]);
+			}
+		}
+		for (; k < cols; k++) { /* not int4: its cols are whole groups */
+			float wk = kern_mat_get(m, r, k);
+			if (F == K2_FORMAT_INT8)
+				wk = (float)((const int8_t *)m->w)[(size_t)r * cols + k];
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++)
+				tail[b] += wk * x[(size_t)b * cols + k];
+		}
+		const float s = F == K2_FORMAT_INT8 ? ((const float *)m->s)[r] : 1.0f;
+		const int row_nan = F == K2_FORMAT_FP8_B128 && fp8_nan_seen(nan);
+#pragma GCC unroll 4
+		for (int b = 0; b < B; b++) {
+			float v = hsum8(_mm256_add_ps(a[b][0], a[b][1])) + tail[b];
+			y[(size_t)b * rows + r] = row_nan ? NAN : F == K2_FORMAT_INT8 ? v * s : v;
+		}
+	}
+}
+
+#define MVB(F, B)                                                                   \
+	AVX2 static void mvb_##F##_##B(const kern_mat *m, const float *x, float *y,  \
+				       uint32_t r0, uint32_t r1)                     \
+	{                                                                           \
+		mvb(m, F, x, B, y, r0, r1);                                         \
+	}
+#define MVB_FORMAT(F) MVB(F, 2) MVB(F, 3) MVB(F, 4)
+MVB_FORMAT(1) MVB_FORMAT(2) MVB_FORMAT(3) MVB_FORMAT(4) MVB_FORMAT(100)
+#undef MVB_FORMAT
+#undef MVB
+
+typedef void (*mvb_fn)(const kern_mat *, const float *, float *, uint32_t, uint32_t);
+
+/* [format slot][B - 2]; slots: bf16, fp8, int8, int4, f32. */
+static const mvb_fn mvb_table[5][3] = {
+	{mvb_1_2, mvb_1_3, mvb_1_4},       {mvb_2_2, mvb_2_3, mvb_2_4},
+	{mvb_3_2, mvb_3_3, mvb_3_4},       {mvb_4_2, mvb_4_3, mvb_4_4},
+	{mvb_100_2, mvb_100_3, mvb_100_4},
+};
+
 AVX2 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 			 float *y, uint32_t r0, uint32_t r1)
 {
-	if (batch > 1) {
+	if (batch > KERN_FUSED_BATCH) {
 		mm_tiled(m, x, batch, y, r0, r1);
+		return;
+	}
+	if (batch > 1) {
+		/* rows of x four at a time: the task's weights stay in cache between */
+		int slot = m->format == KERN_FORMAT_F32 ? 4 : (int)m->format - 1;
+		for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
+			uint32_t nb = batch - b0 < 4 ? batch - b0 : 4;
+			const float *xb = x + (size_t)b0 * m->cols;
+			float *yb = y + (size_t)b0 * m->rows;
+			if (nb == 1)
+				kern_rows_avx2(m, xb, 1, yb, r0, r1);
+			else
+				mvb_table[slot][nb - 2](m, xb, yb, r0, r1);
+		}
 		return;
 	}
 	switch (m->format) {
