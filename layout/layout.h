@@ -340,7 +340,7 @@ typedef struct k2_model_config {
 	int tie_word_embeddings;
 	int32_t bos_token_id, eos_token_id; /* -1 when absent */
 	char scoring_func[16];  /* "sigmoid" (or "softmax") */
-	char topk_method[16];   /* "noaux_tc", "greedy", "group_limited_greedy" */
+	char topk_method[32];   /* "noaux_tc", "greedy", "group_limited_greedy" */
 	/* rope_scaling: type "yarn" or none */
 	int rope_yarn;
 	float rope_factor, rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
