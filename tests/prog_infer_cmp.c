@@ -115,6 +115,8 @@ int main(int argc, char **argv)
 		for (uint64_t i = 0; i < n; i++)
 			printf("%s%lld", i ? "," : "", (long long)get_i64(&p, i));
 		printf("\n");
+		free(p.data);
+		k2st_close(ref);
 		return 0;
 	}
 	if (load(ref, "input_ids", &ids, &err) < 0 || load(ref, "logits", &logits, &err) < 0) {
@@ -164,6 +166,11 @@ int main(int argc, char **argv)
 			       (unsigned long long)prefix, min_ids);
 			ok = 0;
 		}
+		free(dl.data);
+		free(ds.data);
+		free(di.data);
+		free(gi.data);
+		free(gs.data);
 	}
 
 	if (trace_path) {
@@ -227,6 +234,8 @@ int main(int argc, char **argv)
 			ok = 0;
 		}
 	}
+	free(ids.data);
+	free(logits.data);
 	k2st_close(dump);
 	k2st_close(ref);
 	return ok ? 0 : 1;
