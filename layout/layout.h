@@ -197,6 +197,17 @@ int k2p_writer_add_file(k2p_writer *w, const char *name, const void *data,
 int k2p_writer_add_dense(k2p_writer *w, const char *name, uint32_t dtype,
 			 uint32_t ndim, const uint64_t *shape, const void *data,
 			 size_t n, k2_err *err);
+/* Like k2p_writer_add_dense, for an entry too large to hold in memory: pulls
+ * its n bytes in order with read(ctx, off, buf, len, err) (returns 0 or -errno
+ * with err set), a chunk of a few blocks (32 MiB or one block) at a time, so
+ * memory stays at the writer's queue bound; the pack is byte for byte what
+ * add_dense would write. A failed first read leaves the writer usable; a later
+ * one fails the writer (finish fails; k2p_writer_abort it). */
+typedef int (*k2p_read_fn)(void *ctx, uint64_t off, void *buf, size_t len,
+			   k2_err *err);
+int k2p_writer_add_dense_from(k2p_writer *w, const char *name, uint32_t dtype,
+			      uint32_t ndim, const uint64_t *shape, uint64_t n,
+			      k2p_read_fn read, void *ctx, k2_err *err);
 /* `image` is a complete expert image (k2x_image_build); its header gives
  * layer, expert, format and dims. */
 int k2p_writer_add_expert(k2p_writer *w, const void *image, size_t n, k2_err *err);

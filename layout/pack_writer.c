@@ -10,6 +10,11 @@
  * caller prepares the next entry while this one compresses, and memory stays at a
  * few entries. k2p_writer_finish drains the queue and writes the index and header.
  *
+ * An entry streamed with k2p_writer_add_dense_from is queued as a run of parts of
+ * STREAM_CHUNK bytes (whole blocks), each read into a queue buffer once the queue
+ * has room; the writer thread continues the first part's extent with the others,
+ * so the pack is the one add_dense would write, and memory stays at the bound.
+ *
  * One producer: the add_* functions, totals, finish and abort are called from one
  * thread at a time. */
 #include "pack_impl.h"
@@ -32,6 +37,9 @@
 #define MAX_THREADS 256
 #define WRITE_BATCH 64                      /* blocks per pwritev */
 #define BUF_HEADER 64u                      /* struct pbuf, padded: data stays aligned */
+#define STREAM_CHUNK (32u << 20)            /* bytes per part of a streamed entry */
+_Static_assert(STREAM_CHUNK <= QUEUE_LIMIT_BYTES / 2, "stream parts are queue copies");
+_Static_assert(K2P_MAX_BLOCK_BYTES <= QUEUE_LIMIT_BYTES / 2, "one-block parts are queue copies");
 
 /* A reusable buffer: entry copies and compressed blocks are recycled rather than
  * freed, because fresh large allocations cost a page fault per 4 KiB. */
@@ -71,6 +79,7 @@ struct wentry {
 	uint32_t next_claim;   /* next block for a worker; protected by w->lock */
 	uint32_t n_written;    /* written by the writer thread; protected by w->lock */
 	int started;
+	int cont;              /* a later part of a streamed entry: continues its extent */
 	struct wjob *jobs;     /* [n_blocks] */
 };
 
@@ -374,9 +383,11 @@ static void *writer_main(void *arg)
 		struct k2p_entry_disk *d = &w->ents[e->index];
 		if (!e->started) {
 			e->started = 1;
-			w->pos = k2_align_up(w->pos);
-			d->extent_offset = w->pos;
-			d->first_block = (uint32_t)w->n_blocks;
+			if (!e->cont) {
+				w->pos = k2_align_up(w->pos);
+				d->extent_offset = w->pos;
+				d->first_block = (uint32_t)w->n_blocks;
+			}
 		}
 		if (e->n_written == e->n_blocks) {
 			d->extent_bytes = w->pos - d->extent_offset;
@@ -598,20 +609,18 @@ out_free:
 
 /* ---------------------------------------------------------------- add */
 
-/* Queues one entry whose index fields (all but extent and blocks) are in *d.
- * Returns 0 or -errno. */
-static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
-		     size_t name_len, const void *data, size_t n, uint32_t codec, k2_err *err)
+/* Checks a new entry of n bytes and records its name, path and sizes in *d (whose
+ * other index fields are set). Returns 0 or -errno. */
+static int entry_register(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
+			  size_t name_len, uint64_t n, k2_err *err)
 {
 	char path[K2P_MAX_NAME + 64];
 	if (w->error)
 		return k2_err_set(err, w->error, "%s", w->errmsg.msg);
-	if (n && !data)
-		return k2_err_set(err, -EINVAL, "%s: no data for an entry of %zu bytes", w->path, n);
 	if (k2p_format_path(d->kind, name, d->layer, d->expert, path, sizeof(path)) < 0)
 		return k2_err_set(err, -EINVAL, "%s: cannot name entry %s", w->path, name);
-	uint64_t nb = ((uint64_t)n + w->block_bytes - 1) / w->block_bytes;
-	if (w->n_ents + 1 > K2P_MAX_ENTRIES || nb > UINT32_MAX)
+	uint64_t nb = n / w->block_bytes + (n % w->block_bytes != 0);
+	if (w->n_ents + 1 > K2P_MAX_ENTRIES || nb > UINT32_MAX || n > SIZE_MAX)
 		return k2_err_set(err, -E2BIG, "%s: %s: too many entries or blocks", w->path, path);
 	int rc = paths_add(w, path);
 	if (rc == -EEXIST)
@@ -627,53 +636,72 @@ static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
 	w->strings_len += name_len;
 	d->raw_bytes = n;
 	d->n_blocks = (uint32_t)nb;
+	return 0;
+}
 
+/* A queue item for the n bytes at data (owned: data's pool buffer, or NULL when
+ * borrowed), cut into blocks; NULL when out of memory (owned is not released). */
+static struct wentry *entry_new(k2p_writer *w, const uint8_t *data, uint8_t *owned, size_t n,
+				uint32_t codec)
+{
+	uint64_t nb = n / w->block_bytes + (n % w->block_bytes != 0);
 	struct wentry *e = calloc(1, sizeof(*e));
 	if (!e)
-		return k2_err_set(err, -ENOMEM, "%s: out of memory", w->path);
+		return NULL;
+	e->jobs = calloc(nb ? nb : 1, sizeof(*e->jobs));
+	if (!e->jobs) {
+		free(e);
+		return NULL;
+	}
 	e->n = n;
 	e->codec = codec;
 	e->level = codec == K2_CODEC_LZ4 ? w->lz4_level : w->zstd_level;
 	e->n_blocks = (uint32_t)nb;
-	e->jobs = calloc(nb ? nb : 1, sizeof(*e->jobs));
-	if (!e->jobs) {
-		entry_free(w, e);
-		return k2_err_set(err, -ENOMEM, "%s: out of memory", w->path);
-	}
-	/* Entries up to half the queue bound are copied, so the caller may reuse its
-	 * buffer at once; larger ones are borrowed and waited for. */
-	int borrowed = n > QUEUE_LIMIT_BYTES / 2;
-	if (borrowed) {
-		e->data = data;
-	} else if (n) {
-		e->owned = buf_get(w, &w->ent_pool, n);
-		if (!e->owned) {
-			entry_free(w, e);
-			return k2_err_set(err, -ENOMEM, "%s: out of memory for %zu bytes", w->path, n);
-		}
-		memcpy(e->owned, data, n);
-		e->data = e->owned;
-	}
+	e->data = data;
+	e->owned = owned;
 	for (uint64_t k = 0; k < nb; k++) {
 		uint64_t start = k * w->block_bytes;
-		e->jobs[k].src = e->data + start;
+		e->jobs[k].src = data + start;
 		e->jobs[k].raw = (uint32_t)(n - start < w->block_bytes ? n - start : w->block_bytes);
 	}
+	return e;
+}
 
-	pthread_mutex_lock(&w->lock);
+/* Waits until n more bytes fit under the queue bound (always, when the queue is
+ * empty); returns 0 or the writer's error. Called with w->lock held. */
+static int wait_space_locked(k2p_writer *w, uint64_t n)
+{
 	while (!w->error && w->queued_bytes > 0 && w->queued_bytes + n > QUEUE_LIMIT_BYTES)
 		pthread_cond_wait(&w->space, &w->lock);
-	if (w->error ||
-	    grow((void **)&w->ents, &w->cap_ents, w->n_ents + 1, sizeof(*w->ents)) < 0) {
+	return w->error;
+}
+
+/* Queues e (consumed, even on error): a new entry whose index fields are *d, or,
+ * with d NULL, the next part of the entry added last. A borrowed entry is waited
+ * for until written. Returns 0 or -errno. */
+static int entry_queue(k2p_writer *w, struct wentry *e, const struct k2p_entry_disk *d,
+		       int borrowed, k2_err *err)
+{
+	int rc;
+	pthread_mutex_lock(&w->lock);
+	if (wait_space_locked(w, e->n) ||
+	    (d && grow((void **)&w->ents, &w->cap_ents, w->n_ents + 1, sizeof(*w->ents)) < 0) ||
+	    (!d && w->n_ents == 0)) {
 		if (!w->error)
-			set_error_locked(w, -ENOMEM, "out of memory for the index");
+			set_error_locked(w, d ? -ENOMEM : -EINVAL,
+					 d ? "out of memory for the index" : "a part of no entry");
 		rc = k2_err_set(err, w->error, "%s", w->errmsg.msg);
 		pthread_mutex_unlock(&w->lock);
 		entry_free(w, e);
 		return rc;
 	}
-	e->index = (uint32_t)w->n_ents;
-	w->ents[w->n_ents++] = *d;
+	if (d) {
+		e->index = (uint32_t)w->n_ents;
+		w->ents[w->n_ents++] = *d;
+	} else {
+		e->index = (uint32_t)(w->n_ents - 1);
+		e->cont = 1;
+	}
 	if (w->tail)
 		w->tail->next = e;
 	else
@@ -681,8 +709,8 @@ static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
 	w->tail = e;
 	if (!w->claim && e->n_blocks)
 		w->claim = e;
-	w->queued_bytes += n;
-	w->total_raw += n;
+	w->queued_bytes += e->n;
+	w->total_raw += e->n;
 	pthread_cond_broadcast(&w->work);
 	pthread_cond_signal(&w->done);
 	if (borrowed) {  /* even on error: workers may still read the caller's bytes */
@@ -692,6 +720,36 @@ static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
 	rc = w->error ? k2_err_set(err, w->error, "%s", w->errmsg.msg) : 0;
 	pthread_mutex_unlock(&w->lock);
 	return rc;
+}
+
+/* Queues one entry whose index fields (all but extent and blocks) are in *d.
+ * Returns 0 or -errno. */
+static int add_entry(k2p_writer *w, struct k2p_entry_disk *d, const char *name,
+		     size_t name_len, const void *data, size_t n, uint32_t codec, k2_err *err)
+{
+	if (w->error)
+		return k2_err_set(err, w->error, "%s", w->errmsg.msg);
+	if (n && !data)
+		return k2_err_set(err, -EINVAL, "%s: no data for an entry of %zu bytes", w->path, n);
+	int rc = entry_register(w, d, name, name_len, n, err);
+	if (rc)
+		return rc;
+	/* Entries up to half the queue bound are copied, so the caller may reuse its
+	 * buffer at once; larger ones are borrowed and waited for. */
+	int borrowed = n > QUEUE_LIMIT_BYTES / 2;
+	uint8_t *owned = NULL;
+	if (!borrowed && n) {
+		owned = buf_get(w, &w->ent_pool, n);
+		if (!owned)
+			return k2_err_set(err, -ENOMEM, "%s: out of memory for %zu bytes", w->path, n);
+		memcpy(owned, data, n);
+	}
+	struct wentry *e = entry_new(w, owned ? owned : data, owned, n, codec);
+	if (!e) {
+		buf_put(w, &w->ent_pool, owned);
+		return k2_err_set(err, -ENOMEM, "%s: out of memory", w->path);
+	}
+	return entry_queue(w, e, d, borrowed, err);
 }
 
 int k2p_writer_add_file(k2p_writer *w, const char *name, const void *data, size_t n,
@@ -706,8 +764,9 @@ int k2p_writer_add_file(k2p_writer *w, const char *name, const void *data, size_
 	return add_entry(w, &d, name, len, data, n, w->dense_codec, err);
 }
 
-int k2p_writer_add_dense(k2p_writer *w, const char *name, uint32_t dtype, uint32_t ndim,
-			 const uint64_t *shape, const void *data, size_t n, k2_err *err)
+/* Checks a dense tensor's name, dtype and shape against its n bytes; fills *d. */
+static int dense_check(k2p_writer *w, const char *name, uint32_t dtype, uint32_t ndim,
+		       const uint64_t *shape, uint64_t n, struct k2p_entry_disk *d, k2_err *err)
 {
 	size_t len = name ? strlen(name) : 0;
 	const char *why = name ? k2p_name_problem(K2P_KIND_DENSE, name, len) : "no name";
@@ -721,19 +780,102 @@ int k2p_writer_add_dense(k2p_writer *w, const char *name, uint32_t dtype, uint32
 	if (ndim > K2P_MAX_DIMS || (ndim && !shape))
 		return k2_err_set(err, -EINVAL, "%s: tensor %s: %" PRIu32 " dims (at most 8)",
 				  w->path, name, ndim);
-	struct k2p_entry_disk d = {.kind = K2P_KIND_DENSE, .dtype = dtype, .ndim = ndim};
+	*d = (struct k2p_entry_disk){.kind = K2P_KIND_DENSE, .dtype = dtype, .ndim = ndim};
 	uint64_t prod = es;
 	for (uint32_t i = 0; i < ndim; i++) {
 		if (shape[i] > K2P_MAX_DIM || (shape[i] && prod > UINT64_MAX / shape[i]))
 			return k2_err_set(err, -EINVAL, "%s: tensor %s: dim %" PRIu32 " = %" PRIu64
 					  " too large", w->path, name, i, shape[i]);
 		prod *= shape[i];
-		d.shape[i] = shape[i];
+		d->shape[i] = shape[i];
 	}
 	if (prod != n)
-		return k2_err_set(err, -EINVAL, "%s: tensor %s: %zu bytes given, its dtype and "
-				  "shape need %" PRIu64, w->path, name, n, prod);
-	return add_entry(w, &d, name, len, data, n, w->dense_codec, err);
+		return k2_err_set(err, -EINVAL, "%s: tensor %s: %" PRIu64 " bytes given, its "
+				  "dtype and shape need %" PRIu64, w->path, name, n, prod);
+	return 0;
+}
+
+int k2p_writer_add_dense(k2p_writer *w, const char *name, uint32_t dtype, uint32_t ndim,
+			 const uint64_t *shape, const void *data, size_t n, k2_err *err)
+{
+	struct k2p_entry_disk d;
+	int rc = dense_check(w, name, dtype, ndim, shape, n, &d, err);
+	if (rc)
+		return rc;
+	return add_entry(w, &d, name, strlen(name), data, n, w->dense_codec, err);
+}
+
+/* Records a failure in the middle of a streamed entry: the writer is failed. */
+static int fail_writer(k2p_writer *w, int code, const char *msg, k2_err *err)
+{
+	pthread_mutex_lock(&w->lock);
+	set_error_locked(w, code, msg);
+	int rc = k2_err_set(err, w->error, "%s", w->errmsg.msg);
+	pthread_mutex_unlock(&w->lock);
+	return rc;
+}
+
+int k2p_writer_add_dense_from(k2p_writer *w, const char *name, uint32_t dtype,
+			      uint32_t ndim, const uint64_t *shape, uint64_t n,
+			      k2p_read_fn read, void *ctx, k2_err *err)
+{
+	struct k2p_entry_disk d;
+	int rc = dense_check(w, name, dtype, ndim, shape, n, &d, err);
+	if (rc)
+		return rc;
+	if (!read)
+		return k2_err_set(err, -EINVAL, "%s: tensor %s: no read function", w->path, name);
+	size_t name_len = strlen(name);
+	if (n == 0)
+		return add_entry(w, &d, name, name_len, NULL, 0, w->dense_codec, err);
+	/* Whole blocks per part, so the blocks are those of one add_dense. */
+	uint64_t chunk = w->block_bytes > STREAM_CHUNK ? w->block_bytes : STREAM_CHUNK;
+	for (uint64_t off = 0; off < n; off += chunk) {
+		size_t len = (size_t)(n - off < chunk ? n - off : chunk);
+		pthread_mutex_lock(&w->lock);
+		rc = wait_space_locked(w, len);
+		if (rc)
+			rc = k2_err_set(err, rc, "%s", w->errmsg.msg);
+		pthread_mutex_unlock(&w->lock);
+		if (rc)
+			return rc;
+		k2_err rerr = {{0}};
+		uint8_t *buf = buf_get(w, &w->ent_pool, len);
+		if (!buf)
+			rc = k2_err_set(&rerr, -ENOMEM, "%s: tensor %s: out of memory for %zu bytes",
+					w->path, name, len);
+		else
+			rc = read(ctx, off, buf, len, &rerr);
+		if (rc) {
+			buf_put(w, &w->ent_pool, buf);
+			if (rc > 0 || rc < -4095)
+				rc = -EIO;
+			if (!rerr.msg[0])
+				k2_err_set(&rerr, rc, "%s: tensor %s: reading %zu bytes at %" PRIu64
+					   " failed: %s", w->path, name, len, off, strerror(-rc));
+			if (off == 0)  /* nothing registered yet: the writer goes on */
+				return k2_err_set(err, rc, "%s", rerr.msg);
+			return fail_writer(w, rc, rerr.msg, err);
+		}
+		if (off == 0) {
+			rc = entry_register(w, &d, name, name_len, n, err);
+			if (rc) {
+				buf_put(w, &w->ent_pool, buf);
+				return rc;
+			}
+		}
+		struct wentry *e = entry_new(w, buf, buf, len, w->dense_codec);
+		if (!e) {
+			buf_put(w, &w->ent_pool, buf);
+			snprintf(rerr.msg, sizeof(rerr.msg), "%s: tensor %s: out of memory", w->path,
+				 name);
+			return fail_writer(w, -ENOMEM, rerr.msg, err);
+		}
+		rc = entry_queue(w, e, off == 0 ? &d : NULL, 0, err);
+		if (rc)
+			return rc;
+	}
+	return 0;
 }
 
 int k2p_writer_add_expert(k2p_writer *w, const void *image, size_t n, k2_err *err)

@@ -8,7 +8,8 @@
  * the calling thread hands finished images to the pack writer in order, so the
  * output is the same for any thread count. Source tensors are read with pread
  * in bands of 128 rows (conversion) or straight into the image (keep), so a
- * worker holds one image plus a few MB of scratch. */
+ * worker holds one image plus a few MB of scratch. Dense tensors over 64 MiB
+ * (embed_tokens, lm_head) are streamed to the writer in parts, never whole. */
 #include "import.h"
 
 #include "cli.h"
@@ -42,6 +43,7 @@ enum src_kind {
 };
 
 #define BAND_ROWS 128u
+#define DENSE_WHOLE_BYTES (64ull << 20) /* larger dense tensors are streamed to the pack */
 #define MAX_LAYERS 4096u
 #define MAX_EXPERTS 65536u
 
@@ -281,7 +283,7 @@ static int classify(struct imp *im, const k2st_tensor *t, k2_err *err)
 	int r = k2i_expert_name_parse(t->name, &l, &e, &proj, &suffix);
 	if (r == 0) {
 		im->n_dense++;
-		if (t->bytes > im->max_dense_bytes)
+		if (t->bytes <= DENSE_WHOLE_BYTES && t->bytes > im->max_dense_bytes)
 			im->max_dense_bytes = t->bytes;
 		return 0;
 	}
@@ -972,6 +974,22 @@ static int write_files(struct imp *im, k2i_stats *st, k2_err *err)
 	return rc;
 }
 
+/* A large dense tensor being streamed into the pack (k2p_writer_add_dense_from). */
+struct dense_src {
+	struct imp *im;
+	const k2st_tensor *t;
+};
+
+static int dense_read(void *ctx, uint64_t off, void *buf, size_t len, k2_err *err)
+{
+	struct dense_src *ds = ctx;
+	if (cancelled(ds->im))
+		return k2_err_set(err, -EINTR, "%s: interrupted", ds->im->src);
+	return read_at(ds->im, ds->t, off, buf, len, err);
+}
+
+/* Dense tensors in checkpoint order: small ones read whole (one buffer of the
+ * largest), larger ones streamed in parts, so memory stays bounded. */
 static int write_dense(struct imp *im, k2i_stats *st, k2_err *err)
 {
 	void *buf = NULL;
@@ -994,10 +1012,16 @@ static int write_dense(struct imp *im, k2i_stats *st, k2_err *err)
 			rc = k2_err_set(err, -EINTR, "%s: interrupted", im->src);
 			break;
 		}
-		rc = read_at(im, t, 0, buf, t->bytes, err);
-		if (rc == 0)
-			rc = k2p_writer_add_dense(im->w, t->name, t->dtype, t->ndim, t->shape, buf,
-						  t->bytes, err);
+		if (t->bytes > DENSE_WHOLE_BYTES) {
+			struct dense_src ds = {im, t};
+			rc = k2p_writer_add_dense_from(im->w, t->name, t->dtype, t->ndim, t->shape,
+						       t->bytes, dense_read, &ds, err);
+		} else {
+			rc = read_at(im, t, 0, buf, t->bytes, err);
+			if (rc == 0)
+				rc = k2p_writer_add_dense(im->w, t->name, t->dtype, t->ndim,
+							  t->shape, buf, t->bytes, err);
+		}
 		if (rc == 0)
 			st->n_dense++;
 		done++;
