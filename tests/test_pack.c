@@ -1,6 +1,8 @@
 /* test_pack.c — Check suite for layout/'s codecs and the pack writer and reader:
  * round trips for every codec across block boundaries, raw fallback, ranged reads,
- * and rejection of truncated, damaged and crafted packs with the right message. */
+ * entries streamed with add_dense_from (identical to add_dense's pack; a failed
+ * read), and rejection of truncated, damaged and crafted packs with the right
+ * message. */
 #include "layout.h"
 #include "pack_impl.h"
 
@@ -430,6 +432,228 @@ START_TEST(pack_large_entry_many_threads)
 	for (int i = 0; i < 3; i++)
 		check_entry_content(p, &c[i]);
 	k2p_pack_close(p);
+	free(d);
+	remove_tmpdir();
+}
+END_TEST
+
+/* ---------------------------------------------------------------- streamed entries */
+
+#define STREAM_PART (32u << 20)  /* the writer's part size for blocks up to 32 MiB */
+
+/* Serves src to k2p_writer_add_dense_from, checking it asks in order, in parts of
+ * `part` bytes; fails with -EIO on call number fail_call (1-based; 0 = never). */
+struct stream_src {
+	const uint8_t *d;
+	uint64_t n, part, next;
+	int calls, fail_call;
+};
+
+static int stream_read(void *ctx, uint64_t off, void *buf, size_t len, k2_err *err)
+{
+	struct stream_src *s = ctx;
+	s->calls++;
+	ck_assert_uint_eq(off, s->next);
+	ck_assert_uint_eq(len, s->n - off < s->part ? s->n - off : s->part);
+	if (s->calls == s->fail_call)
+		return k2_err_set(err, -EIO, "stream source: disk on fire at %" PRIu64, off);
+	memcpy(buf, s->d + off, len);
+	s->next = off + len;
+	return 0;
+}
+
+static size_t count_dir_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	ck_assert_ptr_nonnull(d);
+	size_t n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+/* Streamed entry sizes: smaller than a part, a part exactly, one byte more, and
+ * three parts with a ragged tail (none a multiple of the block size but one). */
+static const uint64_t stream_sizes[] = {
+	1000, STREAM_PART, STREAM_PART + 1, 2ull * STREAM_PART + 12345,
+};
+#define N_STREAM (sizeof(stream_sizes) / sizeof(stream_sizes[0]))
+
+static const struct {
+	uint32_t codec, block_bytes;
+} stream_cases[] = {
+	{K2_CODEC_ZSTD, 64u << 10},
+	{K2_CODEC_LZ4, BB},
+	{K2_CODEC_LZ4, 64u << 20},  /* a block larger than a part: one block per part */
+};
+
+/* Writes a file, the streamed (or whole) tensors, and a file, into path. */
+static void stream_pack_write(const char *path, int c, uint8_t *const *d, int streamed,
+			      int *calls)
+{
+	k2p_writer_opts o = {.codec = stream_cases[c].codec,
+			     .dense_codec = stream_cases[c].codec,
+			     .block_bytes = stream_cases[c].block_bytes, .threads = 2};
+	uint64_t part = o.block_bytes > STREAM_PART ? o.block_bytes : STREAM_PART;
+	k2p_writer *w;
+	k2_err err;
+	ck_assert_msg(k2p_writer_create(path, &o, &w, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(k2p_writer_add_file(w, "a.txt", d[0], 77, &err), 0);
+	for (size_t i = 0; i < N_STREAM; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "t%zu", i);
+		/* [n/4, 2] bf16 when n is a multiple of 4, else [n, 1] u8 */
+		int bf = stream_sizes[i] % 4 == 0;
+		uint32_t dt = bf ? K2_DTYPE_BF16 : K2_DTYPE_U8;
+		uint64_t shape[2] = {bf ? stream_sizes[i] / 4 : stream_sizes[i], bf ? 2 : 1};
+		if (streamed) {
+			struct stream_src src = {.d = d[i], .n = stream_sizes[i], .part = part};
+			ck_assert_msg(k2p_writer_add_dense_from(w, name, dt, 2, shape,
+								stream_sizes[i], stream_read, &src,
+								&err) == 0, "%s", err.msg);
+			ck_assert_uint_eq(src.next, stream_sizes[i]);
+			calls[i] = src.calls;
+		} else {
+			ck_assert_msg(k2p_writer_add_dense(w, name, dt, 2, shape, d[i],
+							   stream_sizes[i], &err) == 0, "%s", err.msg);
+		}
+	}
+	ck_assert_int_eq(k2p_writer_add_file(w, "b.txt", d[1] + 5, 300, &err), 0);
+	uint64_t raw;
+	k2p_writer_totals(w, &raw, NULL);
+	uint64_t want = 377;
+	for (size_t i = 0; i < N_STREAM; i++)
+		want += stream_sizes[i];
+	ck_assert_uint_eq(raw, want);
+	ck_assert_msg(k2p_writer_finish(w, &err) == 0, "%s", err.msg);
+}
+
+START_TEST(stream_matches_add_dense)
+{
+	make_tmpdir();
+	setenv("SOURCE_DATE_EPOCH", "1700000000", 1);  /* same header time in both packs */
+	uint8_t *d[N_STREAM];
+	for (size_t i = 0; i < N_STREAM; i++) {
+		d[i] = compressible_bytes(stream_sizes[i]);
+		for (uint64_t k = i; k < stream_sizes[i]; k += 3001)  /* some raw blocks */
+			d[i][k] = (uint8_t)rng();
+		if (stream_sizes[i] > (1u << 20))
+			for (uint64_t k = 0; k < (1u << 20); k++)
+				d[i][stream_sizes[i] / 2 + k] = (uint8_t)(rng() >> 24);
+	}
+	const char *ps = tmp_path("streamed.k2"), *pw = tmp_path("whole.k2");
+	int calls[N_STREAM];
+	stream_pack_write(ps, _i, d, 1, calls);
+	stream_pack_write(pw, _i, d, 0, NULL);
+	unsetenv("SOURCE_DATE_EPOCH");
+	uint64_t part = stream_cases[_i].block_bytes > STREAM_PART ?
+				stream_cases[_i].block_bytes : STREAM_PART;
+	for (size_t i = 0; i < N_STREAM; i++)
+		ck_assert_int_eq(calls[i], (int)((stream_sizes[i] + part - 1) / part));
+	ck_assert_int_eq(calls[N_STREAM - 1], part == STREAM_PART ? 3 : 2);
+
+	size_t ns, nw;
+	uint8_t *bs = read_whole(ps, &ns), *bw = read_whole(pw, &nw);
+	ck_assert_uint_eq(ns, nw);
+	ck_assert_msg(memcmp(bs, bw, ns) == 0, "streamed pack differs from add_dense's");
+	free(bs);
+	free(bw);
+
+	k2p_pack *p = open_ok(ps);
+	struct content c0 = {"a.txt", d[0], 77}, c1 = {"b.txt", d[1] + 5, 300};
+	check_entry_content(p, &c0);
+	check_entry_content(p, &c1);
+	for (size_t i = 0; i < N_STREAM; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "dense/t%zu", i);
+		struct content c = {name, d[i], stream_sizes[i]};
+		check_entry_content(p, &c);
+	}
+	k2p_pack_close(p);
+	for (size_t i = 0; i < N_STREAM; i++)
+		free(d[i]);
+	remove_tmpdir();
+}
+END_TEST
+
+START_TEST(stream_read_fails)
+{
+	make_tmpdir();
+	size_t n = 2 * STREAM_PART + 999;
+	uint8_t *d = compressible_bytes(n);
+	uint64_t shape[1] = {n};
+	k2p_writer_opts o = {.codec = K2_CODEC_LZ4, .dense_codec = K2_CODEC_LZ4,
+			     .block_bytes = 64u << 10, .threads = 2};
+	k2p_writer *w;
+	k2_err err;
+
+	/* Bad arguments are refused before any read. */
+	const char *path = tmp_path("args.k2");
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	struct stream_src src = {.d = d, .n = n, .part = STREAM_PART};
+	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_BF16, 1, shape, n,
+						   stream_read, &src, &err), -EINVAL);
+	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_U8, 1, shape, n, NULL,
+						   &src, &err), -EINVAL);
+	ck_assert_int_eq(src.calls, 0);
+	/* A duplicate name is refused (after its first part was read). */
+	ck_assert_int_eq(k2p_writer_add_file(w, "x.txt", d, 10, &err), 0);
+	uint64_t one[1] = {10};
+	ck_assert_int_eq(k2p_writer_add_dense(w, "dup", K2_DTYPE_U8, 1, one, d, 10, &err), 0);
+	src = (struct stream_src){.d = d, .n = 10, .part = STREAM_PART};
+	ck_assert_int_eq(k2p_writer_add_dense_from(w, "dup", K2_DTYPE_U8, 1, one, 10,
+						   stream_read, &src, &err), -EEXIST);
+	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
+	k2p_pack *p = open_ok(path);
+	ck_assert_uint_eq(k2p_entry_count(p), 2);
+	k2p_pack_close(p);
+
+	/* The first read fails: nothing was registered, the writer goes on. */
+	path = tmp_path("first.k2");
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	ck_assert_int_eq(k2p_writer_add_file(w, "x.txt", d, 10, &err), 0);
+	src = (struct stream_src){.d = d, .n = n, .part = STREAM_PART, .fail_call = 1};
+	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_U8, 1, shape, n,
+						   stream_read, &src, &err), -EIO);
+	ck_assert_msg(strstr(err.msg, "disk on fire at 0"), "%s", err.msg);
+	ck_assert_int_eq(k2p_writer_add_file(w, "y.txt", d, 20, &err), 0);
+	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
+	p = open_ok(path);
+	ck_assert_uint_eq(k2p_entry_count(p), 2);
+	ck_assert_ptr_null(k2p_entry_find(p, "dense/t"));
+	struct content cy = {"y.txt", d, 20};
+	check_entry_content(p, &cy);
+	k2p_pack_close(p);
+	ck_assert_uint_eq(count_dir_entries(tmpdir), 2);
+
+	/* A later read fails: the writer is failed; finish reports it, leaves no file. */
+	path = tmp_path("later.k2");
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	src = (struct stream_src){.d = d, .n = n, .part = STREAM_PART, .fail_call = 3};
+	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_U8, 1, shape, n,
+						   stream_read, &src, &err), -EIO);
+	ck_assert_int_eq(src.calls, 3);
+	ck_assert_msg(strstr(err.msg, "disk on fire at 67108864"), "%s", err.msg);
+	ck_assert_int_eq(k2p_writer_add_file(w, "y.txt", d, 20, &err), -EIO);
+	ck_assert_int_eq(k2p_writer_finish(w, &err), -EIO);
+	ck_assert_msg(strstr(err.msg, "disk on fire"), "%s", err.msg);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_uint_eq(count_dir_entries(tmpdir), 2);
+
+	/* Same, then abort: no file, no temp file. */
+	path = tmp_path("aborted.k2");
+	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
+	ck_assert_int_eq(k2p_writer_add_file(w, "x.txt", d, 10, &err), 0);
+	src = (struct stream_src){.d = d, .n = n, .part = STREAM_PART, .fail_call = 2};
+	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_U8, 1, shape, n,
+						   stream_read, &src, &err), -EIO);
+	ck_assert_msg(strstr(err.msg, "disk on fire at 33554432"), "%s", err.msg);
+	ck_assert_uint_eq(count_dir_entries(tmpdir), 3);  /* the temp file */
+	k2p_writer_abort(w);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	ck_assert_uint_eq(count_dir_entries(tmpdir), 2);
 	free(d);
 	remove_tmpdir();
 }
@@ -1009,6 +1233,9 @@ static Suite *pack_suite(void)
 	tcase_add_test(tc, pack_read_ranges);
 	tcase_add_test(tc, pack_large_entry_many_threads);
 	tcase_add_test(tc, writer_rejects);
+	tcase_add_loop_test(tc, stream_matches_add_dense, 0,
+			    (int)(sizeof(stream_cases) / sizeof(stream_cases[0])));
+	tcase_add_test(tc, stream_read_fails);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("damage");
