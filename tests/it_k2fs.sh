@@ -107,7 +107,10 @@ grep -q "user.k2.prefetch" "$T/help.out" && grep -q "cache=SIZE" "$T/help.out" &
 # ---------------------------------------------------------------- every file, both packs
 for kind in bf16 fp8; do
 	pack="$T/$kind.k2" mnt="$T/mnt_$kind"
-	mount_k2fs "$pack" "$mnt" "$T/$kind.log" -o cache=64M
+	# the fp8 pack also exercises -o notify_store (loads pushed into the page cache)
+	opts=cache=64M
+	[ $kind = fp8 ] && opts=cache=64M,notify_store
+	mount_k2fs "$pack" "$mnt" "$T/$kind.log" -o $opts
 	eval "pid_$kind=$pid"
 	n_pack=$("$K2_BIN/k2inspect" "$pack" --list | awk 'NR > 1 && $2 ~ /^(file|dense|expert)$/' | wc -l)
 	n_mnt=$(cd "$mnt" && find . -type f | wc -l)
@@ -122,6 +125,28 @@ for kind in bf16 fp8; do
 	"$client" verify "$pack" "$mnt" >"$T/verify.out" 2>&1 &&
 		ok "$kind: $(cat "$T/verify.out")" || fail "$kind: $(cat "$T/verify.out")"
 done
+
+# ---------------------------------------------------------------- notify_store (fp8 mount)
+if command -v fincore >/dev/null 2>&1; then
+	f="$T/mnt_fp8/experts/002/009"
+	size=$(stat -c %s "$f")
+	setfattr -n user.k2.prefetch -v dontneed "$f"
+	dd if="$f" iflag=nocache count=0 2>/dev/null
+	before=$(fincore -b -n -o RES "$f" | tr -d ' ')
+	setfattr -n user.k2.prefetch -v willneed "$f"
+	"$client" wait-state "$f" ram 10 >/dev/null
+	i=0
+	while [ "$(fincore -b -n -o RES "$f" | tr -d ' ')" -lt "$size" ] && [ $i -lt 100 ]; do
+		sleep 0.05; i=$((i + 1))
+	done
+	after=$(fincore -b -n -o RES "$f" | tr -d ' ')
+	[ "$after" -ge "$size" ] && [ "$before" -lt "$size" ] &&
+		ok "notify_store: willneed put the expert in the page cache ($before → $after bytes)" ||
+		fail "notify_store: page cache $before → $after bytes of $size"
+	"$K2_BIN/k2inspect" "$T/fp8.k2" --extract experts/002/009 "$T/x.fp8"
+	cmp -s "$f" "$T/x.fp8" && ok "notify_store: the pushed pages hold the right bytes" ||
+		fail "notify_store: pushed pages differ"
+fi
 
 # ---------------------------------------------------------------- kernel read-ahead (root only)
 mnt="$T/mnt_bf16" pack="$T/bf16.k2"
