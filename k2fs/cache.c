@@ -702,6 +702,8 @@ int k2fs_cache_create(const k2p_pack *pack, const struct k2fs_cache_opts *opts,
 		c->opts.threads = 1;
 	if (c->opts.iodepth == 0)
 		c->opts.iodepth = 1;
+	if (c->opts.window == 0 || c->opts.window > c->opts.iodepth)
+		c->opts.window = c->opts.iodepth;
 	if (c->opts.chunk < 4096)
 		c->opts.chunk = 1 << 20;
 	c->opts.chunk = align4k(c->opts.chunk);

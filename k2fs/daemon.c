@@ -18,6 +18,7 @@
 
 #define K2FS_MAX_READ_OPT "-omax_read=1048576"
 #define K2FS_DEFAULT_IODEPTH 64
+#define K2FS_DEFAULT_WINDOW 8
 #define K2FS_DEFAULT_FUSE_THREADS 64
 
 static volatile int log_to_syslog;
@@ -47,7 +48,7 @@ static void fuse_log_func(enum fuse_log_level level, const char *fmt, va_list ap
 
 struct cli {
 	char *pack;
-	char *cache, *threads, *readahead, *iodepth, *chunk;
+	char *cache, *threads, *readahead, *iodepth, *chunk, *window;
 	int direct_io, no_odirect, notify_store, auto_direct;
 	char *timeout, *kernel_ra;
 	int help, version;
@@ -63,6 +64,7 @@ static const struct fuse_opt cli_opts[] = {
 	{"threads=%s", offsetof(struct cli, threads), 0},
 	{"readahead=%s", offsetof(struct cli, readahead), 0},
 	{"iodepth=%s", offsetof(struct cli, iodepth), 0},
+	{"window=%s", offsetof(struct cli, window), 0},
 	{"chunk=%s", offsetof(struct cli, chunk), 0},
 	{"timeout=%s", offsetof(struct cli, timeout), 0},
 	{"kernel_readahead=%s", offsetof(struct cli, kernel_ra), 0},
@@ -130,6 +132,9 @@ static void usage(FILE *f, const char *prog)
 "                           k2fs decodes ahead; all = the whole expert on first\n"
 "                           touch (default all)\n"
 "    -o iodepth=N           pack reads in flight (default %d)\n"
+"    -o window=N            pack reads in flight for one expert's load (default %d):\n"
+"                           its pieces complete nearly in order, so replies start\n"
+"                           early and overlap with the rest of the load\n"
 "    -o chunk=SIZE          largest single pack read (default 1M)\n"
 "    -o direct_io           serve files with FUSE direct_io instead of keeping them in\n"
 "                           the kernel page cache\n"
@@ -161,7 +166,7 @@ static void usage(FILE *f, const char *prog)
 "Exit status: 0 after a clean unmount; 1 when the pack is bad, an option is bad or\n"
 "the mount fails (with one line saying why).\n"
 "\n"
-"FUSE options:\n", prog, K2FS_DEFAULT_IODEPTH);
+"FUSE options:\n", prog, K2FS_DEFAULT_IODEPTH, K2FS_DEFAULT_WINDOW);
 }
 
 static int parse_count(const char *what, const char *s, unsigned lo, unsigned hi,
@@ -199,6 +204,7 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 						  : (1ull << 30);
 	cfg->cache.threads = ncpu > 0 ? (unsigned)ncpu : 1;
 	cfg->cache.iodepth = K2FS_DEFAULT_IODEPTH;
+	cfg->cache.window = K2FS_DEFAULT_WINDOW;
 	cfg->cache.chunk = 1 << 20;
 	cfg->cache.readahead = K2FS_RA_ALL;
 	cfg->cache.no_odirect = cli->no_odirect;
@@ -211,6 +217,8 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 	if (cli->threads && parse_count("threads", cli->threads, 1, 1024, &cfg->cache.threads))
 		return -1;
 	if (cli->iodepth && parse_count("iodepth", cli->iodepth, 1, 4096, &cfg->cache.iodepth))
+		return -1;
+	if (cli->window && parse_count("window", cli->window, 1, 4096, &cfg->cache.window))
 		return -1;
 	if (cli->chunk) {
 		if (parse_bytes("chunk", cli->chunk, &cfg->cache.chunk))
@@ -309,6 +317,7 @@ static void cli_free(struct cli *cli)
 	free(cli->readahead);
 	free(cli->iodepth);
 	free(cli->chunk);
+	free(cli->window);
 	free(cli->timeout);
 	free(cli->kernel_ra);
 }

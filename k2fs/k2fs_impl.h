@@ -178,6 +178,7 @@ struct k2fs_cache_opts {
 	uint64_t limit;       /* byte budget of decoded blocks */
 	unsigned threads;     /* decode workers */
 	unsigned iodepth;     /* read SQEs in flight */
+	unsigned window;      /* read SQEs in flight for one load at most */
 	uint64_t chunk;       /* bytes per read SQE at most (multiple of 4096) */
 	uint64_t readahead;   /* default for expert files: bytes or K2FS_RA_ALL */
 	int no_odirect;       /* 1: read the pack through the page cache */

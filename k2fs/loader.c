@@ -5,6 +5,10 @@
  *
  * Demand loads go first: the I/O thread always takes its next piece from the
  * demand queue when it is not empty, and workers take demand blocks first.
+ * One load has at most `window` reads in flight: its pieces then complete
+ * nearly in order, so a reader waiting for the start of an expert is answered
+ * early and the rest of the load overlaps with the replies; several loads
+ * (readers) together still fill the queue up to iodepth.
  *
  * Two shapes of load:
  *  - direct: every block is stored raw (codec none) at an aligned offset, so its
@@ -424,10 +428,22 @@ static void complete(struct k2fs_cache *c, struct k2fs_piece *p, int res)
 
 /* Moves pieces of queued jobs into SQEs while fewer than iodepth are in flight,
  * demand jobs first (lock held; dropped while a job's buffers are allocated). */
+/* The next job to work on: demand jobs first, in arrival order, skipping jobs
+ * that already have `window` reads in flight (lock held). */
+static struct k2fs_job *next_job(struct k2fs_cache *c)
+{
+	for (int q = 0; q < 2; q++)
+		for (struct k2fs_job *j = c->ioq[q]; j; j = j->qnext)
+			if (!j->prepared || j->io_live < c->opts.window ||
+			    (c->stopping && j->next_piece == 0))
+				return j;
+	return NULL;
+}
+
 static void fill(struct k2fs_cache *c)
 {
 	while (c->inflight < c->opts.iodepth) {
-		struct k2fs_job *j = c->ioq[0] ? c->ioq[0] : c->ioq[1];
+		struct k2fs_job *j = next_job(c);
 		if (!j)
 			return;
 		if (c->stopping && j->next_piece == 0) {

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -361,6 +362,20 @@ static double read_direct(const struct fs_pack *fp, int threads)
 
 /* ---------------------------------------------------------------- the mount */
 
+/* The mount in use, so that an interrupted benchmark leaves none behind. */
+static char cur_mnt[PATH_MAX];
+static volatile pid_t cur_pid;
+
+static void on_signal(int sig)
+{
+	if (cur_mnt[0])
+		umount2(cur_mnt, MNT_DETACH);
+	if (cur_pid > 0)
+		kill(cur_pid, SIGTERM);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 static int is_fuse(const char *mnt)
 {
 	struct statfs s;
@@ -379,8 +394,11 @@ static pid_t mount_pack(const char *k2fs, const char *pack, const char *mnt, con
 		_exit(127);
 	}
 	for (int i = 0; i < 200; i++) {
-		if (is_fuse(mnt))
+		if (is_fuse(mnt)) {
+			snprintf(cur_mnt, sizeof(cur_mnt), "%s", mnt);
+			cur_pid = pid;
 			return pid;
+		}
 		int st;
 		if (waitpid(pid, &st, WNOHANG) == pid) {
 			fprintf(stderr, "k2bench: k2fs exited before mounting %s\n", pack);
@@ -400,6 +418,8 @@ static void unmount_pack(const char *mnt, pid_t pid)
 	if (bench_run(argv) != 0)
 		kill(pid, SIGTERM);
 	waitpid(pid, NULL, 0);
+	cur_mnt[0] = '\0';
+	cur_pid = 0;
 }
 
 /* Drops the kernel's cached pages of every expert file of the mount. */
@@ -681,6 +701,8 @@ int bench_fs_main(int argc, char **argv)
 			tg[n_tg++] = (struct target){.fp = &fp[p], .plain = plain[p],
 						     .config = o.configs[c]};
 	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
 	int can_drop = bench_drop_caches() == 0;
 	if (!can_drop)
 		fprintf(stderr, "k2bench: cannot write /proc/sys/vm/drop_caches (not root?): "
