@@ -68,26 +68,6 @@ void inf_expert_path(char *buf, size_t n, uint32_t layer, uint32_t expert)
 	snprintf(buf, n, "experts/%03" PRIu32 "/%03" PRIu32, layer, expert);
 }
 
-static int read_exact(int fd, void *buf, size_t n, const char *path, k2_err *err)
-{
-	size_t done = 0;
-	while (done < n) {
-		ssize_t r = pread(fd, (char *)buf + done, n - done, (off_t)done);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			return k2_err_set(err, -e, "%s: read at offset %zu: %s", path, done,
-					  strerror(e));
-		}
-		if (r == 0)
-			return k2_err_set(err, -EIO, "%s: file ended at %zu bytes, expected %zu",
-					  path, done, n);
-		done += (size_t)r;
-	}
-	return 0;
-}
-
 /* A product over sections (w, s): logical dims from the header (an int4
  * section's cols count bytes, two elements each). */
 static void section_mat(const k2x_layout *lay, const uint8_t *base, int w, int s,
@@ -140,7 +120,7 @@ int inf_expert_load(const char *dir, const k2_model_config *cfg, uint32_t layer,
 		*buf = nb;
 		*cap = size;
 	}
-	if ((rc = read_exact(fd, *buf, size, path, err)) < 0)
+	if ((rc = k2_pread_exact(fd, *buf, size, 0, path, err)) < 0)
 		goto out_close;
 	close(fd);
 	fd = -1;

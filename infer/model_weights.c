@@ -60,27 +60,6 @@ static void shape_str(char *buf, size_t n, uint32_t ndim, const uint64_t *shape)
 		o += (size_t)snprintf(buf + o, n - o, "%s%" PRIu64, i ? "," : "", shape[i]);
 }
 
-/* Reads exactly n bytes at offset 0. Returns 0 or -errno (-EIO when short). */
-static int read_exact(int fd, void *buf, size_t n, const char *path, k2_err *err)
-{
-	size_t done = 0;
-	while (done < n) {
-		ssize_t r = pread(fd, (char *)buf + done, n - done, (off_t)done);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			return k2_err_set(err, -e, "%s: read at offset %zu: %s", path, done,
-					  strerror(e));
-		}
-		if (r == 0)
-			return k2_err_set(err, -EIO, "%s: file ended at %zu bytes, expected %zu",
-					  path, done, n);
-		done += (size_t)r;
-	}
-	return 0;
-}
-
 /* A dense tensor as found in the mount. */
 struct dense {
 	uint32_t dtype;
@@ -214,14 +193,14 @@ static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint6
 				path, k2_dtype_name(dtype));
 		goto out_close;
 	}
-	void *data = NULL; /* not zeroed: read_exact fills it */
+	void *data = NULL; /* not zeroed: k2_pread_exact fills it */
 	if (posix_memalign(&data, 64, size ? size : 64) != 0)
 		data = NULL;
 	if ((rc = own(m, data)) < 0) {
 		k2_err_set(err, rc, "%s: out of memory for %" PRIu64 " bytes", path, size);
 		goto out_close;
 	}
-	if ((rc = read_exact(fd, data, size, path, err)) < 0)
+	if ((rc = k2_pread_exact(fd, data, size, 0, path, err)) < 0)
 		goto out_close;
 	close(fd);
 	fd = -1;

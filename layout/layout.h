@@ -376,6 +376,11 @@ int k2_config_is_moe_layer(const k2_model_config *c, uint32_t layer);
 
 /* Parses "123", "64K", "1.5M", "2G" (binary units) into bytes. Returns 0 or -EINVAL. */
 int k2_parse_size(const char *s, uint64_t *out);
+/* Reads exactly n bytes at offset off with pread (retrying EINTR and short
+ * reads). Returns 0, or -errno / -EIO (file ended early) with a message
+ * naming `path` and the offset. */
+int k2_pread_exact(int fd, void *buf, size_t n, uint64_t off, const char *path,
+		   k2_err *err);
 /* Reads a whole file into a malloc'd, NUL-terminated buffer. */
 int k2_read_file(const char *path, char **data, size_t *n, k2_err *err);
 /* Formats bytes as "1.50 GiB" into buf. */

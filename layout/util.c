@@ -119,6 +119,28 @@ int k2_parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
+int k2_pread_exact(int fd, void *buf, size_t n, uint64_t off, const char *path,
+		   k2_err *err)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t r = pread(fd, (char *)buf + done, n - done, (off_t)(off + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+			return k2_err_set(err, -e, "%s: read at offset %llu: %s", path,
+					  (unsigned long long)(off + done), strerror(e));
+		}
+		if (r == 0)
+			return k2_err_set(err, -EIO, "%s: file ended at offset %llu, expected %llu bytes",
+					  path, (unsigned long long)(off + done),
+					  (unsigned long long)(off + n));
+		done += (size_t)r;
+	}
+	return 0;
+}
+
 int k2_read_file(const char *path, char **data, size_t *n, k2_err *err)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
