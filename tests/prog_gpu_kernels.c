@@ -93,10 +93,13 @@ static void fill_normal(float *p, size_t n, float sigma)
 
 /* ---------------------------------------------------------------- helpers */
 
+/* A CUDA error the checks cannot go on after (a faulting kernel poisons the
+ * context): says so, with a summary row, and exits 1. */
 static void die(const char *what, int rc)
 {
 	fprintf(stderr, "prog_gpu_kernels: %s: %s (%s)\n", what, strerror(rc < 0 ? -rc : rc),
 		kcu_ctx_error(ctx));
+	printf("@@ prog_gpu_kernels stopped | %s: %s | - | FAIL\n", what, kcu_ctx_error(ctx));
 	exit(1);
 }
 
@@ -1658,8 +1661,9 @@ int main(int argc, char **argv)
 	       "driver %d; seed %llu\n", info.name, info.cc_major, info.cc_minor, info.sm_count,
 	       info.mem_total / 1073741824.0, info.mem_free / 1073741824.0, info.l2_bytes / 1048576.0,
 	       info.runtime_version, info.driver_version, (unsigned long long)seed);
-	printf("@@ device | %s, cc %d.%d, %d SMs | - | INFO\n", info.name, info.cc_major, info.cc_minor,
-	       info.sm_count);
+	if (checks)
+		printf("@@ device | %s, cc %d.%d, %d SMs | - | INFO\n", info.name, info.cc_major,
+		       info.cc_minor, info.sm_count);
 	if (!tmp_dir)
 		tmp_dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
 

@@ -11,9 +11,9 @@
 # Steps (each under `timeout`, all within K2_GPU_BUDGET seconds, default 285):
 #   0. the machine: nvidia-smi, kernel, where libcublas.so.13 is
 #   1. prog_gpu_kernels: every CUDA kernel against its plain C reference (fresh
-#      random inputs, poisoned outputs), the expert kernel bandwidth at Kimi-K2
-#      dims per format against a device copy, the upload pipeline against the
-#      pinned host-to-device ceiling
+#      random inputs, poisoned outputs); then, in a second process, the expert
+#      kernel bandwidth at Kimi-K2 dims per format against a device copy and
+#      the upload pipeline against the pinned host-to-device ceiling
 #   2. k2fs: pack the bf16 and fp8 fixtures (k2pack), mount them (k2fs, FUSE)
 #   3. infer --backend cuda through the mount: prompt logits and 16 greedy
 #      steps against the reference (prog_gpu_cmp: relative error < 2e-2, first
@@ -148,13 +148,22 @@ ldd "$prog/prog_gpu_kernels" 2>/dev/null | grep -E 'cublas|not found' | tee -a "
 # ---------------------------------------------------------------- 1. kernels
 gpu=0
 if [ -x "$prog/prog_gpu_kernels" ]; then
-	run 170 prog_gpu_kernels "$prog/prog_gpu_kernels"
+	# checks and benchmarks in two processes: a kernel that faults ends its
+	# process (the context is lost), and the benchmarks still get measured
+	run 150 prog_gpu_kernels "$prog/prog_gpu_kernels" --no-bench
 	rc=$?
 	case $rc in
-	0|1) gpu=1 ;;
+	0|1) gpu=1
+	     grep -q '^@@ kernel checks\|^@@ prog_gpu_kernels stopped' "$work/logs/prog_gpu_kernels.log" ||
+		row "GPU kernels" "exit $rc before its summary: $(tail -1 "$work/logs/prog_gpu_kernels.log" | cut -c1-60)" "exit 0" "FAIL" ;;
 	77) row "GPU kernels" "no CUDA device: $(tail -1 "$work/logs/prog_gpu_kernels.log")" "-" "SKIP" ;;
 	*) row "GPU kernels" "prog_gpu_kernels exit $rc (see the log)" "exit 0" "FAIL" ;;
 	esac
+	if [ $gpu = 1 ]; then
+		run 90 prog_gpu_bench "$prog/prog_gpu_kernels" --bench-only
+		rc=$?
+		[ $rc -eq 0 ] || row "GPU benchmarks" "prog_gpu_kernels --bench-only exit $rc" "exit 0" "FAIL"
+	fi
 else
 	row "GPU kernels" "no prog_gpu_kernels (run tools/gpu-bundle.sh)" "-" "FAIL"
 fi
@@ -219,6 +228,9 @@ for fx in ${K2_GPU_FIXTURES:-bf16 fp8}; do
 	fi
 	run 30 "cmp-$fx-full" "$prog/prog_gpu_cmp" "$src/reference.safetensors" "$work/$fx.full.st" \
 		--max-rel 2e-2 --min-ids 8 --label "fixture $fx ($be)"
+	# the infer engineer's comparison too (max abs error; information only)
+	[ -x "$prog/prog_infer_cmp" ] && run 30 "infercmp-$fx" "$prog/prog_infer_cmp" \
+		"$src/reference.safetensors" --dump "$work/$fx.full.st"
 	run 60 "infer-$fx-cache4" "$bin/infer" --model "$work/mnt/$fx" --backend "$be" --tokens "$ids" -n 16 \
 		--ignore-eos --expert-cache 4experts --dump-logits "$work/$fx.c4.st" --stats
 	if run 30 "cmp-$fx-cache4" "$prog/prog_gpu_cmp" --identical "$work/$fx.full.st" "$work/$fx.c4.st"; then
