@@ -1,8 +1,9 @@
-/* backend_cuda.h — the C interface of the CUDA backend (the .cu files of kernels/): a device
- * context, device memory, the products and the model ops of the forward pass,
- * MLA attention over the compressed KV cache, and the GPU expert cache with its
- * pinned-staging copy pipeline. No CUDA header is included here: .c files call
- * these functions only.
+/* backend_cuda.h — the C interface of the CUDA backend (the .cu files of
+ * kernels/): a device context, device memory, the products and the model ops
+ * of the forward pass, MLA attention over the compressed KV cache, and the GPU
+ * expert cache with its pinned-staging copy pipeline. No CUDA header is
+ * included here: .c files call these functions only. Notes on speed, knobs and
+ * the one-command GPU check: kernels/CUDA.md.
  *
  * Built with CUDA (the Makefile defines K2_HAVE_CUDA=1 wherever nvcc exists) the
  * functions are real; without it every function below is a `static inline` stub
@@ -253,7 +254,8 @@ int kcu_mla_cache_write(kcu_ctx *ctx, const kcu_mla_dims *d, const float *kv_a,
  * float [kcu_mla_scratch_floats(d, T)].
  *
  * _full takes the reconstructed kv [pos0 + T, n_heads·(nope + v)] (kcu_matmul of
- * kv_b over ckv rows; prefill), any format. */
+ * kv_b over ckv rows; prefill), any format.
+ * Both: T ≤ 65535 and n_heads ≤ 65535 per call (dims as kcu_mla_dims states). */
 int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kcu_mla_dims *d, const kern_mat *kv_b,
 			  const float *q, const float *ckv, const float *kpe, uint32_t T,
 			  uint32_t pos0, float scale, float *out, float *scratch);
