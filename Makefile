@@ -71,7 +71,10 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) -MMD -MP -c $< -o $@
 
-$(BUILD)/obj/%.cu.o: %.cu
+# nvcc writes no dependency files here: every .cu object depends on the headers
+# a .cu may include.
+CUDA_HDRS := $(wildcard kernels/*.cuh) kernels/backend_cuda.h kernels/kernels.h layout/layout.h
+$(BUILD)/obj/%.cu.o: %.cu $(CUDA_HDRS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
