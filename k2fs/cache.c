@@ -137,7 +137,7 @@ static int memory_will_free(const struct k2fs_cache *c, const struct k2fs_slot *
 	if (c->loading > 0)
 		return 1;
 	for (const struct k2fs_slot *s = c->lru.next; s != &c->lru; s = s->next)
-		if (s->bytes > 0 && s != keep && s->refs > 0)
+		if (s->bytes > 0 && s != keep && s->refs > s->push_refs)
 			return 1;
 	return 0;
 }
@@ -421,6 +421,8 @@ int k2fs_cache_read_resident(struct k2fs_cache *c, size_t entry, uint64_t off, s
 		return -EAGAIN;
 	}
 	s->refs++;
+	s->push_refs++;
+	rd->push = 1;
 	uint64_t pos = off, end = off + len;
 	for (uint32_t b = n0; b < n1; b++) {
 		uint64_t bstart = (uint64_t)b * bb;
@@ -441,6 +443,8 @@ void k2fs_cache_read_end(struct k2fs_cache *c, struct k2fs_read *rd)
 {
 	if (rd->slot) {
 		pthread_mutex_lock(&c->lock);
+		if (rd->push)
+			rd->slot->push_refs--;
 		release_ref(c, rd->slot);
 		pthread_mutex_unlock(&c->lock);
 	}

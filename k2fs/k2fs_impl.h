@@ -205,6 +205,7 @@ struct k2fs_slot {
 	uint8_t **bdata;           /* [e->n_blocks] decoded block buffers of READY blocks */
 	uint32_t n_ready, n_loading, n_error;
 	uint32_t refs;             /* readers copying from it or waiting for its blocks */
+	uint32_t push_refs;        /* of refs, those of the page-cache pusher (push.c) */
 	uint8_t pinned;            /* never evicted until unpin/dontneed */
 	uint8_t prefetched;        /* loaded by a hint and not yet read */
 	uint8_t drop_after_load;   /* dontneed arrived while busy */
@@ -308,6 +309,7 @@ void k2fs_cache_destroy(struct k2fs_cache *c);
  * k2fs_cache_read_end. */
 struct k2fs_read {
 	struct k2fs_slot *slot;
+	int push;                  /* a ref of the pusher (k2fs_cache_read_resident) */
 	struct iovec *iov;
 	int niov;
 	size_t bytes;
@@ -323,7 +325,9 @@ int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size
 			  struct k2fs_read *rd);
 void k2fs_cache_read_end(struct k2fs_cache *c, struct k2fs_read *rd);
 /* As k2fs_cache_read_begin, but never loads and counts nothing: 0 with rd filled
- * when every block of the range is resident, -EAGAIN when one is not. */
+ * when every block of the range is resident, -EAGAIN when one is not. For the
+ * page-cache pusher: its ref keeps the blocks but is not waited for by loads
+ * that need memory (the pusher may itself wait on the kernel). */
 int k2fs_cache_read_resident(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
 			     struct k2fs_read *rd);
 

@@ -49,41 +49,34 @@ void k2fs_push_queue(void *arg, size_t entry)
 	pthread_mutex_unlock(&p->lock);
 }
 
-#define PUSH_CHUNK (1u << 20)
-
-/* Stores the resident bytes of one expert into its file's page cache, a chunk
- * at a time. Each chunk is copied out of the cache first and its ref dropped
- * before the store: the store may wait on page locks held by read requests,
- * and a ref held meanwhile could keep memory that those requests wait for. */
-static void push_one(struct k2fs_push *p, size_t entry, uint8_t *buf)
+/* Stores the resident bytes of one expert into its file's page cache, one block
+ * buffer per store (no copy on our side). The store may wait on page locks held
+ * by read requests of that file; the pusher's ref is one that loads needing
+ * memory do not wait for (k2fs_cache_read_resident), so such a wait cannot close
+ * a cycle. */
+static void push_one(struct k2fs_push *p, size_t entry)
 {
 	struct k2fs_fs *fs = p->fs;
 	const k2p_entry *e = k2p_entry_at(fs->pack, entry);
+	struct k2fs_read rd;
+	if (!e || k2fs_cache_read_resident(fs->cache, entry, 0, e->raw_bytes, &rd) != 0)
+		return; /* evicted meanwhile: nothing to push */
 	fuse_ino_t ino = fs->tree.entry_base + (fuse_ino_t)entry;
-	for (uint64_t off = 0; e && off < e->raw_bytes; off += PUSH_CHUNK) {
-		struct k2fs_read rd;
-		if (k2fs_cache_read_resident(fs->cache, entry, off, PUSH_CHUNK, &rd) != 0)
-			return; /* evicted meanwhile: the rest is not pushed */
-		size_t n = 0;
-		for (int i = 0; i < rd.niov; i++) {
-			memcpy(buf + n, rd.iov[i].iov_base, rd.iov[i].iov_len);
-			n += rd.iov[i].iov_len;
-		}
-		k2fs_cache_read_end(fs->cache, &rd);
-		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
-		bv.buf[0].mem = buf;
-		int rc = fuse_lowlevel_notify_store(fs->se, ino, (off_t)off, &bv, 0);
-		if (rc < 0) /* -ENOENT: the kernel holds no inode for it; else the session ends */
-			return;
+	off_t off = 0;
+	for (int i = 0; i < rd.niov; i++) {
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(rd.iov[i].iov_len);
+		bv.buf[0].mem = rd.iov[i].iov_base;
+		/* < 0: -ENOENT when the kernel holds no inode for it, else the session ends */
+		if (fuse_lowlevel_notify_store(fs->se, ino, off, &bv, 0) < 0)
+			break;
+		off += (off_t)rd.iov[i].iov_len;
 	}
+	k2fs_cache_read_end(fs->cache, &rd);
 }
 
 static void *push_main(void *arg)
 {
 	struct k2fs_push *p = arg;
-	uint8_t *buf = malloc(PUSH_CHUNK);
-	if (!buf)
-		return NULL;
 	pthread_mutex_lock(&p->lock);
 	for (;;) {
 		while (p->n == 0 && !p->stop)
@@ -94,11 +87,10 @@ static void *push_main(void *arg)
 		p->head = (p->head + 1) % PUSH_QUEUE;
 		p->n--;
 		pthread_mutex_unlock(&p->lock);
-		push_one(p, entry, buf);
+		push_one(p, entry);
 		pthread_mutex_lock(&p->lock);
 	}
 	pthread_mutex_unlock(&p->lock);
-	free(buf);
 	return NULL;
 }
 
