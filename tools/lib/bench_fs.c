@@ -462,6 +462,7 @@ struct fs_opts {
 	int n_configs;
 	const char *dir;
 	int verbose;
+	int no_drop;            /* --fadvise-only: no /proc/sys/vm/drop_caches */
 };
 
 /* One column of the table: a pack mounted with one set of options. */
@@ -556,6 +557,9 @@ static void usage(FILE *f)
 "  --config OPTS      measure each pack also with these -o options (repeatable, up\n"
 "                     to 6; \"\" for the defaults): one more column each, runs\n"
 "                     interleaved so that all columns see the same machine load\n"
+"  --fadvise-only     drop pages with posix_fadvise only, never drop_caches (on\n"
+"                     virtual machines that hand freed memory back to the host,\n"
+"                     drop_caches makes the next page allocations slow)\n"
 "  --quiet            only the table\n");
 }
 
@@ -615,6 +619,9 @@ int bench_fs_main(int argc, char **argv)
 			continue;
 		} else if (strcmp(a, "--quiet") == 0) {
 			o.verbose = 0;
+			continue;
+		} else if (strcmp(a, "--fadvise-only") == 0) {
+			o.no_drop = 1;
 			continue;
 		}
 		if (!v) {
@@ -703,8 +710,8 @@ int bench_fs_main(int argc, char **argv)
 	}
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	int can_drop = bench_drop_caches() == 0;
-	if (!can_drop)
+	int can_drop = !o.no_drop && bench_drop_caches() == 0;
+	if (!can_drop && !o.no_drop)
 		fprintf(stderr, "k2bench: cannot write /proc/sys/vm/drop_caches (not root?): "
 			"dropping pages with posix_fadvise only\n");
 	for (int r = 0; r < o.n_readers && rc == 0; r++)
