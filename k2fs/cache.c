@@ -693,6 +693,35 @@ void k2fs_cache_count_error(struct k2fs_cache *c)
 
 /* ---------------------------------------------------------------- life cycle */
 
+/* Allocates and touches opts.prefault bytes of block buffers, then gives them to
+ * the pool: the first loads then find memory that is already mapped (first
+ * touches of fresh memory can cost more than the reads, notably in virtual
+ * machines). Runs beside the daemon at start; stops early when the pool would
+ * not keep more. */
+static void *prefault_main(void *arg)
+{
+	struct k2fs_cache *c = arg;
+	size_t cap = (size_t)align4k(c->block_bytes);
+	size_t n = (size_t)(c->opts.prefault / cap);
+	void **bufs = calloc(n ? n : 1, sizeof(void *));
+	if (!bufs)
+		return NULL;
+	size_t got = 0;
+	for (; got < n; got++) {
+		bufs[got] = k2fs_pool_get(c->pool, cap);
+		if (!bufs[got])
+			break;
+		for (size_t off = 0; off < cap; off += 4096)
+			((volatile uint8_t *)bufs[got])[off] = 0;
+	}
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < got; i++)
+		k2fs_pool_put(c->pool, bufs[i], cap, k2fs_cache_pool_keep(c));
+	pthread_mutex_unlock(&c->lock);
+	free(bufs);
+	return NULL;
+}
+
 int k2fs_cache_create(const k2p_pack *pack, const struct k2fs_cache_opts *opts,
 		      struct k2fs_cache **out, k2_err *err)
 {
@@ -750,6 +779,11 @@ int k2fs_cache_create(const k2p_pack *pack, const struct k2fs_cache_opts *opts,
 		k2fs_cache_destroy(c);
 		return rc;
 	}
+	if (c->opts.prefault > c->limit)
+		c->opts.prefault = c->limit;
+	if (c->opts.prefault >= c->block_bytes &&
+	    pthread_create(&c->prefault_thread, NULL, prefault_main, c) == 0)
+		c->prefault_started = 1;
 	*out = c;
 	return 0;
 }
@@ -758,6 +792,8 @@ void k2fs_cache_destroy(struct k2fs_cache *c)
 {
 	if (!c)
 		return;
+	if (c->prefault_started)
+		pthread_join(c->prefault_thread, NULL);
 	k2fs_loader_stop(c);
 	for (size_t i = 0; i < c->n_slots; i++) {
 		struct k2fs_slot *s = &c->slots[i];

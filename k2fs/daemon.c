@@ -48,7 +48,7 @@ static void fuse_log_func(enum fuse_log_level level, const char *fmt, va_list ap
 
 struct cli {
 	char *pack;
-	char *cache, *threads, *readahead, *iodepth, *chunk, *window;
+	char *cache, *threads, *readahead, *iodepth, *chunk, *window, *prefault;
 	int direct_io, no_odirect, notify_store, auto_direct;
 	char *timeout, *kernel_ra;
 	int help, version;
@@ -65,6 +65,7 @@ static const struct fuse_opt cli_opts[] = {
 	{"readahead=%s", offsetof(struct cli, readahead), 0},
 	{"iodepth=%s", offsetof(struct cli, iodepth), 0},
 	{"window=%s", offsetof(struct cli, window), 0},
+	{"prefault=%s", offsetof(struct cli, prefault), 0},
 	{"chunk=%s", offsetof(struct cli, chunk), 0},
 	{"timeout=%s", offsetof(struct cli, timeout), 0},
 	{"kernel_readahead=%s", offsetof(struct cli, kernel_ra), 0},
@@ -136,6 +137,8 @@ static void usage(FILE *f, const char *prog)
 "                           its pieces complete nearly in order, so replies start\n"
 "                           early and overlap with the rest of the load\n"
 "    -o chunk=SIZE          largest single pack read (default 1M)\n"
+"    -o prefault=SIZE       allocate and touch this much of the cache's memory at\n"
+"                           start, beside serving (default 0: on first use)\n"
 "    -o direct_io           serve files with FUSE direct_io instead of keeping them in\n"
 "                           the kernel page cache\n"
 "    -o auto_direct         open experts that are not resident in the RAM cache with\n"
@@ -219,6 +222,8 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 	if (cli->iodepth && parse_count("iodepth", cli->iodepth, 1, 4096, &cfg->cache.iodepth))
 		return -1;
 	if (cli->window && parse_count("window", cli->window, 1, 4096, &cfg->cache.window))
+		return -1;
+	if (cli->prefault && parse_bytes("prefault", cli->prefault, &cfg->cache.prefault))
 		return -1;
 	if (cli->chunk) {
 		if (parse_bytes("chunk", cli->chunk, &cfg->cache.chunk))
@@ -318,6 +323,7 @@ static void cli_free(struct cli *cli)
 	free(cli->iodepth);
 	free(cli->chunk);
 	free(cli->window);
+	free(cli->prefault);
 	free(cli->timeout);
 	free(cli->kernel_ra);
 }

@@ -182,6 +182,7 @@ struct k2fs_cache_opts {
 	uint64_t chunk;       /* bytes per read SQE at most (multiple of 4096) */
 	uint64_t readahead;   /* default for expert files: bytes or K2FS_RA_ALL */
 	int no_odirect;       /* 1: read the pack through the page cache */
+	uint64_t prefault;    /* bytes of block buffers to allocate and touch at start */
 	/* Called, cache lock held (so it must only queue), when a load leaves an
 	 * expert wholly resident. NULL: not called. */
 	void (*loaded)(void *arg, size_t entry);
@@ -295,6 +296,8 @@ struct k2fs_cache {
 	pthread_t *workers;
 	unsigned n_workers;
 	int io_started;
+	pthread_t prefault_thread;
+	int prefault_started;
 };
 
 /* Creates the cache of an open pack (one slot per entry) and starts its I/O

@@ -9,6 +9,9 @@
  *       kept by keep_cache);
  *   (c') reads served from the daemon's RAM cache: the mount's page cache dropped,
  *       the daemon's kept;
+ *   (b') cold again with the daemon's memory reused (every expert dropped with
+ *       dontneed, its buffers kept by the daemon): (b) without the cost of
+ *       first touching fresh memory;
  *   (d) page-cache reads of the same bytes from a plain file (one pread per
  *       expert, the same readers);
  *
@@ -448,7 +451,7 @@ static void drop_file_pages(const char *path)
 
 /* ---------------------------------------------------------------- the benchmark */
 
-enum { COL_A, COL_B, COL_C, COL_CD, COL_D, N_COLS };
+enum { COL_A, COL_B, COL_BW, COL_C, COL_CD, COL_D, N_COLS };
 
 #define MAX_RUNS 16
 #define MAX_CONFIGS 6
@@ -482,8 +485,10 @@ static int measure(const struct fs_opts *o, struct target *t, int ri, int run, i
 	char mnt[PATH_MAX], opts[1024];
 	int readers = o->readers[ri];
 	double *v[N_COLS];
-	for (int c = 0; c < N_COLS; c++)
+	for (int c = 0; c < N_COLS; c++) {
 		v[c] = &t->v[ri][c][run];
+		*v[c] = 0;
+	}
 	snprintf(mnt, sizeof(mnt), "%s/mnt", o->dir);
 	/* room for every expert: (c') must come from the daemon's RAM */
 	snprintf(opts, sizeof(opts), "cache=%" PRIu64 "%s%s%s%s", fp->total + (64u << 20),
@@ -512,6 +517,21 @@ static int measure(const struct fs_opts *o, struct target *t, int ri, int run, i
 	/* (c') the daemon's RAM cache: the mount's page cache dropped */
 	drop_mount_pages(fp, mnt);
 	*v[COL_CD] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
+	/* (b') cold again, the daemon's memory reused: every expert dropped with
+	 * user.k2.prefetch=dontneed (its buffers stay in the daemon's pool), the
+	 * mount's page cache dropped */
+	for (size_t i = 0; i < fp->n; i++) {
+		char path[PATH_MAX + 128];
+		snprintf(path, sizeof(path), "%s/%s", mnt, fp->ex[i].path);
+		if (setxattr(path, "user.k2.prefetch", "dontneed", 8, 0) < 0) {
+			fprintf(stderr, "k2bench: setxattr %s: %s\n", path, strerror(errno));
+			*v[COL_BW] = -1;
+		}
+	}
+	drop_mount_pages(fp, mnt);
+	drop_file_pages(fp->path);
+	if (*v[COL_BW] == 0)
+		*v[COL_BW] = read_all(fp, RMODE_MOUNT, mnt, -1, readers);
 	/* (d) a plain file in the page cache (warmed untimed) */
 	read_all(fp, RMODE_PLAIN, NULL, plain_fd, readers);
 	*v[COL_D] = read_all(fp, RMODE_PLAIN, NULL, plain_fd, readers);
@@ -520,10 +540,10 @@ static int measure(const struct fs_opts *o, struct target *t, int ri, int run, i
 	close(plain_fd);
 	unmount_pack(mnt, pid);
 	if (o->verbose)
-		fprintf(stderr, "  %s%s%s, %d reader%s, run %d: a %.2f b %.2f c %.2f c' %.2f d %.2f "
-			"GB/s\n", fp->codec, t->config[0] ? " " : "", t->config, readers,
-			readers > 1 ? "s" : "", run + 1, *v[COL_A], *v[COL_B], *v[COL_C], *v[COL_CD],
-			*v[COL_D]);
+		fprintf(stderr, "  %s%s%s, %d reader%s, run %d: a %.2f b %.2f b' %.2f c %.2f c' %.2f "
+			"d %.2f GB/s\n", fp->codec, t->config[0] ? " " : "", t->config, readers,
+			readers > 1 ? "s" : "", run + 1, *v[COL_A], *v[COL_B], *v[COL_BW], *v[COL_C],
+			*v[COL_CD], *v[COL_D]);
 	for (int c = 0; c < N_COLS; c++)
 		if (*v[c] < 0)
 			return -1;
@@ -538,7 +558,8 @@ static void usage(FILE *f)
 "Measures, side by side for each pack (each run mounts it afresh): (a) an O_DIRECT read of the pack's expert\n"
 "extents (4 MiB requests, better of 1 and 4 threads), (b) cold whole-expert reads\n"
 "through a k2fs mount (a fresh daemon, kernel page cache\n"
-"dropped), (c) hot reads through the mount (page cache), (c') reads from the\n"
+"dropped), (b') cold again with the daemon's memory reused (dontneed), (c) hot\n"
+"reads through the mount (page cache), (c') reads from the\n"
 "daemon's RAM cache (the mount's page cache dropped), (d) page-cache reads of the\n"
 "same bytes from a plain file; and the ratios b/a and c/d. Medians of --runs runs.\n"
 "Run it as root (drop_caches).\n"
@@ -731,8 +752,8 @@ int bench_fs_main(int argc, char **argv)
 	printf("k2bench fs: GB/s, medians of %d runs; whole-expert preads%s%s\n", o.runs,
 	       o.mount_opts ? "; k2fs -o " : "", o.mount_opts ? o.mount_opts : "");
 	static const char *const rows[N_COLS] = {
-		"(a) O_DIRECT pack  ", "(b) cold, mount    ", "(c) hot, mount     ",
-		"(c') daemon RAM    ", "(d) plain, pg cache"};
+		"(a) O_DIRECT pack  ", "(b) cold, mount    ", "(b') cold, mem warm",
+		"(c) hot, mount     ", "(c') daemon RAM    ", "(d) plain, pg cache"};
 	for (int r = 0; r < o.n_readers; r++) {
 		double med[MAX_PACKS * MAX_CONFIGS][N_COLS];
 		for (int t = 0; t < n_tg; t++)
