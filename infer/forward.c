@@ -25,14 +25,13 @@ static uint32_t max3(uint32_t a, uint32_t b, uint32_t c)
 	return m > c ? m : c;
 }
 
-/* Default capacity: every expert if they fit in half the RAM, else a
- * quarter of the RAM. Returns slots, 0 on error (err set). */
-static uint32_t cache_slots(const inf_model *m, const inf_engine_opts *o, k2_err *err)
+uint32_t inf_ram_cache_slots(const inf_model *m, uint32_t count, uint64_t bytes,
+			     k2_err *err)
 {
 	const k2_model_config *c = &m->cfg;
 	uint64_t all = (uint64_t)m->n_moe_layers * c->n_routed_experts;
-	if (o->cache_experts)
-		return o->cache_experts < all ? o->cache_experts : (uint32_t)all;
+	if (count)
+		return count < all ? count : (uint32_t)all;
 	uint32_t first = 0;
 	while (first < c->num_hidden_layers && !m->layers[first].moe)
 		first++;
@@ -47,8 +46,8 @@ static uint32_t cache_slots(const inf_model *m, const inf_engine_opts *o, k2_err
 	}
 	uint64_t one = st.st_size > 0 ? (uint64_t)st.st_size : 1;
 	uint64_t n;
-	if (o->cache_bytes)
-		n = o->cache_bytes / one;
+	if (bytes)
+		n = bytes / one;
 	else {
 		long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
 		uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 8ull << 30;
@@ -80,8 +79,10 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	const uint32_t I = max3(c->intermediate_size, c->moe_intermediate_size * c->n_shared_experts,
 				c->moe_intermediate_size);
 	inf_scratch *s = &e->s;
-	e->kv_c = inf_alloc(sizeof(float) * L * e->max_ctx * R);
-	e->kv_pe = inf_alloc(sizeof(float) * L * e->max_ctx * rope);
+	/* on CUDA the KV cache and the attention scratch live on the device */
+	const uint32_t P = o->backend == INF_BACKEND_CUDA ? 1 : e->max_ctx;
+	e->kv_c = inf_alloc(sizeof(float) * L * P * R);
+	e->kv_pe = inf_alloc(sizeof(float) * L * P * rope);
 	s->x = inf_alloc(sizeof(float) * B * H);
 	s->xn = inf_alloc(sizeof(float) * B * H);
 	s->y = inf_alloc(sizeof(float) * B * H);
@@ -102,8 +103,8 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	s->qc = inf_alloc(sizeof(float) * nh * R);
 	s->oc = inf_alloc(sizeof(float) * nh * R);
 	s->rowbuf = inf_alloc(sizeof(float) * (R > H ? R : H));
-	s->scores = inf_alloc(sizeof(float) * nh * e->max_ctx);
-	s->scores2 = inf_alloc(sizeof(float) * nh * e->max_ctx);
+	s->scores = inf_alloc(sizeof(float) * nh * P);
+	s->scores2 = inf_alloc(sizeof(float) * nh * P);
 	s->qpe = inf_alloc(sizeof(float) * nh * rope);
 	s->mlp_g = inf_alloc(sizeof(float) * B * I);
 	s->mlp_u = inf_alloc(sizeof(float) * B * I);
@@ -132,14 +133,17 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 					e->max_ctx, B);
 			goto fail;
 		}
-	if (m->n_moe_layers) {
+	if (o->backend == INF_BACKEND_CUDA) {
+		if ((rc = inf_gpu_create(e, err)) < 0)
+			goto fail;
+	} else if (m->n_moe_layers) {
 		const inf_policy_ops *pol = inf_policy_find(o->policy);
 		if (!pol) {
 			rc = k2_err_set(err, -EINVAL, "unknown cache policy '%s' (lru, lfu)",
 					o->policy);
 			goto fail;
 		}
-		uint32_t slots = cache_slots(m, o, err);
+		uint32_t slots = inf_ram_cache_slots(m, o->cache_experts, o->cache_bytes, err);
 		if (!slots) {
 			rc = -ENOENT;
 			goto fail;
@@ -159,6 +163,7 @@ void inf_engine_destroy(inf_engine *e)
 {
 	if (!e)
 		return;
+	inf_gpu_destroy(e->gpu);
 	inf_cache_destroy(e->cache);
 	inf_scratch *s = &e->s;
 	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
@@ -249,7 +254,8 @@ int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *log
 			lo = logits + (size_t)t0 * V;
 		else if (last)
 			lo = logits;
-		int rc = forward_chunk(e, ids + t0, cn, lo, all_logits, err);
+		int rc = e->gpu ? inf_gpu_forward_chunk(e, ids + t0, cn, lo, all_logits, err)
+				: forward_chunk(e, ids + t0, cn, lo, all_logits, err);
 		if (rc < 0)
 			return rc;
 	}
@@ -286,10 +292,21 @@ const float *inf_engine_route_weights(const inf_engine *e, uint32_t layer)
 
 void inf_engine_stats(inf_engine *e, inf_cache_stats *cache, inf_prefetch_stats *pf)
 {
-	if (cache)
-		inf_cache_get_stats(e->cache, cache);
+	if (cache) {
+		if (e->gpu)
+			inf_gpu_stats_get(e->gpu, cache, NULL);
+		else
+			inf_cache_get_stats(e->cache, cache);
+	}
 	if (pf)
 		*pf = e->pf;
+}
+
+void inf_engine_gpu_stats(inf_engine *e, inf_gpu_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (e->gpu)
+		inf_gpu_stats_get(e->gpu, NULL, out);
 }
 
 inf_cache *inf_engine_cache(inf_engine *e) { return e->cache; }

@@ -158,6 +158,10 @@ void inf_expert_path(char *buf, size_t n, uint32_t layer, uint32_t expert);
 /* ---------------------------------------------------------------- engine */
 
 enum inf_prefetch_mode { INF_PREFETCH_NONE = 0, INF_PREFETCH_ROUTER = 1 };
+enum inf_backend { INF_BACKEND_CPU = 0, INF_BACKEND_CUDA = 1 };
+
+/* 1 when this build has the CUDA backend and a CUDA device answers. */
+int inf_cuda_available(void);
 
 typedef struct inf_engine_opts {
 	uint32_t max_ctx;        /* positions the KV cache holds */
@@ -166,7 +170,13 @@ typedef struct inf_engine_opts {
 	uint64_t cache_bytes;    /* or in bytes (used when cache_experts = 0) */
 	const char *policy;      /* "lru" (default) or "lfu" */
 	int prefetch;            /* enum inf_prefetch_mode */
-	int io_threads;          /* background loaders (0 = 2) */
+	int io_threads;          /* background loaders (0 = 2; CUDA: staging readers, 0 = 4) */
+	int backend;             /* enum inf_backend */
+	int device;              /* CUDA device index */
+	/* CUDA: compute a missed expert on the CPU from a RAM copy when the cost
+	 * model (gpu_experts.c) says that ends sooner than uploading it */
+	int cpu_experts;
+	uint64_t cpu_cache_bytes; /* RAM cache for those (0 = the CPU default) */
 } inf_engine_opts;
 
 typedef struct inf_engine inf_engine;
@@ -202,7 +212,22 @@ typedef struct inf_prefetch_stats {
 	uint64_t hints;       /* setxattr calls */
 } inf_prefetch_stats;
 
+/* CUDA backend counters (all zero on the CPU backend). */
+typedef struct inf_gpu_stats {
+	uint64_t gpu_experts;     /* expert applications computed on the GPU */
+	uint64_t cpu_experts;     /* … on the CPU (--cpu-experts) */
+	uint64_t uploads, upload_bytes;   /* expert images copied to the device */
+	double upload_wait_s;     /* host time blocked on a load (kcu_cache_begin_use) */
+	double cpu_compute_s;     /* host time computing CPU experts */
+	/* the cost model's rates when the run ended (0 without --cpu-experts) */
+	double est_upload_s;      /* seconds to read and upload one expert image */
+	double est_cpu_row_s;     /* seconds to compute one expert for one token on the CPU */
+	uint64_t dense_device_bytes;  /* dense weights on the device */
+	char device[128];         /* the device's name */
+} inf_gpu_stats;
+
 void inf_engine_stats(inf_engine *e, inf_cache_stats *cache, inf_prefetch_stats *pf);
+void inf_engine_gpu_stats(inf_engine *e, inf_gpu_stats *out);
 inf_cache *inf_engine_cache(inf_engine *e);
 /* Expert bytes (images) the routed experts of the last forward used. */
 uint64_t inf_engine_expert_bytes_used(const inf_engine *e);
@@ -246,6 +271,8 @@ typedef struct inf_run_stats {
 	uint64_t dense_bytes_per_token, expert_bytes_touched;
 	inf_cache_stats cache;
 	inf_prefetch_stats prefetch;
+	const char *backend;             /* "cpu" or "cuda" */
+	inf_gpu_stats gpu;               /* with backend "cuda" */
 } inf_run_stats;
 char *inf_stats_json(const inf_run_stats *s);
 

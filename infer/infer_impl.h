@@ -81,6 +81,9 @@ typedef struct inf_scratch {
 
 #define INF_KVBLK 64u
 
+/* The CUDA backend's state (gpu_impl.h); NULL on the CPU backend. */
+typedef struct inf_gpu inf_gpu;
+
 struct inf_engine {
 	inf_model *m;
 	inf_cache *cache;
@@ -97,6 +100,7 @@ struct inf_engine {
 	int32_t *pf_list;    /* [E] */
 	uint8_t *pf_has;     /* [L] a prediction was made for layer l this step */
 	inf_prefetch_stats pf;
+	inf_gpu *gpu;        /* --backend cuda: the forward pass runs there */
 };
 
 /* Layer steps (each takes the normed input xn [n, H] of n tokens at positions
@@ -112,6 +116,26 @@ int inf_moe_forward(inf_engine *e, uint32_t layer, const float *xn, uint32_t n,
 void inf_prefetch_after_layer(inf_engine *e, uint32_t layer, const float *x, uint32_t n);
 /* Accounts the prediction of MoE layer `layer` against the routing just used. */
 void inf_prefetch_account(inf_engine *e, uint32_t layer, const int32_t *idx, uint32_t n);
+
+/* CUDA backend (gpu_forward.c): creates the device state of e (weights,
+ * KV cache, expert cache) or fails with -ENOTSUP (no CUDA in this build),
+ * -ENODEV (no device) or -ENOMEM / -EIO, the reason in err. */
+int inf_gpu_create(inf_engine *e, k2_err *err);
+void inf_gpu_destroy(inf_gpu *g);
+/* One chunk of n ≤ max_batch tokens at e->pos on the device (as forward.c's
+ * forward_chunk); logits [n or 1, V] are downloaded when non-NULL. */
+int inf_gpu_forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
+			  int all_logits, k2_err *err);
+void inf_gpu_stats_get(inf_gpu *g, inf_cache_stats *cs, inf_gpu_stats *gs);
+
+/* RAM expert-cache capacity in experts for the options (forward.c): the
+ * count asked, or bytes / image size, or every expert if they fit in half
+ * the RAM, else a quarter of it. 0 on error (err set). */
+uint32_t inf_ram_cache_slots(const inf_model *m, uint32_t count, uint64_t bytes,
+			     k2_err *err);
+/* Sends `experts` as one user.k2.prefetch hint on experts/LLL of the model
+ * directory (errors ignored: a plain directory may refuse it). */
+void inf_prefetch_hint(const char *dir, uint32_t layer, const int32_t *experts, uint32_t n);
 
 /* Whole-cache scratch helpers. */
 void *inf_alloc(size_t bytes);  /* 64-byte aligned, zeroed; NULL on failure */

@@ -22,14 +22,22 @@ static const char usage_text[] =
 	"  --prompt TEXT        prompt text (needs DIR/tokenizer.json)\n"
 	"  --tokens IDS         prompt as comma-separated token ids\n"
 	"  -n N                 tokens to generate (default 32)\n"
-	"  --backend cpu|cuda   compute backend (default cpu)\n"
+	"  --backend cpu|cuda   compute backend (default: cuda when a CUDA device answers,\n"
+	"                       else cpu); cuda keeps dense weights, the KV cache and an\n"
+	"                       expert cache of fixed slots on the GPU\n"
+	"  --device N           CUDA device (default 0)\n"
+	"  --cpu-experts        cuda: compute a missed expert on the CPU from its RAM copy\n"
+	"                       when a cost model of measured upload and CPU rates says it\n"
+	"                       ends sooner than uploading it\n"
+	"  --cpu-cache SIZE     RAM for those copies (default as the cpu expert cache)\n"
 	"  --threads N          kernel threads (default: online cores)\n"
 	"  --expert-cache SIZE  expert cache: bytes (K/M/G) or a count like 4experts\n"
-	"                       (default: every expert if they fit in half the RAM,\n"
-	"                       else a quarter of the RAM)\n"
+	"                       (default cpu: every expert if they fit in half the RAM,\n"
+	"                       else a quarter of the RAM; cuda: half the free GPU memory)\n"
 	"  --policy lru|lfu     cache replacement policy (default lru)\n"
 	"  --prefetch none|router  router-driven prefetch of the next layer's experts\n"
-	"  --io-threads N       background expert loaders with --prefetch router (default 2)\n"
+	"  --io-threads N       background expert loaders (cpu: with --prefetch router,\n"
+	"                       default 2; cuda: staging readers, default 4)\n"
 	"  --batch N            prompt tokens per forward chunk (default 256)\n"
 	"  --temperature T      0 = greedy (default); else sampling\n"
 	"  --top-p P            nucleus sampling mass (default 1)\n"
@@ -43,11 +51,11 @@ static const char usage_text[] =
 
 struct opts {
 	const char *model, *prompt, *tokens, *tokenize, *trace, *dump, *backend;
-	const char *cache, *policy, *prefetch;
-	long n, threads, io_threads, batch;
+	const char *cache, *policy, *prefetch, *cpu_cache;
+	long n, threads, io_threads, batch, device;
 	double temperature, top_p;
 	uint64_t seed;
-	int ignore_eos, stats;
+	int ignore_eos, stats, cpu_experts;
 };
 
 static int fail(const char *fmt, const char *a)
@@ -92,6 +100,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		else if (OPT("--expert-cache")) o->cache = v;
 		else if (OPT("--policy")) o->policy = v;
 		else if (OPT("--prefetch")) o->prefetch = v;
+		else if (OPT("--cpu-cache")) o->cpu_cache = v;
+		else if (OPT("--device")) {
+			if (k2cli_parse_long("infer", "--device", v, 0, 1024, &o->device) < 0)
+				return -EINVAL;
+		}
 		else if (OPT("-n")) {
 			if (k2cli_parse_long("infer", "-n", v, 0, 1 << 24, &o->n) < 0)
 				return -EINVAL;
@@ -117,6 +130,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->ignore_eos = 1;
 		else if (strcmp(a, "--stats") == 0)
 			o->stats = 1;
+		else if (strcmp(a, "--cpu-experts") == 0)
+			o->cpu_experts = 1;
 		else if (bad)
 			return -EINVAL;
 		else {
@@ -231,8 +246,7 @@ static void emit_end(struct out *o)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.n = 32, .top_p = 1.0, .backend = "cpu", .policy = "lru",
-			 .prefetch = "none"};
+	struct opts o = {.n = 32, .top_p = 1.0, .policy = "lru", .prefetch = "none"};
 	k2_err err = {{0}};
 	int rc = 1;
 	if (parse_args(argc, argv, &o) < 0)
@@ -241,11 +255,17 @@ int main(int argc, char **argv)
 		k2cli_usage(stderr, usage_text);
 		return fail("%s", "--model DIR is required");
 	}
-	if (strcmp(o.backend, "cuda") == 0)
-		return fail("%s", "--backend cuda: not built into this engine (the CUDA "
-				  "forward pass is not wired to infer yet); use --backend cpu");
-	if (strcmp(o.backend, "cpu") != 0)
+	if (!o.backend)
+		o.backend = inf_cuda_available() ? "cuda" : "cpu";
+	if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "cuda") != 0)
 		return fail("--backend: unknown backend '%s' (cpu, cuda)", o.backend);
+	const int cuda = strcmp(o.backend, "cuda") == 0;
+	if (o.cpu_experts && !cuda)
+		return fail("%s", "--cpu-experts: only with --backend cuda (on the cpu backend "
+				  "every expert is computed on the CPU)");
+	uint64_t cpu_cache_bytes = 0;
+	if (o.cpu_cache && (k2_parse_size(o.cpu_cache, &cpu_cache_bytes) < 0 || !cpu_cache_bytes))
+		return fail("--cpu-cache: '%s' is not a size (64M, 2G)", o.cpu_cache);
 	int prefetch;
 	if (strcmp(o.prefetch, "none") == 0)
 		prefetch = INF_PREFETCH_NONE;
@@ -355,6 +375,10 @@ int main(int argc, char **argv)
 		.policy = o.policy,
 		.prefetch = prefetch,
 		.io_threads = (int)o.io_threads,
+		.backend = cuda ? INF_BACKEND_CUDA : INF_BACKEND_CPU,
+		.device = (int)o.device,
+		.cpu_experts = o.cpu_experts,
+		.cpu_cache_bytes = cpu_cache_bytes,
 	};
 	if (inf_engine_create(m, &eo, &e, &err) < 0) {
 		fail("%s", err.msg);
@@ -382,7 +406,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	inf_run_stats st = {.prompt_tokens = T};
+	inf_run_stats st = {.prompt_tokens = T, .backend = o.backend};
 	double t0 = k2_now(), t_first = 0;
 	if (inf_engine_forward(e, prompt, T, logits, o.dump != NULL, &err) < 0) {
 		fail("%s", err.msg);
@@ -429,6 +453,7 @@ int main(int argc, char **argv)
 	}
 	if (o.stats) {
 		inf_engine_stats(e, &st.cache, &st.prefetch);
+		inf_engine_gpu_stats(e, &st.gpu);
 		st.dense_bytes_per_token = inf_model_dense_bytes_per_token(m);
 		st.dense_bytes = inf_model_dense_bytes(m);
 		char *j = inf_stats_json(&st);

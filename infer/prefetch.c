@@ -8,7 +8,10 @@
  * (correct / used). Prediction never changes what is computed. */
 #include "infer_impl.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/xattr.h>
 
 static uint32_t next_moe_layer(const inf_model *m, uint32_t layer)
 {
@@ -83,4 +86,17 @@ void inf_prefetch_account(inf_engine *e, uint32_t layer, const int32_t *routes, 
 			e->pf.correct++;
 	}
 	e->pf_has[layer] = 0;
+}
+
+void inf_prefetch_hint(const char *dir, uint32_t layer, const int32_t *experts, uint32_t n)
+{
+	char path[4096], hint[8192];
+	size_t o = 0;
+	if (n == 0)
+		return;
+	for (uint32_t i = 0; i < n && o + 12 < sizeof(hint); i++)
+		o += (size_t)snprintf(hint + o, sizeof(hint) - o, "%s%" PRId32, i ? "," : "",
+				      experts[i]);
+	snprintf(path, sizeof(path), "%s/experts/%03" PRIu32, dir, layer);
+	(void)setxattr(path, "user.k2.prefetch", hint, o, 0);
 }

@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <string.h>
 
 static double ratio(uint64_t a, uint64_t b)
 {
@@ -48,6 +49,24 @@ char *inf_stats_json(const inf_run_stats *s)
 		"unused", (json_int_t)c->prefetch_unused);
 	if (!o)
 		return NULL;
+	json_object_set_new(o, "backend", json_string(s->backend ? s->backend : "cpu"));
+	if (s->backend && strcmp(s->backend, "cuda") == 0) {
+		const inf_gpu_stats *g = &s->gpu;
+		const uint64_t applied = g->gpu_experts + g->cpu_experts;
+		json_object_set_new(o, "gpu", json_pack(
+			"{s:s, s:I, s:I, s:I, s:f, s:I, s:I, s:f, s:f, s:f, s:f}",
+			"device", g->device,
+			"dense_device_bytes", (json_int_t)g->dense_device_bytes,
+			"gpu_experts", (json_int_t)g->gpu_experts,
+			"cpu_experts", (json_int_t)g->cpu_experts,
+			"cpu_expert_share", ratio(g->cpu_experts, applied),
+			"uploads", (json_int_t)g->uploads,
+			"upload_bytes", (json_int_t)g->upload_bytes,
+			"upload_wait_s", g->upload_wait_s,
+			"cpu_compute_s", g->cpu_compute_s,
+			"est_upload_s", g->est_upload_s,
+			"est_cpu_row_s", g->est_cpu_row_s));
+	}
 	char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	return txt;

@@ -1,0 +1,61 @@
+/* gpu_offload.c — the cost model of --cpu-experts (gpu_impl.h): where a
+ * missed expert is computed. Two queues work side by side while the GPU runs
+ * the resident experts: the copy pipeline (read from the mount into pinned
+ * staging, copy to a slot) and the CPU (compute from the expert's RAM copy).
+ * Each missed expert, fewest tokens first, goes to the queue that would
+ * finish it sooner; the rates are moving averages of what the run measured. */
+#include "gpu_impl.h"
+
+#include <stdlib.h>
+
+/* Weight of a new observation in the moving averages. */
+#define OFFLOAD_ALPHA 0.25
+
+static double ema(double old, uint32_t n, double v)
+{
+	return n == 0 ? v : (1 - OFFLOAD_ALPHA) * old + OFFLOAD_ALPHA * v;
+}
+
+void gpu_offload_observe_upload(gpu_offload *o, double seconds)
+{
+	if (!(seconds > 0))
+		return;
+	o->upload_s = ema(o->upload_s, o->n_upload++, seconds);
+}
+
+void gpu_offload_observe_cpu(gpu_offload *o, uint32_t rows, double seconds)
+{
+	if (rows == 0 || !(seconds > 0))
+		return;
+	o->cpu_row_s = ema(o->cpu_row_s, o->n_cpu++, seconds / rows);
+}
+
+void gpu_offload_plan(const gpu_offload *o, const uint32_t *rows, uint32_t n,
+		      double gpu_busy_s, uint32_t io_par, uint8_t *on_cpu)
+{
+	for (uint32_t i = 0; i < n; i++)
+		on_cpu[i] = 0;
+	if (n == 0 || !(o->upload_s > 0) || !(o->cpu_row_s > 0))
+		return; /* nothing measured yet: everything goes to the GPU */
+	const double per_load = o->upload_s / (io_par ? io_par : 1);
+	double gpu_t = gpu_busy_s, cpu_t = 0;
+	uint8_t *done = calloc(n, 1);
+	if (!done)
+		return;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t best = n;
+		for (uint32_t i = 0; i < n; i++)
+			if (!done[i] && (best == n || rows[i] < rows[best]))
+				best = i;
+		done[best] = 1;
+		/* the first load pays its whole latency; loads behind it overlap */
+		const double gpu_end = gpu_t + (gpu_t > 0 ? per_load : o->upload_s);
+		const double cpu_end = cpu_t + rows[best] * o->cpu_row_s;
+		if (cpu_end < gpu_end) {
+			on_cpu[best] = 1;
+			cpu_t = cpu_end;
+		} else
+			gpu_t = gpu_end;
+	}
+	free(done);
+}
