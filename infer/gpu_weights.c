@@ -68,7 +68,7 @@ static int upload_mat(kcu_ctx *ctx, gpu_weights *w, const kern_mat *h, kern_mat 
 	if (!h->w)
 		return 0;
 	const uint64_t wb = weight_bytes(h), all = kern_mat_bytes(h);
-	void *p;
+	void *p = NULL;
 	if ((rc = upload(ctx, w, h->w, wb, &p, what, err)) < 0)
 		return rc;
 	d->w = p;
@@ -87,7 +87,7 @@ static int upload_vec(kcu_ctx *ctx, gpu_weights *w, const float *h, uint32_t n, 
 	*d = NULL;
 	if (!h)
 		return 0;
-	void *p;
+	void *p = NULL;
 	int rc = upload(ctx, w, h, sizeof(float) * (uint64_t)n, &p, what, err);
 	if (rc == 0)
 		*d = p;
@@ -108,7 +108,7 @@ static int upload_kv_b_abs(kcu_ctx *ctx, gpu_weights *w, const inf_layer *ly, gp
 		return k2_err_set(err, -ENOMEM, "out of memory for %s as float32", what);
 	for (uint32_t r = 0; r < h->rows; r++)
 		kern_mat_row(h, r, f + (size_t)r * h->cols);
-	void *p;
+	void *p = NULL;
 	int rc = upload(ctx, w, f, sizeof(float) * (uint64_t)h->rows * h->cols, &p, what, err);
 	free(f);
 	if (rc < 0)

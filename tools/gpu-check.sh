@@ -261,6 +261,10 @@ if [ $fuse_ok = 1 ] && [ $infer_cuda = 1 ] && [ -x "$bin/k2gen" ]; then
 			backend=$be
 			[ "$extra" = cpu ] && { backend=cpu; extra=""; }
 			name="decode-$backend-$pf${extra:+-cpuexp}"
+			if [ "$backend" = cpu ] && [ -n "$extra" ]; then
+				row "decode cpu, prefetch $pf, --cpu-experts" "only with --backend cuda" "-" "SKIP"
+				continue
+			fi
 			run 60 "$name" "$bin/infer" --model "$work/mnt/k2" --backend $backend --tokens 1,2,3,4,5,6,7,8 \
 				-n "$N" --ignore-eos --expert-cache "${cache}experts" --prefetch "$pf" $extra --stats
 			rc=$?
