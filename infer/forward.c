@@ -72,6 +72,8 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	e->max_batch = o->max_batch ? o->max_batch : 256;
 	if (e->max_batch > e->max_ctx)
 		e->max_batch = e->max_ctx;
+	if (o->backend == INF_BACKEND_CUDA && e->max_batch > 65535)
+		e->max_batch = 65535; /* kcu_embed, kcu_mla_attn_full: ≤ 65535 tokens a call */
 	const uint32_t B = e->max_batch, H = c->hidden_size, L = c->num_hidden_layers;
 	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
 	const uint32_t rope = c->qk_rope_head_dim, vd = c->v_head_dim, R = c->kv_lora_rank;

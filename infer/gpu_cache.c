@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,8 +44,9 @@ struct gpu_cache {
 	int for_prefetch;     /* victim filter mode */
 	uint32_t n_loading;
 	inf_cache_stats st;
-	uint64_t uploads, upload_bytes;
 	double wait_s;
+	uint64_t rate_loads;  /* kcu_cache loads and read seconds at the last */
+	double rate_read_s;   /* gpu_cache_take_read_s */
 };
 
 static void path_of(const gpu_cache *g, uint32_t layer, uint32_t expert, char *buf, size_t n)
@@ -135,7 +137,12 @@ int gpu_cache_create(kcu_ctx *ctx, const inf_model *m, uint32_t n_slots, uint64_
 		uint64_t budget = cache_bytes;
 		if (budget == 0) {
 			kcu_info info;
-			budget = kcu_ctx_info(ctx, &info) == 0 ? info.mem_free / 2 : 0;
+			if ((rc = kcu_ctx_info(ctx, &info)) < 0) {
+				k2_err_set(err, rc, "expert cache: cannot ask the device its free "
+					   "memory: %s (give --expert-cache)", kcu_ctx_error(ctx));
+				goto fail;
+			}
+			budget = info.mem_free / 2;
 		}
 		n = slot_bytes ? budget / slot_bytes : 0;
 	}
@@ -161,6 +168,13 @@ int gpu_cache_create(kcu_ctx *ctx, const inf_model *m, uint32_t n_slots, uint64_
 	}
 	g->st.slots = g->n_slots;
 	g->st.slot_bytes = slot_bytes;
+	/* every load in flight holds a descriptor: allow as many as there are slots */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max &&
+	    rl.rlim_cur < (rlim_t)g->n_slots + 256) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	*out = g;
 	return 0;
 fail:
@@ -214,16 +228,52 @@ static void drop_slot(gpu_cache *g, uint32_t s)
 	sl->pinned = sl->prefetched = sl->demand = 0;
 }
 
-/* Loads that have landed become READY, so they can be evicted. */
+/* An unpinned slot whose load has ended: landed, it becomes READY (its
+ * descriptor closed); failed, it is emptied (a later use loads it again and
+ * meets the error itself). Returns the slot's state after. */
+static int settle(gpu_cache *g, uint32_t s)
+{
+	struct gslot *sl = &g->slots[s];
+	if (sl->state != G_LOADING || sl->pinned)
+		return sl->state;
+	int p = kcu_cache_poll(g->kc, s);
+	if (p == 1)
+		mark_ready(g, sl);
+	else if (p < 0) {
+		if (sl->prefetched)
+			g->st.prefetch_dropped++;
+		drop_slot(g, s);
+		g->free_slots[g->n_free++] = s;
+	}
+	return sl->state;
+}
+
+/* Settles every load in flight. */
 static void sweep_landed(gpu_cache *g)
 {
-	if (!g->n_loading)
-		return;
+	for (uint32_t s = 0; s < g->n_slots && g->n_loading; s++)
+		settle(g, s);
+}
+
+/* A demand load found no READY victim: waits for an unpinned load in flight
+ * to land and returns its slot, now evictable (or free, if that load failed);
+ * -1 when every slot is pinned. */
+static int64_t wait_for_victim(gpu_cache *g)
+{
 	for (uint32_t s = 0; s < g->n_slots; s++) {
 		struct gslot *sl = &g->slots[s];
-		if (sl->state == G_LOADING && !sl->pinned && kcu_cache_poll(g->kc, s) == 1)
+		if (sl->state != G_LOADING || sl->pinned)
+			continue;
+		k2_err e;
+		if (kcu_cache_wait(g->kc, s, &e) == 0) {
 			mark_ready(g, sl);
+			return s;
+		}
+		drop_slot(g, s);
+		g->free_slots[g->n_free++] = s;
+		return s;
 	}
+	return -1;
 }
 
 static int victim_ok(void *ctx, uint32_t s)
@@ -240,10 +290,8 @@ int gpu_cache_state(gpu_cache *g, uint32_t layer, uint32_t expert)
 	int32_t s = g->key_slot[layer * g->n_experts + expert];
 	if (s < 0)
 		return 0;
-	struct gslot *sl = &g->slots[s];
-	if (sl->state == G_LOADING && kcu_cache_poll(g->kc, (uint32_t)s) == 1)
-		mark_ready(g, sl);
-	return sl->state == G_READY ? 2 : 1;
+	int st = settle(g, (uint32_t)s);
+	return st == G_READY ? 2 : st == G_LOADING ? 1 : 0;
 }
 
 uint32_t gpu_cache_loading(gpu_cache *g) { return g ? g->n_loading : 0; }
@@ -251,6 +299,30 @@ uint32_t gpu_cache_loading(gpu_cache *g) { return g ? g->n_loading : 0; }
 uint64_t gpu_cache_image_bytes(const gpu_cache *g, uint32_t layer)
 {
 	return layer < g->n_layers ? g->lay[layer].image_bytes : 0;
+}
+
+/* A slot for a new load: a free one, else a victim of the policy (for a
+ * demand load, after waiting for a load in flight if need be). -1 when none. */
+static int64_t claim_slot(gpu_cache *g, int prefetch)
+{
+	if (!g->n_free)
+		sweep_landed(g);
+	if (g->n_free)
+		return g->free_slots[--g->n_free];
+	g->for_prefetch = prefetch;
+	int64_t s = g->pol->victim(g->pst, victim_ok, g);
+	if (s < 0 && !prefetch && wait_for_victim(g) >= 0) {
+		if (g->n_free)
+			return g->free_slots[--g->n_free];
+		s = g->pol->victim(g->pst, victim_ok, g);
+	}
+	if (s < 0)
+		return -1;
+	if (g->slots[s].prefetched)
+		g->st.prefetch_unused++;
+	drop_slot(g, (uint32_t)s);
+	g->st.evictions++;
+	return s;
 }
 
 int gpu_cache_request(gpu_cache *g, uint32_t layer, uint32_t expert, int prefetch, k2_err *err)
@@ -261,24 +333,6 @@ int gpu_cache_request(gpu_cache *g, uint32_t layer, uint32_t expert, int prefetc
 	const uint32_t key = layer * g->n_experts + expert;
 	if (g->key_slot[key] >= 0)
 		return 0;
-	int64_t s;
-	if (g->n_free)
-		s = g->free_slots[--g->n_free];
-	else {
-		sweep_landed(g);
-		g->for_prefetch = prefetch;
-		s = g->pol->victim(g->pst, victim_ok, g);
-		if (s < 0) {
-			if (prefetch)
-				g->st.prefetch_dropped++;
-			return k2_err_set(err, -ENOSPC, "expert cache: all %u slots are in use",
-					  g->n_slots);
-		}
-		if (g->slots[s].prefetched)
-			g->st.prefetch_unused++;
-		drop_slot(g, (uint32_t)s);
-		g->st.evictions++;
-	}
 	char path[4096];
 	path_of(g, layer, expert, path, sizeof(path));
 	const uint64_t bytes = g->lay[layer].image_bytes;
@@ -293,13 +347,17 @@ int gpu_cache_request(gpu_cache *g, uint32_t layer, uint32_t expert, int prefetc
 		rc = k2_err_set(err, -EINVAL, "%s: %lld bytes, but the images of layer %u are "
 				"%" PRIu64 " bytes (experts/%03u/000)", path,
 				(long long)st.st_size, layer, bytes, layer);
-	} else if ((rc = kcu_cache_load_fd(g->kc, (uint32_t)s, fd, 0, bytes, !prefetch)) < 0) {
+	}
+	int64_t s = -1;
+	if (rc == 0 && (s = claim_slot(g, prefetch)) < 0)
+		rc = k2_err_set(err, -ENOSPC, "expert cache: all %u slots are in use", g->n_slots);
+	if (rc == 0 && (rc = kcu_cache_load_fd(g->kc, (uint32_t)s, fd, 0, bytes, !prefetch)) < 0) {
 		k2_err_set(err, rc, "%s: cannot start its upload (slot %lld)", path, (long long)s);
+		g->free_slots[g->n_free++] = (uint32_t)s;
 	}
 	if (rc < 0) {
 		if (fd >= 0)
 			close(fd);
-		g->free_slots[g->n_free++] = (uint32_t)s;
 		if (prefetch)
 			g->st.prefetch_dropped++;
 		return rc;
@@ -311,7 +369,6 @@ int gpu_cache_request(gpu_cache *g, uint32_t layer, uint32_t expert, int prefetc
 	sl->pinned = 0;
 	sl->prefetched = (uint8_t)prefetch;
 	sl->demand = (uint8_t)!prefetch;
-	sl->t_issue = k2_now();
 	g->key_slot[key] = (int32_t)s;
 	g->n_loading++;
 	g->pol->insert(g->pst, (uint32_t)s, key);
@@ -332,11 +389,10 @@ void gpu_cache_pin(gpu_cache *g, uint32_t layer, uint32_t expert)
 }
 
 int gpu_cache_begin(gpu_cache *g, uint32_t layer, uint32_t expert, kern_mat mats[3],
-		    double *load_s, k2_err *err)
+		    k2_err *err)
 {
 	const uint32_t key = layer * g->n_experts + expert;
 	int rc;
-	*load_s = 0;
 	if (g->key_slot[key] < 0) {
 		if ((rc = gpu_cache_request(g, layer, expert, 0, err)) < 0)
 			return rc;
@@ -348,28 +404,22 @@ int gpu_cache_begin(gpu_cache *g, uint32_t layer, uint32_t expert, kern_mat mats
 	const uint32_t s = (uint32_t)g->key_slot[key];
 	struct gslot *sl = &g->slots[s];
 	sl->pinned = 1;
-	const int was_loading = sl->state == G_LOADING;
 	const double t0 = k2_now();
 	rc = kcu_cache_begin_use(g->kc, s, err);
-	const double t1 = k2_now();
-	g->wait_s += t1 - t0;
-	g->st.wait_s += t1 - t0;
+	const double dt = k2_now() - t0;
+	g->wait_s += dt;
+	g->st.wait_s += dt;
 	if (rc < 0) {
 		char path[4096], msg[sizeof(err->msg)];
 		path_of(g, layer, expert, path, sizeof(path));
 		snprintf(msg, sizeof(msg), "%s", err->msg);
 		k2_err_set(err, rc, "%s: loading into the GPU cache failed: %s", path, msg);
+		(void)kcu_cache_end_use(g->kc, s); /* in case only the stream wait failed */
 		drop_slot(g, s);
 		g->free_slots[g->n_free++] = s;
 		return rc;
 	}
-	if (was_loading) {
-		if (sl->demand && !sl->prefetched)
-			*load_s = t1 - sl->t_issue;
-		g->uploads++;
-		g->upload_bytes += g->lay[layer].image_bytes;
-		mark_ready(g, sl);
-	}
+	mark_ready(g, sl);
 	sl->prefetched = 0;
 	sl->demand = 0;
 	g->pol->touch(g->pst, s, key);
@@ -395,6 +445,7 @@ void gpu_cache_unpin(gpu_cache *g, uint32_t layer, uint32_t expert)
 
 void gpu_cache_layer_done(gpu_cache *g, uint32_t layer)
 {
+	sweep_landed(g); /* closes the descriptors of loads that have ended */
 	for (uint32_t x = 0; x < g->n_experts; x++) {
 		int32_t s = g->key_slot[layer * g->n_experts + x];
 		if (s >= 0 && g->slots[s].prefetched) {
@@ -404,13 +455,42 @@ void gpu_cache_layer_done(gpu_cache *g, uint32_t layer)
 	}
 }
 
+void gpu_cache_count_miss(gpu_cache *g)
+{
+	g->st.misses++;
+}
+
+double gpu_cache_take_read_s(gpu_cache *g)
+{
+	kcu_cache_stats ks;
+	kcu_cache_stats_get(g->kc, &ks);
+	if (ks.loads <= g->rate_loads)
+		return 0;
+	const double per = (ks.read_seconds - g->rate_read_s) / (double)(ks.loads - g->rate_loads);
+	g->rate_loads = ks.loads;
+	g->rate_read_s = ks.read_seconds;
+	return per;
+}
+
+void gpu_cache_reset_stats(gpu_cache *g)
+{
+	const uint32_t slots = g->st.slots;
+	const uint64_t slot_bytes = g->st.slot_bytes;
+	memset(&g->st, 0, sizeof(g->st));
+	g->st.slots = slots;
+	g->st.slot_bytes = slot_bytes;
+	g->wait_s = 0;
+}
+
 void gpu_cache_get_stats(gpu_cache *g, inf_cache_stats *cs, inf_gpu_stats *gs)
 {
 	if (cs)
 		*cs = g->st;
 	if (gs) {
-		gs->uploads = g->uploads;
-		gs->upload_bytes = g->upload_bytes;
+		kcu_cache_stats ks;
+		kcu_cache_stats_get(g->kc, &ks);
+		gs->uploads = ks.loads - ks.failed;
+		gs->upload_bytes = ks.bytes;
 		gs->upload_wait_s = g->wait_s;
 	}
 }

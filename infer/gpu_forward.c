@@ -54,7 +54,7 @@ static int halloc(inf_gpu *g, void **p, size_t bytes, const char *what, k2_err *
 	X(xk, F * k * B * H) X(moe_out, F * k * B * H) X(rows_d, sizeof(int32_t) * B * k) \
 	X(wsel_d, F * B * k)
 #define PINNED_BUFS(X) \
-	X(rows_h, sizeof(int32_t) * B * k) X(wsel_h, F * B * k) X(cpu_out_h, F * k * B * H)
+	X(rows_h, sizeof(int32_t) * B * k) X(wsel_h, F * B * k)
 
 int inf_gpu_create(inf_engine *e, k2_err *err)
 {
@@ -128,6 +128,9 @@ int inf_gpu_create(inf_engine *e, k2_err *err)
 				return -ENOENT;
 			if ((rc = inf_cache_create(m->dir, c, slots, pol, 0, &g->ram, err)) < 0)
 				return rc;
+			if ((rc = halloc(g, (void **)&g->cpu_out_h, F * k * B * H, "cpu_out_h",
+					 err)) < 0)
+				return rc;
 			g->xn_h = malloc(F * B * H);
 			g->cx = malloc(F * B * H);
 			g->cy = malloc(F * B * H);
@@ -154,6 +157,7 @@ void inf_gpu_destroy(inf_gpu *g)
 		/* (the size expressions vanish in these expansions) */
 		DEVICE_BUFS(FREE_DEV)
 		PINNED_BUFS(FREE_PIN)
+		kcu_host_free(g->ctx, g->cpu_out_h);
 		gpu_weights_free(g->ctx, &g->w);
 	}
 	kcu_ctx_destroy(g->ctx);
@@ -256,8 +260,8 @@ int inf_gpu_forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *
 			return ly->moe ? rc : op_failed(g, rc, "MLP", l, err);
 		if ((rc = kcu_axpy(g->ctx, g->x, 1.0f, g->y, n * H)) < 0)
 			return op_failed(g, rc, "residual", l, err);
-		if ((rc = gpu_prefetch_after_layer(e, l, n)) < 0)
-			return op_failed(g, rc, "prefetch router", l, err);
+		if ((rc = gpu_prefetch_after_layer(e, l, n, err)) < 0)
+			return rc;
 	}
 	e->pos += n;
 	e->routes_n += n;

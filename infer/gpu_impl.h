@@ -85,42 +85,51 @@ int gpu_cache_request(gpu_cache *g, uint32_t layer, uint32_t expert, int prefetc
 void gpu_cache_pin(gpu_cache *g, uint32_t layer, uint32_t expert);
 void gpu_cache_unpin(gpu_cache *g, uint32_t layer, uint32_t expert);
 /* Makes the compute stream wait for the expert (loading it first when absent)
- * and gives its three matrices in the slot. *load_s gets the host seconds from
- * the load's start to its last chunk being queued when this call met a load
- * of its own that was not finished before (else 0). Returns 0 or -errno with a
+ * and gives its three matrices in the slot. Returns 0 or -errno with a
  * message naming the file. */
 int gpu_cache_begin(gpu_cache *g, uint32_t layer, uint32_t expert, kern_mat mats[3],
-		    double *load_s, k2_err *err);
+		    k2_err *err);
 /* The compute queued so far is the last to read the expert; unpins it. */
 void gpu_cache_end(gpu_cache *g, uint32_t layer, uint32_t expert);
 /* Counts prefetched experts of `layer` that went unused. */
 void gpu_cache_layer_done(gpu_cache *g, uint32_t layer);
 uint64_t gpu_cache_image_bytes(const gpu_cache *g, uint32_t layer);
+/* An expert the layer computed elsewhere (--cpu-experts) counts as a miss. */
+void gpu_cache_count_miss(gpu_cache *g);
+/* Seconds an I/O thread spent reading one expert into staging, averaged over
+ * the loads finished since the last call (0 when none finished). */
+double gpu_cache_take_read_s(gpu_cache *g);
+/* Zeroes the counters (after the cost model's calibration load). */
+void gpu_cache_reset_stats(gpu_cache *g);
 void gpu_cache_get_stats(gpu_cache *g, inf_cache_stats *cs, inf_gpu_stats *gs);
 
 /* ---------------------------------------------------------------- --cpu-experts */
 
-/* The cost model of --cpu-experts: two measured rates, kept as moving
+/* The cost model of --cpu-experts: three measured rates, kept as moving
  * averages of what the run observes.
- *   upload_s:  seconds from asking for an absent expert to its image queued
- *              on the copy stream (read from the mount + pinned copy);
+ *   upload_s:  seconds the copy pipeline spends on one expert: an I/O
+ *              thread's read from the mount into pinned staging (the copies
+ *              to the device overlap the next chunk's read);
+ *   read_s:    seconds to read an expert into the CPU's RAM cache (a RAM miss);
  *   cpu_row_s: seconds the CPU takes to apply one expert to one token (the
  *              three products read the whole image: bandwidth bound, so rows
  *              are charged linearly, an upper bound for larger batches).
  * A layer's missed experts are scheduled greedily, fewest tokens first, onto
- * whichever of the two queues (the copy pipeline, already busy for gpu_busy_s,
- * and the CPU) would finish it sooner. Reads from the mount are needed by both
- * paths and are not compared. */
+ * whichever of the two queues would finish it sooner: the copy pipeline
+ * (already busy for gpu_busy_s; io_par loads overlap) or the CPU (compute, plus
+ * the read when the expert is not in its RAM cache). */
 typedef struct gpu_offload {
-	double upload_s, cpu_row_s;
-	uint32_t n_upload, n_cpu;      /* observations so far */
+	double upload_s, read_s, cpu_row_s;
+	uint32_t n_upload, n_read, n_cpu;   /* observations so far */
 } gpu_offload;
 
-/* on_cpu[i] = 1 when missed expert i (applied to rows[i] tokens) should be
- * computed on the CPU. io_par: loads the copy pipeline runs side by side. */
-void gpu_offload_plan(const gpu_offload *o, const uint32_t *rows, uint32_t n,
-		      double gpu_busy_s, uint32_t io_par, uint8_t *on_cpu);
+/* on_cpu[i] = 1 when missed expert i (applied to rows[i] tokens; in_ram[i]
+ * when its RAM copy is resident, in_ram NULL = all resident) should be
+ * computed on the CPU. */
+void gpu_offload_plan(const gpu_offload *o, const uint32_t *rows, const uint8_t *in_ram,
+		      uint32_t n, double gpu_busy_s, uint32_t io_par, uint8_t *on_cpu);
 void gpu_offload_observe_upload(gpu_offload *o, double seconds);
+void gpu_offload_observe_read(gpu_offload *o, double seconds);
 void gpu_offload_observe_cpu(gpu_offload *o, uint32_t rows, double seconds);
 
 /* ---------------------------------------------------------------- engine state */
@@ -171,7 +180,7 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 int gpu_mlp_forward(inf_engine *e, const gpu_layer *gl, const inf_layer *ly, uint32_t n,
 		    float *out, int accumulate);
 /* gpu_moe.c: router-driven prefetch after layer `layer` produced x. */
-int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n);
+int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n, k2_err *err);
 /* gpu_moe.c: measures the two rates of the cost model once (one upload, one
  * CPU expert). */
 int gpu_offload_calibrate(inf_engine *e, k2_err *err);

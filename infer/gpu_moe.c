@@ -43,12 +43,9 @@ static int gpu_expert(inf_engine *e, uint32_t layer, uint32_t x, uint32_t off, u
 {
 	inf_gpu *g = e->gpu;
 	kern_mat mats[3];
-	double load_s;
-	int rc = gpu_cache_begin(g->cache, layer, x, mats, &load_s, err);
+	int rc = gpu_cache_begin(g->cache, layer, x, mats, err);
 	if (rc < 0)
 		return rc;
-	if (load_s > 0)
-		gpu_offload_observe_upload(&g->off, load_s);
 	rc = kcu_expert_ffn(g->ctx, mats, g->xk, cnt, g->rows_d + off, g->wsel_d + off,
 			    g->moe_out, g->mlp_g);
 	gpu_cache_end(g->cache, layer, x);
@@ -69,9 +66,13 @@ static int cpu_expert(inf_engine *e, uint32_t layer, uint32_t x, uint32_t off, u
 	const uint32_t H = e->m->cfg.hidden_size, I = e->m->cfg.moe_intermediate_size;
 	const inf_expert *ex;
 	int rc;
+	const int in_ram = inf_cache_state(g->ram, layer, x) == 2;
+	double t0 = k2_now();
 	if ((rc = inf_cache_acquire(g->ram, layer, x, &ex, err)) < 0)
 		return rc;
-	const double t0 = k2_now();
+	if (!in_ram)
+		gpu_offload_observe_read(&g->off, k2_now() - t0);
+	t0 = k2_now();
 	for (uint32_t r = 0; r < cnt; r++)
 		memcpy(g->cx + (size_t)r * H, g->xn_h + (size_t)(g->rows_h[off + r] % n) * H,
 		       sizeof(float) * H);
@@ -95,6 +96,7 @@ static int cpu_expert(inf_engine *e, uint32_t layer, uint32_t x, uint32_t off, u
 	gpu_offload_observe_cpu(&g->off, cnt, dt);
 	g->st.cpu_compute_s += dt;
 	g->st.cpu_experts++;
+	gpu_cache_count_miss(g->cache);
 	e->expert_bytes_used += bytes;
 	return 0;
 }
@@ -149,8 +151,8 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 	/* group (token, j) rows by expert, experts ascending */
 	uint32_t *start = calloc((size_t)E + 1, sizeof(uint32_t));
 	uint32_t *used = malloc(sizeof(uint32_t) * E), *miss_rows = malloc(sizeof(uint32_t) * E);
-	uint8_t *state = malloc(E), *on_cpu = calloc(E, 1);
-	if (!start || !used || !miss_rows || !state || !on_cpu) {
+	uint8_t *state = malloc(E), *on_cpu = calloc(E, 1), *miss_ram = malloc(E);
+	if (!start || !used || !miss_rows || !state || !on_cpu || !miss_ram) {
 		rc = k2_err_set(err, -ENOMEM, "out of memory");
 		goto out;
 	}
@@ -197,6 +199,7 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 			gpu_cache_pin(g->cache, layer, x);
 		else {
 			miss_rows[n_miss] = start[x + 1] - start[x];
+			miss_ram[n_miss] = g->ram && inf_cache_state(g->ram, layer, x) == 2;
 			miss[n_miss++] = x;
 		}
 	}
@@ -209,7 +212,8 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 		}
 		const double busy = gpu_cache_loading(g->cache) * g->off.upload_s /
 				    (g->io_threads ? g->io_threads : 1);
-		gpu_offload_plan(&g->off, miss_rows, n_miss, busy, (uint32_t)g->io_threads, plan);
+		gpu_offload_plan(&g->off, miss_rows, miss_ram, n_miss, busy, (uint32_t)g->io_threads,
+				 plan);
 		for (uint32_t i = 0; i < n_miss; i++)
 			on_cpu[miss[i]] = plan[i];
 		free(plan);
@@ -244,6 +248,11 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 				goto out;
 		}
 	gpu_cache_layer_done(g->cache, layer);
+	if (g->cpu_experts) {
+		const double read_s = gpu_cache_take_read_s(g->cache);
+		if (read_s > 0)
+			gpu_offload_observe_upload(&g->off, read_s);
+	}
 
 	if ((rc = kcu_memset(g->ctx, out, 0, sizeof(float) * n * H)) < 0)
 		goto fail_op;
@@ -266,6 +275,7 @@ out:
 	free(miss_rows);
 	free(state);
 	free(on_cpu);
+	free(miss_ram);
 	return rc;
 }
 
@@ -277,7 +287,7 @@ static uint32_t next_moe_layer(const inf_model *m, uint32_t layer)
 	return UINT32_MAX;
 }
 
-int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n)
+int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n, k2_err *err)
 {
 	const inf_model *m = e->m;
 	const k2_model_config *c = &m->cfg;
@@ -295,10 +305,11 @@ int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n)
 	    (rc = kcu_matmul(g->ctx, &gl->router, g->y, n, g->logits, KCU_MM_NO_GEMM)) < 0 ||
 	    (rc = kcu_router(g->ctx, &g->rp, g->logits, gl->router_bias, n, g->route,
 			     (float *)(g->route + (size_t)n * k))) < 0)
+		return k2_err_set(err, rc, "layer %u: prefetch router on the GPU: %s", layer,
+				  kcu_ctx_error(g->ctx));
+	if ((rc = fetch_routing(e, next, n, 0, err)) < 0)
 		return rc;
 	k2_err tmp;
-	if ((rc = fetch_routing(e, next, n, 0, &tmp)) < 0)
-		return rc;
 	int32_t *pred = e->pf_pred + (size_t)next * E;
 	memset(pred, 0, sizeof(int32_t) * E);
 	for (uint32_t i = 0; i < n * k; i++)
@@ -330,9 +341,8 @@ int gpu_offload_calibrate(inf_engine *e, k2_err *err)
 	if (l == c->num_hidden_layers)
 		return 0;
 	kern_mat mats[3];
-	double load_s;
 	double t0 = k2_now();
-	int rc = gpu_cache_begin(g->cache, l, 0, mats, &load_s, err);
+	int rc = gpu_cache_begin(g->cache, l, 0, mats, err);
 	if (rc < 0)
 		return rc;
 	gpu_cache_end(g->cache, l, 0);
@@ -356,5 +366,7 @@ int gpu_offload_calibrate(inf_engine *e, k2_err *err)
 	}
 	inf_cache_release(g->ram, ex);
 	gpu_offload_observe_cpu(&g->off, 1, best);
+	gpu_cache_take_read_s(g->cache); /* the rate starts after this load */
+	gpu_cache_reset_stats(g->cache);
 	return 0;
 }

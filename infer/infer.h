@@ -174,7 +174,7 @@ typedef struct inf_engine_opts {
 	int backend;             /* enum inf_backend */
 	int device;              /* CUDA device index */
 	/* CUDA: compute a missed expert on the CPU from a RAM copy when the cost
-	 * model (gpu_experts.c) says that ends sooner than uploading it */
+	 * model (gpu_offload.c) says that ends sooner than uploading it */
 	int cpu_experts;
 	uint64_t cpu_cache_bytes; /* RAM cache for those (0 = the CPU default) */
 } inf_engine_opts;
@@ -200,7 +200,8 @@ void inf_engine_reset(inf_engine *e);
  * routes[(i · num_hidden_layers + l) · top_k + j] is the j-th expert in top-k
  * order (-1 for dense layers). Valid until the next forward. */
 const int32_t *inf_engine_routes(const inf_engine *e, uint32_t *n_tokens);
-/* Router outputs of the last forward (for tests): logits [n, E] and weights
+/* Router outputs of the last forward (for tests; CPU backend only — on CUDA
+ * they stay on the device and these hold nothing): logits [n, E] and weights
  * [n, top_k] of layer l, or NULL for a dense layer. */
 const float *inf_engine_router_logits(const inf_engine *e, uint32_t layer);
 const float *inf_engine_route_weights(const inf_engine *e, uint32_t layer);
@@ -215,12 +216,12 @@ typedef struct inf_prefetch_stats {
 /* CUDA backend counters (all zero on the CPU backend). */
 typedef struct inf_gpu_stats {
 	uint64_t gpu_experts;     /* expert applications computed on the GPU */
-	uint64_t cpu_experts;     /* … on the CPU (--cpu-experts) */
+	uint64_t cpu_experts;     /* … on the CPU (--cpu-experts; GPU-cache misses) */
 	uint64_t uploads, upload_bytes;   /* expert images copied to the device */
 	double upload_wait_s;     /* host time blocked on a load (kcu_cache_begin_use) */
 	double cpu_compute_s;     /* host time computing CPU experts */
 	/* the cost model's rates when the run ended (0 without --cpu-experts) */
-	double est_upload_s;      /* seconds to read and upload one expert image */
+	double est_upload_s;      /* seconds an I/O thread takes to stage one expert */
 	double est_cpu_row_s;     /* seconds to compute one expert for one token on the CPU */
 	uint64_t dense_device_bytes;  /* dense weights on the device */
 	char device[128];         /* the device's name */

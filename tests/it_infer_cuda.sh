@@ -5,7 +5,8 @@
 #   1. bf16 and fp8 fixtures: prompt logits relative error < 1e-4 (the engine
 #      keeps float32 activations below INF_GPU_GEMM_MIN_BATCH) and all 16
 #      greedy ids; a cache of 4 (and of 1) expert with --prefetch router gives
-#      bit-identical dumps and the same routing trace as the full cache;
+#      bit-identical dumps and the same routing trace as the full cache, also
+#      when no load ever polls as landed (CUEMU_NOTREADY);
 #      --cpu-experts with a 4-expert cache computes some experts on the CPU
 #      (--stats says how many), same ids, error < 1e-4;
 #   2. the bf16 fixture re-packed --experts int4 against the int4 reference;
@@ -113,6 +114,16 @@ for f in bf16 fp8; do
 			fail "$f $mode: outputs differ from the full cache"
 		fi
 	done
+	# loads that never report themselves landed (an emulator switch: a copy
+	# still in flight on a GPU): the cache must wait for them, not poll
+	if [ "$infer" = "$root/build/cuemu/infer" ]; then
+		if CUEMU_NOTREADY=1 cuda "$work/mnt-$f" "$ids" "$work/$f-nr" --expert-cache 3experts \
+			--prefetch router && "$gcmp" --identical "$work/$f.st" "$work/$f-nr.st" >/dev/null; then
+			echo "   3-expert cache, prefetch, loads never polled ready: identical"
+		else
+			fail "$f: with loads never polled ready: $(cat "$work/$f-nr.stderr")"
+		fi
+	fi
 	if cuda "$work/mnt-$f" "$ids" "$work/$f-cpu" --expert-cache 4experts --cpu-experts; then
 		n_cpu=$(stat_of cpu_experts "$work/$f-cpu.stderr")
 		n_gpu=$(stat_of gpu_experts "$work/$f-cpu.stderr")

@@ -13,10 +13,10 @@ START_TEST(nothing_measured_goes_to_gpu)
 	gpu_offload o = {0};
 	uint32_t rows[3] = {1, 1, 1};
 	uint8_t cpu[3] = {9, 9, 9};
-	gpu_offload_plan(&o, rows, 3, 0, 4, cpu);
+	gpu_offload_plan(&o, rows, NULL, 3, 0, 4, cpu);
 	ck_assert(cpu[0] == 0 && cpu[1] == 0 && cpu[2] == 0);
 	gpu_offload_observe_upload(&o, 1e-3); /* one rate alone is not enough */
-	gpu_offload_plan(&o, rows, 3, 0, 4, cpu);
+	gpu_offload_plan(&o, rows, NULL, 3, 0, 4, cpu);
 	ck_assert(cpu[0] == 0 && cpu[1] == 0 && cpu[2] == 0);
 }
 END_TEST
@@ -48,18 +48,18 @@ START_TEST(greedy_two_queues)
 	uint8_t cpu[4];
 	/* CPU ends at 0.4 < GPU 1.0: CPU; then 0.8 < 1.0: CPU; then 1.2 > 1.0: GPU;
 	 * then CPU 1.2 vs GPU 1.25: CPU */
-	gpu_offload_plan(&o, rows, 4, 0, 4, cpu);
+	gpu_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 3);
 	ck_assert(cpu[0] && cpu[1] && !cpu[2] && cpu[3]);
 	/* a slow CPU gets nothing */
 	o.cpu_row_s = 5e-3;
-	gpu_offload_plan(&o, rows, 4, 0, 4, cpu);
+	gpu_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 0);
 	/* a busy copy pipeline sends more to the CPU */
 	o.cpu_row_s = 2e-3;
-	gpu_offload_plan(&o, rows, 4, 0, 4, cpu);
+	gpu_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 0);
-	gpu_offload_plan(&o, rows, 4, 10e-3, 4, cpu);
+	gpu_offload_plan(&o, rows, NULL, 4, 10e-3, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 4);
 }
 END_TEST
@@ -70,8 +70,24 @@ START_TEST(rows_order)
 	gpu_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.3e-3, .n_upload = 1, .n_cpu = 1};
 	uint32_t rows[3] = {24, 1, 2};
 	uint8_t cpu[3];
-	gpu_offload_plan(&o, rows, 3, 0, 1, cpu);
+	gpu_offload_plan(&o, rows, NULL, 3, 0, 1, cpu);
 	ck_assert(!cpu[0] && cpu[1] && cpu[2]);
+}
+END_TEST
+
+/* An expert not in RAM pays its read on the CPU side too. */
+START_TEST(ram_misses_pay_the_read)
+{
+	gpu_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.2e-3, .n_upload = 1, .n_cpu = 1};
+	uint32_t rows[2] = {1, 1};
+	uint8_t in_ram[2] = {1, 0}, cpu[2];
+	/* unmeasured read = an upload: 0.2 + (1.0 + 0.2) = 1.4 > 1.0 → GPU */
+	gpu_offload_plan(&o, rows, in_ram, 2, 0, 1, cpu);
+	ck_assert(cpu[0] && !cpu[1]);
+	/* a fast measured read (page cache): 0.2 + 0.1 + 0.2 = 0.5 < 1.0 → CPU */
+	gpu_offload_observe_read(&o, 0.1e-3);
+	gpu_offload_plan(&o, rows, in_ram, 2, 0, 1, cpu);
+	ck_assert(cpu[0] && cpu[1]);
 }
 END_TEST
 
@@ -83,6 +99,7 @@ static Suite *offload_suite(void)
 	tcase_add_test(t, moving_averages);
 	tcase_add_test(t, greedy_two_queues);
 	tcase_add_test(t, rows_order);
+	tcase_add_test(t, ram_misses_pay_the_read);
 	suite_add_tcase(s, t);
 	return s;
 }

@@ -277,7 +277,15 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t)
 	return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+/* CUEMU_NOTREADY=1: every event stays "not ready" to a query (as a copy still
+ * in flight on a GPU), so callers must wait, never rely on polling. */
+cudaError_t cudaEventQuery(cudaEvent_t)
+{
+	static int notready = -1;
+	if (notready < 0)
+		notready = getenv("CUEMU_NOTREADY") != NULL;
+	return notready ? cudaErrorNotReady : cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
 {
 	*ms = (float)((b->t - a->t) * 1e3);
