@@ -12,7 +12,8 @@
 #
 # Needs: g++, perl, the CUDA headers (CUDA_HOME, default /usr/local/cuda), and
 # the libraries of `make` (it runs that). Work files go to build/cuemu. Exit
-# status 77 when the CUDA headers are missing, 1 when a step fails.
+# status 77 when the CUDA headers are missing or the libraries were built
+# without the CUDA backend, 1 when a step fails.
 set -eu
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
@@ -21,10 +22,19 @@ if [ ! -f "$cuda/include/cuda_runtime.h" ]; then
 	echo "cuemu: no CUDA headers at $cuda/include (set CUDA_HOME): skipped"
 	exit 77
 fi
-out=build/cuemu
+# CUEMU_BUILD=DIR: link the libraries of that build folder (as built, without
+# running make: tests/run.sh passes its own); default: build/, made here.
+b=${CUEMU_BUILD:-build}
+if [ -z "${CUEMU_BUILD:-}" ]; then
+	make -s build/libkernels.a build/liblayout.a build/libinfer.a build/libtools.a \
+		build/obj/infer/main.o
+fi
+if ! nm "$b/libinfer.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
+	echo "cuemu: $b/libinfer.a was built without the CUDA backend (NVCC=, e.g. make asan): skipped"
+	exit 77
+fi
+out=$b/cuemu
 mkdir -p "$out"
-make -s build/libkernels.a build/liblayout.a build/libinfer.a build/libtools.a \
-	build/obj/infer/main.o
 
 pkgs="fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson"
 objs=""
@@ -53,8 +63,8 @@ cc -std=gnu11 -O2 -g -Wall -Wextra -pthread -D_FILE_OFFSET_BITS=64 -DK2_HAVE_CUD
 	-c tests/prog_gpu_kernels.c -o "$out/prog_gpu_kernels.o"
 libs="$(pkg-config --libs $pkgs) -lm -pthread"
 g++ -o "$out/prog_gpu_kernels" "$out/prog_gpu_kernels.o" $objs "$out/cuemu_rt.o" \
-	build/libkernels.a build/liblayout.a $libs
+	"$b/libkernels.a" "$b/liblayout.a" $libs
 # infer's objects were built with -DK2_HAVE_CUDA=1 where nvcc exists (here and in
 # CI); the emulated objects come first, so libkernels.a's CUDA members are unused.
-g++ -o "$out/infer" build/obj/infer/main.o build/libtools.a build/libinfer.a $objs \
-	"$out/cuemu_rt.o" build/libkernels.a build/liblayout.a $libs
+g++ -o "$out/infer" "$b/obj/infer/main.o" "$b/libtools.a" "$b/libinfer.a" $objs \
+	"$out/cuemu_rt.o" "$b/libkernels.a" "$b/liblayout.a" $libs

@@ -15,4 +15,4 @@ rc=0
 sh tests/cuemu/build.sh || rc=$?
 [ $rc -eq 0 ] || exit $rc
 [ $# -gt 0 ] || set -- --quick --no-bench
-exec build/cuemu/prog_gpu_kernels "$@"
+exec "${CUEMU_BUILD:-build}/cuemu/prog_gpu_kernels" "$@"
