@@ -40,22 +40,7 @@ trap cleanup EXIT INT TERM
 fails=0
 fail() { echo "it_infer: FAIL: $*"; fails=$((fails + 1)); }
 
-# mount PACK DIR: mounts and waits for config.json to appear
-mount_pack() {
-	mkdir -p "$2"
-	if ! "$bin/k2fs" "$1" "$2" -o cache=256M 2>"$work/k2fs.err"; then
-		cat "$work/k2fs.err"
-		return 1
-	fi
-	mounted="$mounted $2"
-	i=0
-	while [ ! -f "$2/config.json" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-	[ -f "$2/config.json" ]
-}
-umount_pack() {
-	fusermount3 -u "$1" || fail "unmount $1"
-	mounted=$(echo "$mounted" | sed "s| $1||")
-}
+. "$here/mounts.sh"
 
 # run_infer MODEL IDS OUT [options…]: infer with dump and trace into OUT.st/OUT.trace
 run_infer() {

@@ -66,18 +66,7 @@ trap cleanup EXIT INT TERM
 fails=0
 fail() { echo "it_infer_cuda: FAIL: $*"; fails=$((fails + 1)); }
 
-mount_pack() {
-	mkdir -p "$2"
-	"$bin/k2fs" "$1" "$2" -o cache=256M 2>"$work/k2fs.err" || { cat "$work/k2fs.err"; return 1; }
-	mounted="$mounted $2"
-	i=0
-	while [ ! -f "$2/config.json" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-	[ -f "$2/config.json" ]
-}
-umount_pack() {
-	fusermount3 -u "$1" || fail "unmount $1"
-	mounted=$(echo "$mounted" | sed "s| $1||")
-}
+. "$here/mounts.sh"
 
 # cuda MODEL IDS OUT [options…]: infer --backend cuda with dump, trace, stats into OUT.*
 cuda() {

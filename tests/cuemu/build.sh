@@ -22,6 +22,8 @@ if [ ! -f "$cuda/include/cuda_runtime.h" ]; then
 	echo "cuemu: no CUDA headers at $cuda/include (set CUDA_HOME): skipped"
 	exit 77
 fi
+# CUEMU_LDFLAGS: extra link flags (-fsanitize=address,undefined for a
+# sanitizer build made with SAN="… -DK2_HAVE_CUDA=1" NVCC=).
 # CUEMU_BUILD=DIR: link the libraries of that build folder (as built, without
 # running make: tests/run.sh passes its own); default: build/, made here.
 b=${CUEMU_BUILD:-build}
@@ -61,7 +63,7 @@ g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/cuemu.cc -o "$out/c
 cc -std=gnu11 -O2 -g -Wall -Wextra -pthread -D_FILE_OFFSET_BITS=64 -DK2_HAVE_CUDA=1 \
 	-Ilayout -Ikernels $(pkg-config --cflags $pkgs) \
 	-c tests/prog_gpu_kernels.c -o "$out/prog_gpu_kernels.o"
-libs="$(pkg-config --libs $pkgs) -lm -pthread"
+libs="$(pkg-config --libs $pkgs) -lm -pthread ${CUEMU_LDFLAGS:-}"
 g++ -o "$out/prog_gpu_kernels" "$out/prog_gpu_kernels.o" $objs "$out/cuemu_rt.o" \
 	"$b/libkernels.a" "$b/liblayout.a" $libs
 # infer's objects were built with -DK2_HAVE_CUDA=1 where nvcc exists (here and in
