@@ -7,7 +7,6 @@
 #include "gen.h"
 #include "layout.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,23 +30,15 @@ static const char usage_text[] =
 	"  --threads N          generation threads (default: online cores)\n"
 	"  --help               this text\n";
 
-static volatile sig_atomic_t g_cancel;
-
-static void on_signal(int sig)
-{
-	g_cancel = sig;
-}
-
 int main(int argc, char **argv)
 {
 	const char *prog = "k2gen";
 	k2g_opts o;
 	k2g_opts_default(&o);
 	o.progress = 1;
-	o.cancel = &g_cancel;
 	const char **sets = calloc((size_t)argc + 1, sizeof(char *));
 	const char *out = NULL;
-	int bad = !sets;
+	int nout = 0, bad = !sets;
 	for (int i = 1; i < argc && !bad; i++) {
 		const char *v;
 		const char *a = argv[i];
@@ -68,17 +59,9 @@ int main(int argc, char **argv)
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--seed", &bad))) {
 			bad = k2cli_parse_u64(prog, "--seed", v, &o.seed) < 0;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--format", &bad))) {
-			if (strcmp(v, "bf16") == 0)
-				o.format = K2_FORMAT_BF16;
-			else if (strcmp(v, "fp8") == 0 || strcmp(v, "fp8-b128") == 0)
-				o.format = K2_FORMAT_FP8_B128;
-			else if (strcmp(v, "int4") == 0 || strcmp(v, "int4-g32") == 0)
-				o.format = K2_FORMAT_INT4_G32;
-			else {
-				fprintf(stderr, "%s: --format: expected bf16, fp8 or int4, got '%s'\n",
-					prog, v);
-				bad = 1;
-			}
+			bad = k2cli_parse_format(prog, "--format", v, 1u << K2_FORMAT_BF16 |
+						 1u << K2_FORMAT_FP8_B128 | 1u << K2_FORMAT_INT4_G32,
+						 &o.format) < 0;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--set", &bad))) {
 			sets[o.n_sets++] = v;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--shard-size", &bad))) {
@@ -87,18 +70,9 @@ int main(int argc, char **argv)
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--tokenizer", &bad))) {
 			o.tokenizer_dir = v;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--threads", &bad))) {
-			long t;
-			bad = k2cli_parse_long(prog, "--threads", v, 1, 1024, &t) < 0;
-			o.threads = (int)t;
-		} else if (a[0] == '-' && a[1] != '\0') {
-			if (!bad)
-				fprintf(stderr, "%s: unknown option '%s' (see --help)\n", prog, a);
-			bad = 1;
-		} else if (!out) {
-			out = a;
+			bad = k2cli_parse_int(prog, "--threads", v, 1, 1024, &o.threads) < 0;
 		} else {
-			fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", prog, a);
-			bad = 1;
+			k2cli_other_arg(prog, a, &out, 1, &nout, &bad);
 		}
 	}
 	if (bad || !out) {
@@ -108,27 +82,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	o.sets = sets;
-
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	o.cancel = k2cli_cancel_on_signals();
 
 	k2g_stats st;
 	k2_err err = {{0}};
 	int rc = k2g_generate(out, &o, &st, &err);
 	free(sets);
-	if (rc < 0) {
-		fprintf(stderr, "k2gen: %s\n", err.msg[0] ? err.msg : strerror(-rc));
-		if (g_cancel) {
-			signal(g_cancel, SIG_DFL);
-			raise(g_cancel);
-		}
-		return 1;
-	}
+	if (rc < 0)
+		return k2cli_failed(prog, rc, &err);
 	char b[32];
 	printf("k2gen: %s: %llu weights in %llu shard%s, %s, %.1f s\n", out,
 	       (unsigned long long)st.n_tensors, (unsigned long long)st.n_shards,

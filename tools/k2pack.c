@@ -6,7 +6,6 @@
 #include "import.h"
 #include "layout.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,20 +26,12 @@ static const char usage_text[] =
 	"  --block-size SIZE pack block size, 4K-64M, power of two (default 256K)\n"
 	"  --help            this text\n";
 
-static volatile sig_atomic_t g_cancel;
-
-static void on_signal(int sig)
-{
-	g_cancel = sig;
-}
-
 int main(int argc, char **argv)
 {
 	const char *prog = "k2pack";
 	k2i_opts o;
 	k2i_opts_default(&o);
 	o.progress = 1;
-	o.cancel = &g_cancel;
 	const char *pos[2];
 	int npos = 0, bad = 0;
 	for (int i = 1; i < argc && !bad; i++) {
@@ -50,21 +41,7 @@ int main(int argc, char **argv)
 			k2cli_usage(stdout, usage_text);
 			return 0;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--experts", &bad))) {
-			if (strcmp(v, "keep") == 0)
-				o.experts = K2_FORMAT_NONE;
-			else if (strcmp(v, "bf16") == 0)
-				o.experts = K2_FORMAT_BF16;
-			else if (strcmp(v, "fp8") == 0 || strcmp(v, "fp8-b128") == 0)
-				o.experts = K2_FORMAT_FP8_B128;
-			else if (strcmp(v, "int8") == 0)
-				o.experts = K2_FORMAT_INT8;
-			else if (strcmp(v, "int4") == 0 || strcmp(v, "int4-g32") == 0)
-				o.experts = K2_FORMAT_INT4_G32;
-			else {
-				fprintf(stderr, "%s: --experts: expected keep, bf16, fp8, int8 or int4, got '%s'\n",
-					prog, v);
-				bad = 1;
-			}
+			bad = k2cli_parse_format(prog, "--experts", v, ~0u, &o.experts) < 0;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--codec", &bad))) {
 			o.codec = k2_codec_parse(v);
 			if (o.codec >= K2_CODEC_COUNT) {
@@ -73,13 +50,9 @@ int main(int argc, char **argv)
 				bad = 1;
 			}
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--level", &bad))) {
-			long l;
-			bad = k2cli_parse_long(prog, "--level", v, 0, 22, &l) < 0;
-			o.level = (int)l;
+			bad = k2cli_parse_int(prog, "--level", v, 0, 22, &o.level) < 0;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--threads", &bad))) {
-			long t;
-			bad = k2cli_parse_long(prog, "--threads", v, 1, 1024, &t) < 0;
-			o.threads = (int)t;
+			bad = k2cli_parse_int(prog, "--threads", v, 1, 1024, &o.threads) < 0;
 		} else if ((v = k2cli_opt_value(prog, argc, argv, &i, "--block-size", &bad))) {
 			uint64_t b;
 			bad = k2cli_parse_size(prog, "--block-size", v, 4096, K2P_MAX_BLOCK_BYTES,
@@ -89,15 +62,8 @@ int main(int argc, char **argv)
 				bad = 1;
 			}
 			o.block_bytes = (uint32_t)b;
-		} else if (a[0] == '-' && a[1] != '\0') {
-			if (!bad)
-				fprintf(stderr, "%s: unknown option '%s' (see --help)\n", prog, a);
-			bad = 1;
-		} else if (npos < 2) {
-			pos[npos++] = a;
 		} else {
-			fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", prog, a);
-			bad = 1;
+			k2cli_other_arg(prog, a, pos, 2, &npos, &bad);
 		}
 	}
 	if (bad)
@@ -107,25 +73,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	o.cancel = k2cli_cancel_on_signals();
 
 	k2i_stats st;
 	k2_err err = {{0}};
 	int rc = k2i_import(pos[0], pos[1], &o, &st, &err);
-	if (rc < 0) {
-		fprintf(stderr, "k2pack: %s\n", err.msg[0] ? err.msg : strerror(-rc));
-		if (g_cancel) {
-			signal(g_cancel, SIG_DFL);
-			raise(g_cancel);
-		}
-		return 1;
-	}
+	if (rc < 0)
+		return k2cli_failed(prog, rc, &err);
 	char raw[32], stored[32];
 	double es = st.expert_seconds > 0 ? st.expert_seconds : 1e-9;
 	printf("k2pack: %s: %llu entries (%llu files, %llu dense, %llu experts), %s -> %s "
