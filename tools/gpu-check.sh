@@ -23,6 +23,7 @@
 #      experts, vocabulary cut to fit: K2_BENCH_LAYERS, K2_BENCH_EXPERTS,
 #      K2_BENCH_VOCAB) with the expert cache at 10% of its experts, prefetch
 #      none and router, with and without --cpu-experts (and the CPU backend)
+#   5. tests/it_infer_cuda.sh against this engine, if time is left
 # A step whose program or flag is not there yet (infer without --backend cuda,
 # no /dev/fuse) is skipped with a line saying why. K2_GPU_BACKEND=cpu runs the
 # infer steps with --backend cpu instead (to try this script where no GPU is).
@@ -285,6 +286,21 @@ if [ $fuse_ok = 1 ] && [ $infer_cuda = 1 ] && [ -x "$bin/k2gen" ]; then
 	cleanup
 else
 	row "decode tokens/s (k2 preset)" "not run: needs the GPU, FUSE and infer --backend cuda" "-" "SKIP"
+fi
+
+# ---------------------------------------------------------------- 5. more engine checks
+# tests/it_infer_cuda.sh with this engine (caches of 1, 3, 4, 5 experts and LFU
+# identical to the full one, --cpu-experts, the int4 fixture, another model
+# shape against --backend cpu, bad files), when time is left
+if [ $fuse_ok = 1 ] && [ $infer_cuda = 1 ] && [ "$be" = cuda ] && [ -f "$here/tests/it_infer_cuda.sh" ]; then
+	if run 120 it_infer_cuda env K2_BIN="$bin" K2_TESTPROGS="$prog" K2_FIXTURES="$fixtures" \
+		K2_CUDA_INFER="$bin/infer" sh "$here/tests/it_infer_cuda.sh"; then
+		row "tests/it_infer_cuda.sh on the GPU" "all passed" "pass" "PASS"
+	elif grep -q 'time budget is spent' "$work/logs/it_infer_cuda.log" 2>/dev/null; then
+		:
+	else
+		row "tests/it_infer_cuda.sh on the GPU" "$(grep -c 'FAIL' "$work/logs/it_infer_cuda.log" 2>/dev/null) failure(s) (see it_infer_cuda.log)" "pass" "FAIL"
+	fi
 fi
 
 # ---------------------------------------------------------------- table
