@@ -279,10 +279,28 @@ static void release_ref(struct k2fs_cache *c, struct k2fs_slot *s)
 	pthread_cond_broadcast(&c->room);
 }
 
-int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
-			  struct k2fs_read *rd)
+/* A read of bytes [off, off+len) of expert `entry`, which lie in blocks [n0, n1)
+ * of slot s. */
+struct read_range {
+	size_t entry;
+	struct k2fs_slot *s;
+	uint64_t off;
+	size_t len;
+	uint32_t n0, n1;
+};
+
+/* Starts a read of bytes [off, off+len) of expert entry `entry`: clears rd,
+ * fills *r (len cut at the end of the entry) and points rd->iov at room for
+ * n1 - n0 vectors (rd->small, or a malloc'd array). Returns 0 with r->s NULL
+ * and rd->iov NULL when there is nothing to read (off at or past the end, or
+ * len 0), 0 with r->s set otherwise, -EINVAL when `entry` is not an expert,
+ * -EIO when its index disagrees with itself, or -ENOMEM. Takes no lock: it
+ * reads only the pack's index, which never changes. */
+static int read_range_start(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
+			    struct read_range *r, struct k2fs_read *rd)
 {
 	memset(rd, 0, sizeof(*rd));
+	memset(r, 0, sizeof(*r));
 	if (entry >= c->n_slots || !c->slots[entry].e)
 		return -EINVAL;
 	struct k2fs_slot *s = &c->slots[entry];
@@ -302,18 +320,32 @@ int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size
 		if (!rd->iov)
 			return -ENOMEM;
 	}
+	*r = (struct read_range){
+		.entry = entry, .s = s, .off = off, .len = len, .n0 = n0, .n1 = n1,
+	};
+	return 0;
+}
 
-	pthread_mutex_lock(&c->lock);
+/* For k2fs_cache_read_begin, under cache->lock: takes a ref on r->s and makes
+ * the blocks of r ready, loading what is missing (with the file's read-ahead)
+ * and waiting for it, which drops the lock while waiting. Counts the hit or
+ * miss. Returns 0 with the ref held, or -ENOMEM or -EIO with it released. */
+static int slot_hold_loaded(struct k2fs_cache *c, const struct read_range *r)
+{
+	struct k2fs_slot *s = r->s;
+	const k2p_entry *e = s->e;
+	const uint64_t bb = c->block_bytes;
+	const uint32_t n0 = r->n0, n1 = r->n1;
 	int rc = slot_arrays(s);
 	if (rc)
-		goto out_unlock;
+		return rc;
 	uint64_t ra = effective_ra(c, s);
 	uint32_t w0 = n0, w1 = n1;
 	if (ra == K2FS_RA_ALL) {
 		w0 = 0;
 		w1 = e->n_blocks;
 	} else if (ra > 0) {
-		uint64_t end = off + len;
+		uint64_t end = r->off + r->len;
 		uint64_t ra_end = ra >= e->raw_bytes - end ? e->raw_bytes : end + ra;
 		w1 = (uint32_t)((ra_end - 1) / bb + 1);
 	}
@@ -345,7 +377,7 @@ int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size
 			break;
 		}
 		if (absent || ahead) {
-			rc = request_load(c, s, entry, w0, w1, n0, n1, ahead);
+			rc = request_load(c, s, r->entry, w0, w1, n0, n1, ahead);
 			ahead = 0;
 			if (rc)
 				break;
@@ -356,87 +388,84 @@ int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size
 			break;
 		}
 		promote_slot(c, s);
-		pthread_cond_wait(&c->done[entry % K2FS_NCOND], &c->lock);
+		pthread_cond_wait(&c->done[r->entry % K2FS_NCOND], &c->lock);
 	}
 	if (rc) {
 		release_ref(c, s);
-		goto out_unlock;
+		return rc;
 	}
 	lru_touch(c, s);
-	uint64_t pos = off, end = off + len;
-	for (uint32_t b = n0; b < n1; b++) {
+	return 0;
+}
+
+/* For k2fs_cache_read_resident, under cache->lock: takes a pusher's ref on r->s
+ * when every block of r is ready. Returns 0 with the ref held, or -EAGAIN. */
+static int slot_hold_resident(const struct read_range *r)
+{
+	struct k2fs_slot *s = r->s;
+	int ready = s->bstate != NULL;
+	for (uint32_t b = r->n0; ready && b < r->n1; b++)
+		ready = s->bstate[b] == K2FS_B_READY;
+	if (!ready)
+		return -EAGAIN;
+	s->refs++;
+	s->push_refs++;
+	return 0;
+}
+
+/* Points rd's vectors at the ready blocks of r and hands rd the ref on r->s
+ * that the caller holds. Under cache->lock. */
+static void read_fill(struct k2fs_cache *c, const struct read_range *r, struct k2fs_read *rd)
+{
+	const uint64_t bb = c->block_bytes;
+	uint64_t pos = r->off, end = r->off + r->len;
+	for (uint32_t b = r->n0; b < r->n1; b++) {
 		uint64_t bstart = (uint64_t)b * bb;
-		uint64_t bend = bstart + block_raw(c, s, b);
+		uint64_t bend = bstart + block_raw(c, r->s, b);
 		uint64_t to = end < bend ? end : bend;
-		rd->iov[b - n0].iov_base = s->bdata[b] + (pos - bstart);
-		rd->iov[b - n0].iov_len = (size_t)(to - pos);
+		rd->iov[b - r->n0].iov_base = r->s->bdata[b] + (pos - bstart);
+		rd->iov[b - r->n0].iov_len = (size_t)(to - pos);
 		pos = to;
 	}
-	rd->niov = niov;
-	rd->bytes = len;
-	rd->slot = s;
-	pthread_mutex_unlock(&c->lock);
-	return 0;
+	rd->niov = (int)(r->n1 - r->n0);
+	rd->bytes = r->len;
+	rd->slot = r->s;
+}
 
-out_unlock:
+/* k2fs_cache_read_begin (push 0) and k2fs_cache_read_resident (push 1): their
+ * contracts are in k2fs_impl.h. */
+static int cache_read(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len, int push,
+		      struct k2fs_read *rd)
+{
+	struct read_range r;
+	int rc = read_range_start(c, entry, off, len, &r, rd);
+	if (rc || !r.s)
+		return rc;
+	pthread_mutex_lock(&c->lock);
+	rc = push ? slot_hold_resident(&r) : slot_hold_loaded(c, &r);
+	if (rc == 0) {
+		rd->push = push;
+		read_fill(c, &r, rd);
+	}
 	pthread_mutex_unlock(&c->lock);
+	if (rc == 0)
+		return 0;
 	if (rd->iov != rd->small)
 		free(rd->iov);
 	rd->iov = NULL;
 	return rc;
 }
 
+int k2fs_cache_read_begin(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
+			  struct k2fs_read *rd)
+{
+	return cache_read(c, entry, off, len, 0, rd);
+}
+
 int k2fs_cache_read_resident(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len,
 			     struct k2fs_read *rd)
 {
-	memset(rd, 0, sizeof(*rd));
-	if (entry >= c->n_slots || !c->slots[entry].e)
-		return -EINVAL;
-	struct k2fs_slot *s = &c->slots[entry];
-	const k2p_entry *e = s->e;
-	if (off >= e->raw_bytes || len == 0)
-		return 0;
-	if (len > e->raw_bytes - off)
-		len = (size_t)(e->raw_bytes - off);
-	const uint64_t bb = c->block_bytes;
-	uint32_t n0 = (uint32_t)(off / bb), n1 = (uint32_t)((off + len - 1) / bb + 1);
-	if (n1 > e->n_blocks)
-		return -EIO;
-	int niov = (int)(n1 - n0);
-	rd->iov = rd->small;
-	if (niov > (int)(sizeof(rd->small) / sizeof(rd->small[0]))) {
-		rd->iov = malloc((size_t)niov * sizeof(*rd->iov));
-		if (!rd->iov)
-			return -ENOMEM;
-	}
-	pthread_mutex_lock(&c->lock);
-	int ready = s->bstate != NULL;
-	for (uint32_t b = n0; ready && b < n1; b++)
-		ready = s->bstate[b] == K2FS_B_READY;
-	if (!ready) {
-		pthread_mutex_unlock(&c->lock);
-		if (rd->iov != rd->small)
-			free(rd->iov);
-		rd->iov = NULL;
-		return -EAGAIN;
-	}
-	s->refs++;
-	s->push_refs++;
-	rd->push = 1;
-	uint64_t pos = off, end = off + len;
-	for (uint32_t b = n0; b < n1; b++) {
-		uint64_t bstart = (uint64_t)b * bb;
-		uint64_t bend = bstart + block_raw(c, s, b);
-		uint64_t to = end < bend ? end : bend;
-		rd->iov[b - n0].iov_base = s->bdata[b] + (pos - bstart);
-		rd->iov[b - n0].iov_len = (size_t)(to - pos);
-		pos = to;
-	}
-	rd->niov = niov;
-	rd->bytes = len;
-	rd->slot = s;
-	pthread_mutex_unlock(&c->lock);
-	return 0;
+	return cache_read(c, entry, off, len, 1, rd);
 }
 
 void k2fs_cache_read_end(struct k2fs_cache *c, struct k2fs_read *rd)

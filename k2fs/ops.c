@@ -96,17 +96,42 @@ static fuse_ino_t parent_of(const struct k2fs_node *n)
 	return n->kind == K2FS_NODE_LAYER_DIR ? K2FS_INO_EXPERTS : K2FS_INO_ROOT;
 }
 
+/* What an operation needs its inode to be. */
+enum node_want {
+	NODE_WANT_FILE,
+	NODE_WANT_DIR,
+};
+
+/* The node of ino into *n, which must be a directory for NODE_WANT_DIR and must
+ * not be one for NODE_WANT_FILE. Returns 0, -ENOTDIR or -EISDIR when it is of
+ * the other kind, or the -errno of k2fs_tree_node. */
+static int wanted_node(struct k2fs_fs *fs, fuse_ino_t ino, enum node_want want,
+		       struct k2fs_node *n)
+{
+	int rc = k2fs_tree_node(&fs->tree, ino, n);
+	if (rc == 0 && node_is_dir(n) != (want == NODE_WANT_DIR))
+		rc = want == NODE_WANT_DIR ? -ENOTDIR : -EISDIR;
+	return rc;
+}
+
+/* As wanted_node, for a read of the file or of the directory's entries at
+ * offset off: -EINVAL, after the other checks, when off is negative. */
+static int wanted_node_at(struct k2fs_fs *fs, fuse_ino_t ino, enum node_want want, off_t off,
+			  struct k2fs_node *n)
+{
+	int rc = wanted_node(fs, ino, want, n);
+	if (rc == 0 && off < 0)
+		rc = -EINVAL;
+	return rc;
+}
+
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct k2fs_fs *fs = fs_of(req);
 	struct k2fs_node n;
-	int rc = k2fs_tree_node(&fs->tree, ino, &n);
+	int rc = wanted_node(fs, ino, NODE_WANT_DIR, &n);
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	if (!node_is_dir(&n)) {
-		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	fi->cache_readdir = 1;
@@ -120,17 +145,9 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	(void)fi;
 	struct k2fs_fs *fs = fs_of(req);
 	struct k2fs_node dir;
-	int rc = k2fs_tree_node(&fs->tree, ino, &dir);
+	int rc = wanted_node_at(fs, ino, NODE_WANT_DIR, off, &dir);
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	if (!node_is_dir(&dir)) {
-		fuse_reply_err(req, ENOTDIR);
-		return;
-	}
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	char *buf = malloc(size ? size : 1);
@@ -169,17 +186,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct k2fs_fs *fs = fs_of(req);
 	k2fs_after_init(fs);
 	struct k2fs_node n;
-	int rc = k2fs_tree_node(&fs->tree, ino, &n);
+	int rc = wanted_node(fs, ino, NODE_WANT_FILE, &n);
+	if (rc == 0 && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)))
+		rc = -EROFS;
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	if (node_is_dir(&n)) {
-		fuse_reply_err(req, EISDIR);
-		return;
-	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		fuse_reply_err(req, EROFS);
 		return;
 	}
 	if (fs->cfg.direct_io ||
@@ -226,17 +237,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	(void)fi;
 	struct k2fs_fs *fs = fs_of(req);
 	struct k2fs_node n;
-	int rc = k2fs_tree_node(&fs->tree, ino, &n);
+	int rc = wanted_node_at(fs, ino, NODE_WANT_FILE, off, &n);
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	if (node_is_dir(&n)) {
-		fuse_reply_err(req, EISDIR);
-		return;
-	}
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	if (n.kind != K2FS_NODE_EXPERT) {
@@ -271,26 +274,32 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+/* Replies to getxattr or listxattr with a value of len bytes: its size when the
+ * caller asks for the size (size 0), ERANGE when it does not fit in size bytes,
+ * else the value itself. */
+static void reply_xattr_value(fuse_req_t req, size_t size, const char *val, size_t len)
 {
-	struct k2fs_fs *fs = fs_of(req);
-	struct k2fs_node n;
-	int rc = k2fs_tree_node(&fs->tree, ino, &n);
-	if (rc) {
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	char *val = NULL;
-	size_t len = 0;
-	rc = k2fs_xattr_get(fs, &n, name, &val, &len);
-	if (rc)
-		fuse_reply_err(req, -rc);
-	else if (size == 0)
+	if (size == 0)
 		fuse_reply_xattr(req, len);
 	else if (size < len)
 		fuse_reply_err(req, ERANGE);
 	else
 		fuse_reply_buf(req, val, len);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct k2fs_fs *fs = fs_of(req);
+	struct k2fs_node n;
+	char *val = NULL;
+	size_t len = 0;
+	int rc = k2fs_tree_node(&fs->tree, ino, &n);
+	if (rc == 0)
+		rc = k2fs_xattr_get(fs, &n, name, &val, &len);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		reply_xattr_value(req, size, val, len);
 	free(val);
 }
 
@@ -298,21 +307,13 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct k2fs_fs *fs = fs_of(req);
 	struct k2fs_node n;
-	int rc = k2fs_tree_node(&fs->tree, ino, &n);
-	if (rc) {
-		fuse_reply_err(req, -rc);
-		return;
-	}
 	char buf[512];
-	long len = k2fs_xattr_list(fs, &n, buf, sizeof(buf));
+	int rc = k2fs_tree_node(&fs->tree, ino, &n);
+	long len = rc ? rc : k2fs_xattr_list(fs, &n, buf, sizeof(buf));
 	if (len < 0)
 		fuse_reply_err(req, (int)-len);
-	else if (size == 0)
-		fuse_reply_xattr(req, (size_t)len);
-	else if (size < (size_t)len)
-		fuse_reply_err(req, ERANGE);
 	else
-		fuse_reply_buf(req, buf, (size_t)len);
+		reply_xattr_value(req, size, buf, (size_t)len);
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,

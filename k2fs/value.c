@@ -119,16 +119,24 @@ static size_t count_items(const char *v, size_t n)
 	return k;
 }
 
-int k2fs_value_parse_list(const char *v, size_t n, uint32_t **out, size_t *count)
+/* Reads one item of a list at v[*i] into *item, advancing *i; returns 0 or
+ * -EINVAL. */
+typedef int (*parse_item_fn)(const char *v, size_t n, size_t *i, void *item);
+
+/* Parses a non-empty comma-separated list of items of item_size bytes each,
+ * with no spaces. Returns 0 with *out a malloc'd array of *count items (owned
+ * by the caller), -EINVAL (nothing changed) or -ENOMEM. */
+static int parse_items(const char *v, size_t n, size_t item_size, parse_item_fn parse_item,
+		       void **out, size_t *count)
 {
 	if (!v || n == 0)
 		return -EINVAL;
 	size_t cap = count_items(v, n), k = 0, i = 0;
-	uint32_t *a = malloc(cap * sizeof(*a));
+	char *a = malloc(cap * item_size);
 	if (!a)
 		return -ENOMEM;
 	for (;;) {
-		if (parse_index(v, n, &i, &a[k]))
+		if (parse_item(v, n, &i, a + k * item_size))
 			goto bad;
 		k++;
 		if (i == n)
@@ -145,35 +153,40 @@ bad:
 	return -EINVAL;
 }
 
+/* An item of k2fs_value_parse_list: an index. */
+static int parse_index_item(const char *v, size_t n, size_t *i, void *item)
+{
+	return parse_index(v, n, i, item);
+}
+
+/* An item of k2fs_value_parse_pairs: layer/expert. */
+static int parse_ref_item(const char *v, size_t n, size_t *i, void *item)
+{
+	struct k2fs_ref *ref = item;
+	if (parse_index(v, n, i, &ref->layer))
+		return -EINVAL;
+	if (*i == n || v[*i] != '/')
+		return -EINVAL;
+	(*i)++;
+	return parse_index(v, n, i, &ref->expert);
+}
+
+int k2fs_value_parse_list(const char *v, size_t n, uint32_t **out, size_t *count)
+{
+	void *a;
+	int rc = parse_items(v, n, sizeof(**out), parse_index_item, &a, count);
+	if (rc == 0)
+		*out = a;
+	return rc;
+}
+
 int k2fs_value_parse_pairs(const char *v, size_t n, struct k2fs_ref **out, size_t *count)
 {
-	if (!v || n == 0)
-		return -EINVAL;
-	size_t cap = count_items(v, n), k = 0, i = 0;
-	struct k2fs_ref *a = malloc(cap * sizeof(*a));
-	if (!a)
-		return -ENOMEM;
-	for (;;) {
-		if (parse_index(v, n, &i, &a[k].layer))
-			goto bad;
-		if (i == n || v[i] != '/')
-			goto bad;
-		i++;
-		if (parse_index(v, n, &i, &a[k].expert))
-			goto bad;
-		k++;
-		if (i == n)
-			break;
-		if (v[i] != ',')
-			goto bad;
-		i++;
-	}
-	*out = a;
-	*count = k;
-	return 0;
-bad:
-	free(a);
-	return -EINVAL;
+	void *a;
+	int rc = parse_items(v, n, sizeof(**out), parse_ref_item, &a, count);
+	if (rc == 0)
+		*out = a;
+	return rc;
 }
 
 const char *k2fs_value_format_size(uint64_t v, char *buf, size_t n)
