@@ -11,35 +11,18 @@
 # only the checksum catches the damage). Exits 77 when /dev/fuse is unusable.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-: "${K2_BIN:=$here/../bin}" "${K2_FIXTURES:=$here/../../shared/fixtures}"
-: "${K2_TESTPROGS:=$here/../build/tests/prog}"
-client="$K2_TESTPROGS/prog_k2fs_client"
-
-if ! [ -c /dev/fuse ] || ! [ -r /dev/fuse ] || ! [ -w /dev/fuse ] ||
-   ! command -v fusermount3 >/dev/null 2>&1 || ! command -v mountpoint >/dev/null 2>&1; then
-	echo "it_k2fs_fault: skipped: /dev/fuse, fusermount3 or mountpoint is not usable here"
-	exit 77
-fi
-for p in "$K2_BIN/k2fs" "$K2_BIN/k2pack" "$K2_BIN/k2inspect" "$client"; do
-	[ -x "$p" ] || { echo "it_k2fs_fault: FAIL: $p is not built"; exit 1; }
-done
-
-T=$(mktemp -d /tmp/it_k2fs_fault.XXXXXX)
-pid=""
-cleanup() {
-	mountpoint -q "$T/mnt" 2>/dev/null && { fusermount3 -u "$T/mnt" 2>/dev/null || umount -l "$T/mnt"; }
-	[ -n "$pid" ] && kill "$pid" 2>/dev/null
-	rm -rf "$T"
-}
-trap cleanup EXIT INT TERM
+name=it_k2fs_fault
+. "$here/k2fs_helpers.sh"
+require_fuse
+require_built "$K2_BIN/k2fs" "$K2_BIN/k2pack" "$K2_BIN/k2inspect" "$client"
+make_scratch
 fails=0
 fail() { echo "it_k2fs_fault: FAIL: $*"; fails=$((fails + 1)); }
 ok() { echo "it_k2fs_fault: ok: $*"; }
 
 victim=experts/002/011
 for codec in zstd none; do
-	"$K2_BIN/k2pack" "$K2_FIXTURES/k2-tiny-bf16/model" "$T/good.k2" --experts keep \
-		--block-size 16K --codec $codec >/dev/null 2>&1 || { fail "k2pack"; exit 1; }
+	pack_fixture "$T/good.k2" $codec || { fail "k2pack"; exit 1; }
 	cp "$T/good.k2" "$T/bad.k2"
 	set -- $("$client" where "$T/good.k2" $victim 2)
 	off=$1 stored=$2
@@ -49,15 +32,7 @@ for codec in zstd none; do
 		dd of="$T/bad.k2" bs=1 seek=$at conv=notrunc 2>/dev/null
 	cmp -s "$T/good.k2" "$T/bad.k2" && { fail "$codec: the byte did not flip"; continue; }
 
-	mkdir -p "$T/mnt"
-	"$K2_BIN/k2fs" "$T/bad.k2" "$T/mnt" -f -o cache=64M 2>"$T/log" &
-	pid=$!
-	i=0
-	while ! mountpoint -q "$T/mnt"; do
-		i=$((i + 1))
-		[ $i -gt 100 ] && { fail "$codec: no mount"; cat "$T/log"; exit 1; }
-		sleep 0.1
-	done
+	start_k2fs "$T/bad.k2" cache=64M || { fail "$codec: no mount"; cat "$T/log"; exit 1; }
 	if cat "$T/mnt/$victim" >/dev/null 2>"$T/cat.err"; then
 		fail "$codec: reading the damaged expert succeeded"
 	else
@@ -83,10 +58,8 @@ for codec in zstd none; do
 	lines=$(grep -c "pack offset $off" "$T/log")
 	[ "$lines" -eq 1 ] && ok "$codec: one log line: $(grep "pack offset" "$T/log")" ||
 		fail "$codec: expected one log line naming pack offset $off, log: $(cat "$T/log")"
-	fusermount3 -u "$T/mnt"
-	wait $pid
+	stop_k2fs
 	rc=$?
-	pid=""
 	[ $rc -eq 0 ] && ok "$codec: clean unmount" || fail "$codec: k2fs exit $rc"
 done
 

@@ -14,41 +14,17 @@
 # is unusable.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-: "${K2_BIN:=$here/../bin}" "${K2_FIXTURES:=$here/../../shared/fixtures}"
-: "${K2_TESTPROGS:=$here/../build/tests/prog}"
-client="$K2_TESTPROGS/prog_k2fs_client"
-
-if ! [ -c /dev/fuse ] || ! [ -r /dev/fuse ] || ! [ -w /dev/fuse ] ||
-   ! command -v fusermount3 >/dev/null 2>&1 || ! command -v mountpoint >/dev/null 2>&1; then
-	echo "it_k2fs_stress: skipped: /dev/fuse, fusermount3 or mountpoint is not usable here"
-	exit 77
-fi
-for p in "$K2_BIN/k2fs" "$K2_BIN/k2pack" "$client"; do
-	[ -x "$p" ] || { echo "it_k2fs_stress: FAIL: $p is not built"; exit 1; }
-done
-
-T=$(mktemp -d /tmp/it_k2fs_stress.XXXXXX)
-pid=""
-cleanup() {
-	mountpoint -q "$T/mnt" 2>/dev/null && { fusermount3 -u "$T/mnt" 2>/dev/null || umount -l "$T/mnt"; }
-	[ -n "$pid" ] && kill "$pid" 2>/dev/null
-	rm -rf "$T"
-}
-trap cleanup EXIT INT TERM
+name=it_k2fs_stress
+. "$here/k2fs_helpers.sh"
+require_fuse
+require_built "$K2_BIN/k2fs" "$K2_BIN/k2pack" "$client"
+make_scratch
 fails=0
 
 run() { # CODEC SECONDS [k2fs options]
-	"$K2_BIN/k2pack" "$K2_FIXTURES/k2-tiny-bf16/model" "$T/p.k2" --experts keep \
-		--block-size 16K --codec "$1" >/dev/null 2>&1 || { echo "it_k2fs_stress: FAIL: k2pack"; exit 1; }
-	mkdir -p "$T/mnt"
-	"$K2_BIN/k2fs" "$T/p.k2" "$T/mnt" -f -o cache=64M${3:+,$3} 2>"$T/log" &
-	pid=$!
-	i=0
-	while ! mountpoint -q "$T/mnt"; do
-		i=$((i + 1))
-		[ $i -gt 100 ] && { echo "it_k2fs_stress: FAIL: no mount"; cat "$T/log"; exit 1; }
-		sleep 0.1
-	done
+	pack_fixture "$T/p.k2" "$1" || { echo "it_k2fs_stress: FAIL: k2pack"; exit 1; }
+	start_k2fs "$T/p.k2" "cache=64M${3:+,$3}" ||
+		{ echo "it_k2fs_stress: FAIL: no mount"; cat "$T/log"; exit 1; }
 	if "$client" stress "$T/p.k2" "$T/mnt" --seconds "$2" --threads 8; then
 		echo "it_k2fs_stress: ok: codec $1, $2 s ${3:-}"
 	else
@@ -56,10 +32,8 @@ run() { # CODEC SECONDS [k2fs options]
 		fails=$((fails + 1))
 	fi
 	kill -0 $pid 2>/dev/null || { echo "it_k2fs_stress: FAIL: the daemon died"; fails=$((fails + 1)); }
-	fusermount3 -u "$T/mnt"
-	wait $pid
+	stop_k2fs
 	rc=$?
-	pid=""
 	[ $rc -eq 0 ] || { echo "it_k2fs_stress: FAIL: k2fs exit $rc"; fails=$((fails + 1)); }
 	[ -s "$T/log" ] && { echo "it_k2fs_stress: FAIL: k2fs logged:"; cat "$T/log"; fails=$((fails + 1)); }
 }
