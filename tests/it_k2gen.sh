@@ -35,6 +35,31 @@ same_expert() {
 		"$K2_BIN/k2inspect" "$2" --extract "$3" "$T/eb" >/dev/null 2>&1 &&
 		cmp -s "$T/ea" "$T/eb"
 }
+# interrupt TOOL PID SIG DIR: TOOL, running as PID with its stderr in $T/err,
+# writes into DIR; sends it SIG once its temporary files there pass 20 MB (or
+# after 30 s, or at once when it has exited), then passes when TOOL failed and
+# DIR is empty or absent.
+interrupt() {
+	pids="$pids $2"
+	i=0
+	while [ $i -lt 300 ]; do
+		s=$(cat "$4"/*.tmp-* 2>/dev/null | wc -c)
+		[ "$s" -gt 20000000 ] && break
+		kill -0 "$2" 2>/dev/null || break
+		sleep 0.1
+		i=$((i + 1))
+	done
+	kill -"$3" "$2" 2>/dev/null
+	wait "$2"
+	rc=$?
+	if [ "$rc" -eq 0 ]; then
+		fail "$1 finished before SIG$3 could interrupt it"
+	elif [ -n "$(ls -A "$4" 2>/dev/null)" ]; then
+		fail "interrupted $1 left: $(ls -A "$4")"
+	else
+		ok "SIG$3 during $1 (status $rc) leaves nothing: $(cat "$T/err")"
+	fi
+}
 
 # --- determinism and sharding
 gen --preset tiny --seed 7 --shard-size 4M "$T/a" &&
@@ -125,52 +150,14 @@ if gen --preset k2 --layers 2 --experts 16 --set vocab_size=2048 "$K"; then
 	# --- SIGTERM in the middle of k2pack: no pack, no temporary file
 	mkdir -p "$T/int"
 	"$K2_BIN/k2pack" "$K" "$T/int/x.k2" --threads 1 >/dev/null 2>"$T/err" &
-	pid=$!
-	pids="$pids $pid"
-	i=0
-	while [ $i -lt 300 ]; do
-		s=$(cat "$T"/int/x.k2.tmp-* 2>/dev/null | wc -c)
-		[ "$s" -gt 20000000 ] && break
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-		i=$((i + 1))
-	done
-	kill -TERM "$pid" 2>/dev/null
-	wait "$pid"
-	rc=$?
-	if [ "$rc" -eq 0 ]; then
-		fail "k2pack finished before SIGTERM could interrupt it"
-	elif [ -n "$(ls -A "$T/int")" ]; then
-		fail "interrupted k2pack left: $(ls -A "$T/int")"
-	else
-		ok "SIGTERM during k2pack (status $rc) leaves nothing: $(cat "$T/err")"
-	fi
+	interrupt k2pack $! TERM "$T/int"
 	rm -rf "$K" "$T/k2.k2"
 fi
 
 # --- SIGINT in the middle of k2gen: no checkpoint file, no temporary file
 "$K2_BIN/k2gen" --preset k2 --layers 2 --experts 16 --set vocab_size=2048 --threads 1 "$T/gi" \
 	>/dev/null 2>"$T/err" &
-pid=$!
-pids="$pids $pid"
-i=0
-while [ $i -lt 300 ]; do
-	s=$(cat "$T"/gi/*.tmp-* 2>/dev/null | wc -c)
-	[ "$s" -gt 20000000 ] && break
-	kill -0 "$pid" 2>/dev/null || break
-	sleep 0.1
-	i=$((i + 1))
-done
-kill -INT "$pid" 2>/dev/null
-wait "$pid"
-rc=$?
-if [ "$rc" -eq 0 ]; then
-	fail "k2gen finished before SIGINT could interrupt it"
-elif [ -n "$(ls -A "$T/gi" 2>/dev/null)" ]; then
-	fail "interrupted k2gen left: $(ls -A "$T/gi")"
-else
-	ok "SIGINT during k2gen (status $rc) leaves nothing: $(cat "$T/err")"
-fi
+interrupt k2gen $! INT "$T/gi"
 
 if [ "$fails" -ne 0 ]; then
 	echo "it_k2gen: $fails failure(s)"
