@@ -34,24 +34,43 @@ static const char *json_type_name(const json_t *v)
 	return "?";
 }
 
+/* A mask of JSON types, for check_key. */
+#define JSON_TYPES(t) (1u << (t))
+
+/* Checks v, the value of key `key` (NULL when absent; messages name it
+ * `prefix``key`). Returns 1 when it is present with one of `types` (a
+ * JSON_TYPES mask), 0 when it is absent or null and not required (the caller
+ * takes its default), or -EINVAL naming the key when it is required but
+ * missing, or of another type (`expected` names the type wanted: "an
+ * integer"). */
+static int check_key(const struct cfg_ctx *c, const json_t *v, const char *prefix,
+		     const char *key, int required, unsigned types, const char *expected)
+{
+	if (!v || json_is_null(v)) {
+		if (required)
+			return k2_err_set(c->err, -EINVAL, "%s: required key '%s%s' missing",
+					  c->what, prefix, key);
+		return 0;
+	}
+	if (!(types & JSON_TYPES(json_typeof(v))))
+		return k2_err_set(c->err, -EINVAL,
+				  "%s: key '%s%s' has the wrong type (%s, expected %s)", c->what,
+				  prefix, key, json_type_name(v), expected);
+	return 1;
+}
+
 /* Reads integer key `key` of `obj` into *out, within [lo, hi]. When the key is
- * absent (or null and null_ok) *out = def, unless required. Returns 0 or -EINVAL. */
+ * absent or null *out = def, unless required. Returns 0 or -EINVAL. */
 static int get_u32(const struct cfg_ctx *c, const json_t *obj, const char *prefix,
 		   const char *key, int required, uint32_t def, uint32_t lo, uint32_t hi,
 		   uint32_t *out)
 {
 	const json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
-		if (required)
-			return k2_err_set(c->err, -EINVAL, "%s: required key '%s%s' missing",
-					  c->what, prefix, key);
+	int rc = check_key(c, v, prefix, key, required, JSON_TYPES(JSON_INTEGER), "an integer");
+	if (rc == 0)
 		*out = def;
-		return 0;
-	}
-	if (!json_is_integer(v))
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key '%s%s' has the wrong type (%s, expected an integer)",
-				  c->what, prefix, key, json_type_name(v));
+	if (rc <= 0)
+		return rc;
 	json_int_t x = json_integer_value(v);
 	if (x < (json_int_t)lo || x > (json_int_t)hi)
 		return k2_err_set(c->err, -EINVAL, "%s: key '%s%s' = %lld is out of range (%u … %u)",
@@ -67,17 +86,12 @@ static int get_f32(const struct cfg_ctx *c, const json_t *obj, const char *prefi
 		   double hi, float *out)
 {
 	const json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
-		if (required)
-			return k2_err_set(c->err, -EINVAL, "%s: required key '%s%s' missing",
-					  c->what, prefix, key);
+	int rc = check_key(c, v, prefix, key, required,
+			   JSON_TYPES(JSON_INTEGER) | JSON_TYPES(JSON_REAL), "a number");
+	if (rc == 0)
 		*out = def;
-		return 0;
-	}
-	if (!json_is_number(v))
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key '%s%s' has the wrong type (%s, expected a number)",
-				  c->what, prefix, key, json_type_name(v));
+	if (rc <= 0)
+		return rc;
 	double x = json_number_value(v);
 	if (!isfinite(x) || (lo_open ? x <= lo : x < lo) || x > hi)
 		return k2_err_set(c->err, -EINVAL, "%s: key '%s%s' = %g is out of range (%s%g … %g)",
@@ -90,14 +104,12 @@ static int get_bool(const struct cfg_ctx *c, const json_t *obj, const char *key,
 		    int *out)
 {
 	const json_t *v = json_object_get(obj, key);
-	if (!v || json_is_null(v)) {
+	int rc = check_key(c, v, "", key, 0, JSON_TYPES(JSON_TRUE) | JSON_TYPES(JSON_FALSE),
+			   "a boolean");
+	if (rc == 0)
 		*out = def;
-		return 0;
-	}
-	if (!json_is_boolean(v))
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key '%s' has the wrong type (%s, expected a boolean)", c->what,
-				  key, json_type_name(v));
+	if (rc <= 0)
+		return rc;
 	*out = json_is_true(v);
 	return 0;
 }
@@ -107,14 +119,10 @@ static int get_enum(const struct cfg_ctx *c, const json_t *obj, const char *key,
 		    const char *def, const char *const *allowed, char *out, size_t cap)
 {
 	const json_t *v = json_object_get(obj, key);
-	const char *s = def;
-	if (v && !json_is_null(v)) {
-		if (!json_is_string(v))
-			return k2_err_set(c->err, -EINVAL,
-					  "%s: key '%s' has the wrong type (%s, expected a string)",
-					  c->what, key, json_type_name(v));
-		s = json_string_value(v);
-	}
+	int rc = check_key(c, v, "", key, 0, JSON_TYPES(JSON_STRING), "a string");
+	if (rc < 0)
+		return rc;
+	const char *s = rc ? json_string_value(v) : def;
 	for (const char *const *a = allowed; *a; a++) {
 		if (strcmp(*a, s) == 0) {
 			snprintf(out, cap, "%s", s);
@@ -136,12 +144,9 @@ static int get_token_id(const struct cfg_ctx *c, const json_t *obj, const char *
 			return 0;
 		v = json_array_get(v, 0);
 	}
-	if (!v || json_is_null(v))
-		return 0;
-	if (!json_is_integer(v))
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key '%s' has the wrong type (%s, expected an integer)", c->what,
-				  key, json_type_name(v));
+	int rc = check_key(c, v, "", key, 0, JSON_TYPES(JSON_INTEGER), "an integer");
+	if (rc <= 0)
+		return rc;
 	json_int_t x = json_integer_value(v);
 	if (x < 0 || x > INT32_MAX)
 		return k2_err_set(c->err, -EINVAL, "%s: key '%s' = %lld is out of range", c->what,
@@ -162,13 +167,11 @@ static int parse_rope(const struct cfg_ctx *c, const json_t *root, k2_model_conf
 		if (!rs || json_is_null(rs))
 			return 0;
 	}
-	if (!json_is_object(rs))
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key '%s' has the wrong type (%s, expected an object)", c->what,
-				  key, json_type_name(rs));
+	int rc = check_key(c, rs, "", key, 0, JSON_TYPES(JSON_OBJECT), "an object");
+	if (rc < 0)
+		return rc;
 	char prefix[32];
 	snprintf(prefix, sizeof(prefix), "%s.", key);
-	int rc;
 	if (strcmp(key, "rope_parameters") == 0 && !json_object_get(root, "rope_theta")) {
 		rc = get_f32(c, rs, prefix, "rope_theta", 0, m->rope_theta, 0, 1, 1e12,
 			     &m->rope_theta);
@@ -261,12 +264,10 @@ static int parse_quant(const struct cfg_ctx *c, const json_t *root, k2_model_con
 {
 	m->source_format = K2_FORMAT_BF16;
 	const json_t *q = json_object_get(root, "quantization_config");
-	if (!q || json_is_null(q))
-		return 0;
-	if (!json_is_object(q))
-		return k2_err_set(c->err, -EINVAL,
-				  "%s: key 'quantization_config' has the wrong type (%s, expected an "
-				  "object)", c->what, json_type_name(q));
+	int rc = check_key(c, q, "", "quantization_config", 0, JSON_TYPES(JSON_OBJECT),
+			   "an object");
+	if (rc <= 0)
+		return rc;
 	const json_t *meth = json_object_get(q, "quant_method");
 	if (!json_is_string(meth))
 		return k2_err_set(c->err, -EINVAL,
