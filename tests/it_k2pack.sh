@@ -10,8 +10,9 @@
 #     one line "k2pack: …" naming the file, exit status 1, and leaves neither
 #     OUT nor a temporary file; an OUT that existed before is left untouched.
 set -u
-: "${K2_BIN:?K2_BIN not set}"
-F=${K2_FIXTURES:-$(dirname "$0")/../../shared/fixtures}
+here=$(cd "$(dirname "$0")" && pwd)
+: "${K2_BIN:=$here/../bin}"
+F=${K2_FIXTURES:-$here/../../shared/fixtures}
 [ -d "$F/k2-tiny-bf16/model" ] || { echo "skip: fixtures not found at $F"; exit 77; }
 for p in k2pack k2inspect; do
 	[ -x "$K2_BIN/$p" ] || { echo "FAIL: $K2_BIN/$p missing"; exit 1; }
