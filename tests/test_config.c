@@ -12,16 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *fixtures(void)
-{
-	const char *f = getenv("K2_FIXTURES");
-	return f && *f ? f : "../shared/fixtures";
-}
+#include "test_util.h"
 
 static void load_fixture(const char *name, k2_model_config *c)
 {
 	char path[1024];
-	snprintf(path, sizeof(path), "%s/%s/model/config.json", fixtures(), name);
+	snprintf(path, sizeof(path), "%s/%s/model/config.json", tu_fixtures(), name);
 	k2_err err = {{0}};
 	int rc = k2_config_load(path, c, &err);
 	ck_assert_msg(rc == 0, "%s: %s", path, err.msg);
@@ -272,20 +268,12 @@ END_TEST
 static Suite *config_suite(void)
 {
 	Suite *s = suite_create("config");
-	TCase *tc = tcase_create("config");
-	tcase_add_test(tc, test_fixture_configs);
-	tcase_add_test(tc, test_defaults);
-	tcase_add_test(tc, test_bad_configs);
-	tcase_add_test(tc, test_load_missing_file);
-	suite_add_tcase(s, tc);
+	TU_ADD_TESTS(tu_tcase(s, "config", 0), test_fixture_configs, test_defaults,
+		     test_bad_configs, test_load_missing_file);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(config_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return tu_run_suite(config_suite());
 }

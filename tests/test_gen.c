@@ -17,58 +17,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "gen.h"
 #include "layout.h"
+#include "test_util.h"
 
-static char tmpdir[256];
-
-static const char *fixtures(void)
+/* k2gen's options with their defaults (the tiny preset, in bf16). */
+static k2g_opts default_opts(void)
 {
-	const char *f = getenv("K2_FIXTURES");
-	return f && *f ? f : "../shared/fixtures";
+	k2g_opts o;
+	k2g_opts_default(&o);
+	return o;
 }
 
-/* Unchecked fixture: runs in the parent once per test case, so the directory
- * is removed even when a (forked) test fails. */
-static void setup(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/k2-test-gen-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void rm_tree(const char *dir)
-{
-	DIR *d = opendir(dir);
-	if (!d)
-		return;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		char p[512];
-		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-		struct stat sb;
-		if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-			rm_tree(p);
-		else
-			unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
-static void teardown(void)
-{
-	rm_tree(tmpdir);
-}
-
-/* Generates into tmpdir/name; asserts success. */
+/* Generates into tu_tmpdir/name; asserts success. */
 static void gen_ok(const k2g_opts *o, const char *name, char *out, size_t n)
 {
-	snprintf(out, n, "%s/%s", tmpdir, name);
+	snprintf(out, n, "%s/%s", tu_tmpdir, name);
 	k2_err err = {{0}};
 	k2g_stats st;
 	int rc = k2g_generate(out, o, &st, &err);
@@ -76,26 +41,11 @@ static void gen_ok(const k2g_opts *o, const char *name, char *out, size_t n)
 	ck_assert_uint_gt(st.n_tensors, 0);
 }
 
-static k2st_checkpoint *open_ck(const char *dir)
+/* gen_ok, then opens what it wrote. */
+static k2st_checkpoint *gen_open(const k2g_opts *o, const char *name, char *out, size_t n)
 {
-	k2st_checkpoint *ck = NULL;
-	k2_err err = {{0}};
-	int rc = k2st_open(dir, &ck, &err);
-	ck_assert_msg(rc == 0, "open %s: %s", dir, err.msg);
-	return ck;
-}
-
-static void *read_tensor(const k2st_checkpoint *ck, const char *name, const k2st_tensor **tp)
-{
-	const k2st_tensor *t = k2st_find(ck, name);
-	ck_assert_msg(t != NULL, "tensor %s missing", name);
-	void *buf = malloc(t->bytes ? t->bytes : 1);
-	ck_assert_ptr_nonnull(buf);
-	k2_err err = {{0}};
-	ck_assert_msg(k2st_read(ck, t, buf, &err) == 0, "%s", err.msg);
-	if (tp)
-		*tp = t;
-	return buf;
+	gen_ok(o, name, out, n);
+	return tu_checkpoint_open(out);
 }
 
 /* ---------------------------------------------------------------- fixtures */
@@ -105,13 +55,12 @@ static const uint32_t fx_formats[3] = {K2_FORMAT_BF16, K2_FORMAT_FP8_B128, K2_FO
 
 START_TEST(test_tiny_matches_fixture)
 {
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.format = fx_formats[_i];
 	o.threads = 2;
 	char out[512], fx[512], path[600];
 	gen_ok(&o, "tiny", out, sizeof(out));
-	snprintf(fx, sizeof(fx), "%s/%s/model", fixtures(), fx_names[_i]);
+	tu_fixture_model(fx_names[_i], fx, sizeof(fx));
 
 	/* config.json: the same JSON value as the fixture's */
 	json_error_t je;
@@ -129,7 +78,7 @@ START_TEST(test_tiny_matches_fixture)
 	json_decref(got);
 
 	/* the same tensors: names, dtypes, shapes */
-	k2st_checkpoint *a = open_ck(fx), *b = open_ck(out);
+	k2st_checkpoint *a = tu_checkpoint_open(fx), *b = tu_checkpoint_open(out);
 	ck_assert_uint_eq(k2st_count(a), k2st_count(b));
 	for (size_t i = 0; i < k2st_count(a); i++) {
 		const k2st_tensor *ta = k2st_at(a, i);
@@ -150,22 +99,23 @@ END_TEST
 
 /* ---------------------------------------------------------------- config */
 
-static void parse_cfg(const k2g_opts *o, k2_model_config *c)
+/* The config.json k2gen writes for o, parsed. */
+static k2_model_config config_of(const k2g_opts *o)
 {
 	char *json;
+	k2_model_config c;
 	k2_err err = {{0}};
 	ck_assert_msg(k2g_config_json(o, &json, &err) == 0, "%s", err.msg);
-	ck_assert_msg(k2_config_parse(json, strlen(json), "gen", c, &err) == 0, "%s", err.msg);
+	ck_assert_msg(k2_config_parse(json, strlen(json), "gen", &c, &err) == 0, "%s", err.msg);
 	free(json);
+	return c;
 }
 
 START_TEST(test_k2_preset)
 {
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.preset = "k2";
-	k2_model_config c;
-	parse_cfg(&o, &c);
+	k2_model_config c = config_of(&o);
 	ck_assert_uint_eq(c.vocab_size, 163840);
 	ck_assert_uint_eq(c.hidden_size, 7168);
 	ck_assert_uint_eq(c.intermediate_size, 18432);
@@ -201,8 +151,7 @@ START_TEST(test_k2_preset)
 	o.layers = 2;
 	o.experts = 16;
 	o.format = K2_FORMAT_INT4_G32;
-	k2_model_config d;
-	parse_cfg(&o, &d);
+	k2_model_config d = config_of(&o);
 	ck_assert_uint_eq(d.num_hidden_layers, 2);
 	ck_assert_uint_eq(d.n_routed_experts, 16);
 	ck_assert_uint_eq(d.hidden_size, 7168);
@@ -219,12 +168,10 @@ START_TEST(test_set)
 		"rope_scaling.factor=40", "topk_method=greedy", "norm_topk_prob=false",
 		"vocab_size=4096", "routed_scaling_factor=2.5",
 	};
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.sets = sets;
-	o.n_sets = 9;
-	k2_model_config c;
-	parse_cfg(&o, &c);
+	o.n_sets = sizeof(sets) / sizeof(sets[0]);
+	k2_model_config c = config_of(&o);
 	ck_assert_uint_eq(c.q_lora_rank, 0);
 	ck_assert_uint_eq(c.n_group, 4);
 	ck_assert_uint_eq(c.topk_group, 2);
@@ -260,14 +207,12 @@ END_TEST
 START_TEST(test_q_proj_without_q_lora)
 {
 	static const char *const sets[] = {"q_lora_rank=null", "first_k_dense_replace=2"};
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.sets = sets;
-	o.n_sets = 2;
+	o.n_sets = sizeof(sets) / sizeof(sets[0]);
 	o.layers = 3;
 	char out[512];
-	gen_ok(&o, "noq", out, sizeof(out));
-	k2st_checkpoint *ck = open_ck(out);
+	k2st_checkpoint *ck = gen_open(&o, "noq", out, sizeof(out));
 	const k2st_tensor *t = k2st_find(ck, "model.layers.0.self_attn.q_proj.weight");
 	ck_assert_ptr_nonnull(t);
 	ck_assert_uint_eq(t->shape[0], 4 * (32 + 16));
@@ -310,15 +255,10 @@ static struct moments measure(const float *x, size_t n, double mu, double sigma)
 	return m;
 }
 
+/* The tensor named name as float32: *n elements. */
 static float *tensor_f32(const k2st_checkpoint *ck, const char *name, size_t *n)
 {
-	const k2st_tensor *t;
-	void *raw = read_tensor(ck, name, &t);
-	*n = t->bytes / k2_dtype_size(t->dtype);
-	float *f = malloc(sizeof(float) * *n);
-	ck_assert_int_eq(k2q_to_f32(t->dtype, raw, *n, f), 0);
-	free(raw);
-	return f;
+	return tu_tensor_f32(ck, tu_tensor_find(ck, name), n);
 }
 
 /* n samples: the standard error of a fraction is <= 0.5/sqrt(n); allow 5 of them */
@@ -336,13 +276,11 @@ static void assert_normal(const char *what, const float *x, size_t n, double mu,
 
 START_TEST(test_values)
 {
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.seed = 42;
 	o.threads = 3;
 	char out[512];
-	gen_ok(&o, "v", out, sizeof(out));
-	k2st_checkpoint *ck = open_ck(out);
+	k2st_checkpoint *ck = gen_open(&o, "v", out, sizeof(out));
 	size_t n;
 	float *x = tensor_f32(ck, "model.embed_tokens.weight", &n);
 	ck_assert_uint_eq(n, 1024 * 256);
@@ -362,12 +300,12 @@ START_TEST(test_values)
 	ck_assert_msg(fabs(m.mean) < 0.3 && fabs(m.sd - 1) < 0.2, "norm: mean %g sd %g", m.mean, m.sd);
 	free(x);
 	const k2st_tensor *t;
-	void *b = read_tensor(ck, "model.layers.1.mlp.gate.e_score_correction_bias", &t);
+	void *b = tu_tensor_read_named(ck, "model.layers.1.mlp.gate.e_score_correction_bias", &t);
 	ck_assert_uint_eq(t->dtype, K2_DTYPE_F32);
 	free(b);
 	/* different tensors are different streams */
-	void *p = read_tensor(ck, "model.layers.1.mlp.experts.0.gate_proj.weight", NULL);
-	void *q = read_tensor(ck, "model.layers.1.mlp.experts.0.up_proj.weight", &t);
+	void *p = tu_tensor_read_named(ck, "model.layers.1.mlp.experts.0.gate_proj.weight", NULL);
+	void *q = tu_tensor_read_named(ck, "model.layers.1.mlp.experts.0.up_proj.weight", &t);
 	ck_assert_int_ne(memcmp(p, q, t->bytes), 0);
 	free(p);
 	free(q);
@@ -380,14 +318,7 @@ START_TEST(test_values)
 	char pa[600], pb[600];
 	snprintf(pa, sizeof(pa), "%s/model.safetensors", out);
 	snprintf(pb, sizeof(pb), "%s/model.safetensors", out2);
-	char *da, *db;
-	size_t na, nb;
-	ck_assert_int_eq(k2_read_file(pa, &da, &na, NULL), 0);
-	ck_assert_int_eq(k2_read_file(pb, &db, &nb, NULL), 0);
-	ck_assert_uint_eq(na, nb);
-	ck_assert_msg(memcmp(da, db, na) == 0, "seed 42 with 3 and 1 threads differs");
-	free(da);
-	free(db);
+	tu_assert_same_file(pa, pb, "seed 42 with 3 and 1 threads differs");
 }
 END_TEST
 
@@ -395,18 +326,16 @@ END_TEST
  * with the hub's rules. */
 START_TEST(test_quantized_from_bf16)
 {
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.seed = 5;
 	char d16[512], d8[512], d4[512];
-	gen_ok(&o, "b", d16, sizeof(d16));
+	k2st_checkpoint *c16 = gen_open(&o, "b", d16, sizeof(d16));
 	o.format = K2_FORMAT_FP8_B128;
 	o.shard_bytes = 3u << 20; /* sharded, with an index */
-	gen_ok(&o, "f", d8, sizeof(d8));
+	k2st_checkpoint *c8 = gen_open(&o, "f", d8, sizeof(d8));
 	o.format = K2_FORMAT_INT4_G32;
 	o.shard_bytes = 0;
-	gen_ok(&o, "i", d4, sizeof(d4));
-	k2st_checkpoint *c16 = open_ck(d16), *c8 = open_ck(d8), *c4 = open_ck(d4);
+	k2st_checkpoint *c4 = gen_open(&o, "i", d4, sizeof(d4));
 	static const char *const fp8_names[] = {
 		"model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
 		"model.layers.0.mlp.down_proj.weight",
@@ -417,8 +346,8 @@ START_TEST(test_quantized_from_bf16)
 	for (int i = 0; fp8_names[i]; i++) {
 		const k2st_tensor *t;
 		size_t n;
-		float *w = tensor_f32(c16, fp8_names[i], &n);
-		t = k2st_find(c16, fp8_names[i]);
+		t = tu_tensor_find(c16, fp8_names[i]);
+		float *w = tu_tensor_f32(c16, t, &n);
 		uint32_t r = (uint32_t)t->shape[0], c = (uint32_t)t->shape[1];
 		uint8_t *q = malloc(n);
 		float *s = malloc(sizeof(float) * ((r + 127) / 128) * ((c + 127) / 128));
@@ -426,12 +355,12 @@ START_TEST(test_quantized_from_bf16)
 		char sn[300];
 		snprintf(sn, sizeof(sn), "%s_scale_inv", fp8_names[i]);
 		const k2st_tensor *tq, *ts;
-		void *gq = read_tensor(c8, fp8_names[i], &tq), *gs = NULL;
+		void *gq = tu_tensor_read_named(c8, fp8_names[i], &tq), *gs = NULL;
 		if (strcmp(fp8_names[i], "lm_head.weight") == 0) {
 			/* not a *_proj: stays bf16 */
 			ck_assert_uint_eq(tq->dtype, K2_DTYPE_BF16);
 		} else {
-			gs = read_tensor(c8, sn, &ts);
+			gs = tu_tensor_read_named(c8, sn, &ts);
 			ck_assert_uint_eq(tq->dtype, K2_DTYPE_F8_E4M3);
 			ck_assert_msg(memcmp(gq, q, n) == 0, "%s: fp8 weights differ", fp8_names[i]);
 			ck_assert_uint_eq(ts->bytes, sizeof(float) * ((r + 127) / 128) * ((c + 127) / 128));
@@ -456,9 +385,9 @@ START_TEST(test_quantized_from_bf16)
 	uint16_t *sc = malloc(n / 32 * 2);
 	ck_assert_int_eq(k2q_quant_int4_g32(w, 256, 64, packed, sc), 0);
 	const k2st_tensor *tp, *tsc, *tsh;
-	void *gp = read_tensor(c4, "model.layers.2.mlp.experts.9.down_proj.weight_packed", &tp);
-	void *gsc = read_tensor(c4, "model.layers.2.mlp.experts.9.down_proj.weight_scale", &tsc);
-	int32_t *gsh = read_tensor(c4, "model.layers.2.mlp.experts.9.down_proj.weight_shape", &tsh);
+	void *gp = tu_tensor_read_named(c4, "model.layers.2.mlp.experts.9.down_proj.weight_packed", &tp);
+	void *gsc = tu_tensor_read_named(c4, "model.layers.2.mlp.experts.9.down_proj.weight_scale", &tsc);
+	int32_t *gsh = tu_tensor_read_named(c4, "model.layers.2.mlp.experts.9.down_proj.weight_shape", &tsh);
 	ck_assert_uint_eq(tp->bytes, n / 2);
 	ck_assert_int_eq(memcmp(gp, packed, n / 2), 0);
 	ck_assert_uint_eq(tsc->bytes, n / 32 * 2);
@@ -500,11 +429,10 @@ END_TEST
 START_TEST(test_cancel_and_bad_dir)
 {
 	volatile sig_atomic_t flag = 1;
-	k2g_opts o;
-	k2g_opts_default(&o);
+	k2g_opts o = default_opts();
 	o.cancel = &flag;
 	char out[512];
-	snprintf(out, sizeof(out), "%s/c", tmpdir);
+	snprintf(out, sizeof(out), "%s/c", tu_tmpdir);
 	k2_err err = {{0}};
 	ck_assert_int_eq(k2g_generate(out, &o, NULL, &err), -EINTR);
 	DIR *d = opendir(out);
@@ -522,25 +450,15 @@ END_TEST
 static Suite *gen_suite(void)
 {
 	Suite *s = suite_create("gen");
-	TCase *tc = tcase_create("gen");
-	tcase_add_unchecked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 60);
+	TCase *tc = tu_tcase(s, "gen", 60);
+	tcase_add_unchecked_fixture(tc, tu_tmpdir_setup, tu_tmpdir_teardown);
 	tcase_add_loop_test(tc, test_tiny_matches_fixture, 0, 3);
-	tcase_add_test(tc, test_k2_preset);
-	tcase_add_test(tc, test_set);
-	tcase_add_test(tc, test_q_proj_without_q_lora);
-	tcase_add_test(tc, test_values);
-	tcase_add_test(tc, test_quantized_from_bf16);
-	tcase_add_test(tc, test_cancel_and_bad_dir);
-	suite_add_tcase(s, tc);
+	TU_ADD_TESTS(tc, test_k2_preset, test_set, test_q_proj_without_q_lora, test_values,
+		     test_quantized_from_bf16, test_cancel_and_bad_dir);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(gen_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return tu_run_suite(gen_suite());
 }

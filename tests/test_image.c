@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test_util.h"
+
 static uint64_t pad(uint64_t v)
 {
 	return (v + 4095) / 4096 * 4096;
@@ -232,23 +234,15 @@ END_TEST
 static Suite *image_suite(void)
 {
 	Suite *s = suite_create("image");
-	TCase *tc = tcase_create("layout");
-	tcase_add_test(tc, layout_kimi_k2_dims);
-	tcase_add_test(tc, layout_odd_dims);
-	tcase_add_test(tc, layout_rejects);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("header");
+	TU_ADD_TESTS(tu_tcase(s, "layout", 0), layout_kimi_k2_dims, layout_odd_dims,
+		     layout_rejects);
+	TCase *tc = tu_tcase(s, "header", 0);
 	tcase_add_loop_test(tc, header_round_trip, 0, 4);
 	tcase_add_test(tc, header_rejects);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(image_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return tu_run_suite(image_suite());
 }

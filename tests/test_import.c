@@ -20,68 +20,26 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "import.h"
 #include "layout.h"
+#include "test_util.h"
 
 static const char *const fixture_names[3] = {"k2-tiny-bf16", "k2-tiny-fp8", "k2-tiny-int4"};
 static const uint32_t fixture_formats[3] = {K2_FORMAT_BF16, K2_FORMAT_FP8_B128,
 					    K2_FORMAT_INT4_G32};
 static const char *const projs[3] = {"gate_proj", "up_proj", "down_proj"};
 
-static char tmpdir[256];
-
-static const char *fixtures(void)
-{
-	const char *f = getenv("K2_FIXTURES");
-	return f && *f ? f : "../shared/fixtures";
-}
-
 static void model_dir(int fx, char *buf, size_t n)
 {
-	snprintf(buf, n, "%s/%s/model", fixtures(), fixture_names[fx]);
+	tu_fixture_model(fixture_names[fx], buf, n);
 }
 
-/* Unchecked fixture: runs in the parent once per test case, so the directory
- * is removed even when a (forked) test fails. */
-static void setup(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/k2-test-import-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void rm_tree(const char *dir)
-{
-	DIR *d = opendir(dir);
-	if (!d)
-		return;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		char p[512];
-		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-		struct stat sb;
-		if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-			rm_tree(p);
-		else
-			unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
-static void teardown(void)
-{
-	rm_tree(tmpdir);
-}
-
-/* Imports model directory src into tmpdir/name; asserts success. */
+/* Imports model directory src into tu_tmpdir/name; asserts success. */
 static void import_ok(const char *src, const char *name, uint32_t experts, int threads,
 		      char *out, size_t n)
 {
-	snprintf(out, n, "%s/%s", tmpdir, name);
+	snprintf(out, n, "%s/%s", tu_tmpdir, name);
 	k2i_opts o;
 	k2i_opts_default(&o);
 	o.experts = experts;
@@ -93,24 +51,6 @@ static void import_ok(const char *src, const char *name, uint32_t experts, int t
 	ck_assert_uint_gt(st.n_experts, 0);
 }
 
-static k2p_pack *open_pack(const char *path)
-{
-	k2p_pack *p = NULL;
-	k2_err err = {{0}};
-	int rc = k2p_pack_open(path, &p, &err);
-	ck_assert_msg(rc == 0, "open %s: %s", path, err.msg);
-	return p;
-}
-
-static k2st_checkpoint *open_ck(const char *dir)
-{
-	k2st_checkpoint *ck = NULL;
-	k2_err err = {{0}};
-	int rc = k2st_open(dir, &ck, &err);
-	ck_assert_msg(rc == 0, "open %s: %s", dir, err.msg);
-	return ck;
-}
-
 /* Reads an entry's decoded bytes into a malloc'd buffer. */
 static uint8_t *read_entry(const k2p_pack *p, const k2p_entry *e)
 {
@@ -119,20 +59,6 @@ static uint8_t *read_entry(const k2p_pack *p, const k2p_entry *e)
 	k2_err err = {{0}};
 	long r = k2p_entry_read(p, e, 0, buf, e->raw_bytes, &err);
 	ck_assert_msg(r == (long)e->raw_bytes, "read %s: %ld: %s", e->path, r, err.msg);
-	return buf;
-}
-
-static uint8_t *read_tensor(const k2st_checkpoint *ck, const char *name, const k2st_tensor **tp)
-{
-	const k2st_tensor *t = k2st_find(ck, name);
-	ck_assert_msg(t != NULL, "tensor %s missing", name);
-	uint8_t *buf = malloc(t->bytes ? t->bytes : 1);
-	ck_assert_ptr_nonnull(buf);
-	k2_err err = {{0}};
-	int rc = k2st_read(ck, t, buf, &err);
-	ck_assert_msg(rc == 0, "read %s: %s", name, err.msg);
-	if (tp)
-		*tp = t;
 	return buf;
 }
 
@@ -150,14 +76,13 @@ START_TEST(test_keep_dense_and_files)
 	char src[512], out[512], cfg[600];
 	model_dir(_i, src, sizeof(src));
 	import_ok(src, "keep.k2", K2_FORMAT_NONE, 2, out, sizeof(out));
-	k2p_pack *p = open_pack(out);
-	k2st_checkpoint *ck = open_ck(src);
+	k2p_pack *p = tu_pack_open(out);
+	k2st_checkpoint *ck = tu_checkpoint_open(src);
 
 	/* config.json byte for byte */
 	snprintf(cfg, sizeof(cfg), "%s/config.json", src);
-	char *cj;
 	size_t cn;
-	ck_assert_int_eq(k2_read_file(cfg, &cj, &cn, NULL), 0);
+	char *cj = tu_read_file(cfg, &cn);
 	const k2p_entry *ce = k2p_entry_find(p, "config.json");
 	ck_assert_ptr_nonnull(ce);
 	ck_assert_uint_eq(ce->kind, K2P_KIND_FILE);
@@ -186,7 +111,7 @@ START_TEST(test_keep_dense_and_files)
 			ck_assert_uint_eq(e->shape[d], t->shape[d]);
 		ck_assert_uint_eq(e->raw_bytes, t->bytes);
 		uint8_t *a = read_entry(p, e);
-		uint8_t *b = read_tensor(ck, t->name, NULL);
+		uint8_t *b = tu_tensor_read(ck, t);
 		ck_assert_msg(memcmp(a, b, t->bytes) == 0, "%s differs from the source", t->name);
 		free(a);
 		free(b);
@@ -225,8 +150,8 @@ START_TEST(test_keep_experts_exact)
 	char src[512], out[512];
 	model_dir(_i, src, sizeof(src));
 	import_ok(src, "keep.k2", K2_FORMAT_NONE, 3, out, sizeof(out));
-	k2p_pack *p = open_pack(out);
-	k2st_checkpoint *ck = open_ck(src);
+	k2p_pack *p = tu_pack_open(out);
+	k2st_checkpoint *ck = tu_checkpoint_open(src);
 	for (uint32_t l = 1; l <= 3; l++) {
 		for (uint32_t e = 0; e < 32; e++) {
 			const k2p_entry *en = k2p_expert_find(p, l, e);
@@ -249,7 +174,7 @@ START_TEST(test_keep_experts_exact)
 				snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.%s", l,
 					 e, projs[pj], wsuf);
 				const k2st_tensor *t;
-				uint8_t *w = read_tensor(ck, name, &t);
+				uint8_t *w = tu_tensor_read_named(ck, name, &t);
 				ck_assert_uint_eq(lay.sec[2 * pj].bytes, t->bytes);
 				ck_assert_msg(memcmp(img + lay.sec[2 * pj].offset, w, t->bytes) == 0,
 					      "%s differs in expert %u/%u", name, l, e);
@@ -257,7 +182,7 @@ START_TEST(test_keep_experts_exact)
 				if (ssuf) {
 					snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.%s",
 						 l, e, projs[pj], ssuf);
-					uint8_t *s = read_tensor(ck, name, &t);
+					uint8_t *s = tu_tensor_read_named(ck, name, &t);
 					ck_assert_uint_eq(lay.sec[2 * pj + 1].bytes, t->bytes);
 					ck_assert_msg(memcmp(img + lay.sec[2 * pj + 1].offset, s,
 							     t->bytes) == 0,
@@ -284,16 +209,16 @@ START_TEST(test_keep_int4_nibble_order)
 	char src[512], out[512];
 	model_dir(2, src, sizeof(src));
 	import_ok(src, "keep.k2", K2_FORMAT_NONE, 1, out, sizeof(out));
-	k2p_pack *p = open_pack(out);
-	k2st_checkpoint *ck = open_ck(src);
+	k2p_pack *p = tu_pack_open(out);
+	k2st_checkpoint *ck = tu_checkpoint_open(src);
 	const k2p_entry *en = k2p_expert_find(p, 2, 7);
 	ck_assert_ptr_nonnull(en);
 	uint8_t *img = read_entry(p, en);
 	k2x_layout lay;
 	parse_image(img, en->raw_bytes, &lay);
 	const k2st_tensor *tw, *ts;
-	int32_t *words = (int32_t *)read_tensor(ck, "model.layers.2.mlp.experts.7.down_proj.weight_packed", &tw);
-	uint16_t *sc = (uint16_t *)read_tensor(ck, "model.layers.2.mlp.experts.7.down_proj.weight_scale", &ts);
+	int32_t *words = tu_tensor_read_named(ck, "model.layers.2.mlp.experts.7.down_proj.weight_packed", &tw);
+	uint16_t *sc = tu_tensor_read_named(ck, "model.layers.2.mlp.experts.7.down_proj.weight_scale", &ts);
 	uint32_t rows = 256, cols = 64;
 	float *deq = malloc(sizeof(float) * rows * cols);
 	ck_assert_int_eq(k2q_dequant(K2_FORMAT_INT4_G32, img + lay.sec[K2X_DOWN_W].offset,
@@ -325,7 +250,7 @@ static float *source_f32(const k2st_checkpoint *ck, int fx, uint32_t l, uint32_t
 	snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.%s", l, e, projs[pj],
 		 fx == 2 ? "weight_packed" : "weight");
 	const k2st_tensor *t;
-	uint8_t *w = read_tensor(ck, name, &t);
+	uint8_t *w = tu_tensor_read_named(ck, name, &t);
 	float *f = malloc(sizeof(float) * rows * cols);
 	ck_assert_ptr_nonnull(f);
 	if (fx == 0) {
@@ -334,7 +259,7 @@ static float *source_f32(const k2st_checkpoint *ck, int fx, uint32_t l, uint32_t
 		/* compressed-tensors: w = (nibble - 8) × weight_scale, decoded here by hand */
 		snprintf(name, sizeof(name), "model.layers.%u.mlp.experts.%u.%s.weight_scale", l, e,
 			 projs[pj]);
-		const uint16_t *sc = (const uint16_t *)read_tensor(ck, name, NULL);
+		const uint16_t *sc = tu_tensor_read_named(ck, name, NULL);
 		const uint32_t *words = (const uint32_t *)w;
 		for (uint32_t r = 0; r < rows; r++)
 			for (uint32_t c = 0; c < cols; c++) {
@@ -344,7 +269,7 @@ static float *source_f32(const k2st_checkpoint *ck, int fx, uint32_t l, uint32_t
 		free((void *)sc);
 	} else {
 		strcat(name, "_scale_inv");
-		uint8_t *s = read_tensor(ck, name, NULL);
+		uint8_t *s = tu_tensor_read_named(ck, name, NULL);
 		ck_assert_int_eq(k2q_dequant(K2_FORMAT_FP8_B128, w, s, rows, cols, f), 0);
 		free(s);
 	}
@@ -451,8 +376,8 @@ START_TEST(test_convert_bounds)
 	char src[512], out[512];
 	model_dir(cc->fx, src, sizeof(src));
 	import_ok(src, "conv.k2", cc->format, 2, out, sizeof(out));
-	k2p_pack *p = open_pack(out);
-	k2st_checkpoint *ck = open_ck(src);
+	k2p_pack *p = tu_pack_open(out);
+	k2st_checkpoint *ck = tu_checkpoint_open(src);
 	double worst = 0, worst_abs = 0;
 	size_t n = 0;
 	for (size_t i = 0; i < k2p_entry_count(p); i++) {
@@ -489,7 +414,7 @@ END_TEST
 /* Every expert image of pack a equals that of pack b. */
 static void assert_same_experts(const char *pa, const char *pb)
 {
-	k2p_pack *a = open_pack(pa), *b = open_pack(pb);
+	k2p_pack *a = tu_pack_open(pa), *b = tu_pack_open(pb);
 	size_t n = 0;
 	for (size_t i = 0; i < k2p_entry_count(a); i++) {
 		const k2p_entry *ea = k2p_entry_at(a, i);
@@ -516,38 +441,33 @@ static void assert_same_experts(const char *pa, const char *pb)
 	k2p_pack_close(b);
 }
 
+/* Fixture `from` imported with --experts `format` has the expert images of
+ * fixture `to` imported as it is. */
+static void assert_import_reproduces(int from, uint32_t format, int to)
+{
+	char src[512], ref[512], name[64], pa[512], pb[512];
+	model_dir(from, src, sizeof(src));
+	model_dir(to, ref, sizeof(ref));
+	snprintf(name, sizeof(name), "%s-%u.k2", fixture_names[from], format);
+	import_ok(src, name, format, 2, pa, sizeof(pa));
+	snprintf(name, sizeof(name), "%s-keep.k2", fixture_names[to]);
+	import_ok(ref, name, K2_FORMAT_NONE, 2, pb, sizeof(pb));
+	assert_same_experts(pa, pb);
+}
+
 START_TEST(test_int4_reproduces_fixture)
 {
-	char bf[512], i4[512], pa[512], pb[512];
-	model_dir(0, bf, sizeof(bf));
-	model_dir(2, i4, sizeof(i4));
-	import_ok(bf, "bf16-int4.k2", K2_FORMAT_INT4_G32, 2, pa, sizeof(pa));
-	import_ok(i4, "int4-keep.k2", K2_FORMAT_NONE, 2, pb, sizeof(pb));
-	assert_same_experts(pa, pb);
+	assert_import_reproduces(0, K2_FORMAT_INT4_G32, 2);
 	/* --experts int4 of an int4 source keeps it bit-exactly */
-	char pc[512];
-	import_ok(i4, "int4-int4.k2", K2_FORMAT_INT4_G32, 2, pc, sizeof(pc));
-	assert_same_experts(pc, pb);
+	assert_import_reproduces(2, K2_FORMAT_INT4_G32, 2);
 }
 END_TEST
 
 START_TEST(test_fp8_reproduces_fixture)
 {
-	char bf[512], f8[512], pa[512], pb[512];
-	model_dir(0, bf, sizeof(bf));
-	model_dir(1, f8, sizeof(f8));
-	import_ok(bf, "bf16-fp8.k2", K2_FORMAT_FP8_B128, 2, pa, sizeof(pa));
-	import_ok(f8, "fp8-keep.k2", K2_FORMAT_NONE, 2, pb, sizeof(pb));
-	assert_same_experts(pa, pb);
+	assert_import_reproduces(0, K2_FORMAT_FP8_B128, 1);
 }
 END_TEST
-
-static uint8_t *slurp(const char *path, size_t *n)
-{
-	char *d;
-	ck_assert_int_eq(k2_read_file(path, &d, n, NULL), 0);
-	return (uint8_t *)d;
-}
 
 START_TEST(test_threads_same_output)
 {
@@ -557,12 +477,7 @@ START_TEST(test_threads_same_output)
 	import_ok(bf, "t1.k2", K2_FORMAT_INT4_G32, 1, pa, sizeof(pa));
 	import_ok(bf, "t5.k2", K2_FORMAT_INT4_G32, 5, pb, sizeof(pb));
 	unsetenv("SOURCE_DATE_EPOCH");
-	size_t na, nb;
-	uint8_t *a = slurp(pa, &na), *b = slurp(pb, &nb);
-	ck_assert_uint_eq(na, nb);
-	ck_assert_msg(memcmp(a, b, na) == 0, "packs made with 1 and 5 threads differ");
-	free(a);
-	free(b);
+	tu_assert_same_file(pa, pb, "packs made with 1 and 5 threads differ");
 }
 END_TEST
 
@@ -603,11 +518,14 @@ struct tdef {
 	const int32_t *vals; /* I32 contents, or NULL for a pattern */
 };
 
-static void write_checkpoint(const char *dir, const struct tdef *t, int n)
+/* Writes the checkpoint of tensors t[0..n) into tu_tmpdir/name, whose path
+ * goes to dir[dn]. */
+static void write_checkpoint(const char *name, const struct tdef *t, int n, char *dir, size_t dn)
 {
 	char path[600], cfgsrc[600];
+	snprintf(dir, dn, "%s/%s", tu_tmpdir, name);
 	mkdir(dir, 0755);
-	snprintf(cfgsrc, sizeof(cfgsrc), "%s/k2-tiny-bf16/model/config.json", fixtures());
+	snprintf(cfgsrc, sizeof(cfgsrc), "%s/k2-tiny-bf16/model/config.json", tu_fixtures());
 	json_error_t je;
 	json_t *cfg = json_load_file(cfgsrc, 0, &je);
 	ck_assert_ptr_nonnull(cfg);
@@ -642,12 +560,22 @@ static void write_checkpoint(const char *dir, const struct tdef *t, int n)
 	ck_assert_msg(k2st_writer_close(w, &err) == 0, "%s", err.msg);
 }
 
-/* Imports dir, expects failure with a message containing each of want[],
- * and checks that nothing named out* remains in tmpdir. */
+/* Checks that nothing named out.k2* remains in tu_tmpdir. */
+static void assert_no_output_left(void)
+{
+	DIR *d = opendir(tu_tmpdir);
+	struct dirent *de;
+	while ((de = readdir(d)))
+		ck_assert_msg(strncmp(de->d_name, "out.k2", 6) != 0, "%s left behind", de->d_name);
+	closedir(d);
+}
+
+/* Imports dir into tu_tmpdir/out.k2, expects failure with a message
+ * containing each of want[], and checks that no output remains. */
 static void import_fails(const char *dir, uint32_t experts, const char *const *want)
 {
 	char out[600];
-	snprintf(out, sizeof(out), "%s/out.k2", tmpdir);
+	snprintf(out, sizeof(out), "%s/out.k2", tu_tmpdir);
 	k2i_opts o;
 	k2i_opts_default(&o);
 	o.experts = experts;
@@ -659,11 +587,7 @@ static void import_fails(const char *dir, uint32_t experts, const char *const *w
 	for (int i = 0; want[i]; i++)
 		ck_assert_msg(strstr(err.msg, want[i]) != NULL, "message '%s' lacks '%s'", err.msg,
 			      want[i]);
-	DIR *d = opendir(tmpdir);
-	struct dirent *de;
-	while ((de = readdir(d)))
-		ck_assert_msg(strncmp(de->d_name, "out.k2", 6) != 0, "%s left behind", de->d_name);
-	closedir(d);
+	assert_no_output_left();
 }
 
 #define EXP(p, s) "model.layers.1.mlp.experts.0." p "." s
@@ -671,19 +595,18 @@ static void import_fails(const char *dir, uint32_t experts, const char *const *w
 START_TEST(test_small_checkpoint_ok)
 {
 	char dir[600], out[600];
-	snprintf(dir, sizeof(dir), "%s/ok", tmpdir);
 	const struct tdef t[] = {
 		{"model.embed_tokens.weight", K2_DTYPE_BF16, 1024, 256, NULL},
 		{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
 		{EXP("up_proj", "weight"), K2_DTYPE_F32, 64, 256, NULL},
 		{EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL},
 	};
-	write_checkpoint(dir, t, 4);
+	write_checkpoint("ok", t, 4, dir, sizeof(dir));
 	/* an F32 expert cannot be kept, but converts */
 	static const char *const want[] = {EXP("up_proj", "weight"), "F32", "--experts bf16", NULL};
 	import_fails(dir, K2_FORMAT_NONE, want);
 	import_ok(dir, "ok.k2", K2_FORMAT_BF16, 2, out, sizeof(out));
-	k2p_pack *p = open_pack(out);
+	k2p_pack *p = tu_pack_open(out);
 	const k2p_entry *e = k2p_expert_find(p, 1, 0);
 	ck_assert_ptr_nonnull(e);
 	ck_assert_ptr_nonnull(k2p_entry_find(p, "dense/model.embed_tokens.weight"));
@@ -692,70 +615,58 @@ START_TEST(test_small_checkpoint_ok)
 }
 END_TEST
 
-START_TEST(test_bad_shape)
+/* A checkpoint of up to three tensors that the importer refuses. */
+struct bad_case {
+	const char *name;    /* its folder in tu_tmpdir */
+	struct tdef t[3];    /* unused entries: name NULL */
+	uint32_t experts;    /* --experts */
+	const char *want[5]; /* what the message contains; NULL-terminated */
+};
+
+static const struct bad_case bad_cases[] = {
+	{"bad",
+	 {{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
+	  {EXP("up_proj", "weight"), K2_DTYPE_BF16, 64, 128, NULL},
+	  {EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL}},
+	 K2_FORMAT_NONE,
+	 {"model.safetensors", EXP("up_proj", "weight"), "[64, 128]", "expected [64, 256]"}},
+	{"kind",
+	 {{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
+	  {EXP("gate_proj", "bias"), K2_DTYPE_BF16, 64, 0, NULL}},
+	 K2_FORMAT_NONE,
+	 {EXP("gate_proj", "bias"), "unknown kind"}},
+	{"f64",
+	 {{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
+	  {EXP("up_proj", "weight"), K2_DTYPE_F64, 64, 256, NULL},
+	  {EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL}},
+	 K2_FORMAT_INT4_G32,
+	 {EXP("up_proj", "weight"), "unsupported dtype F64"}},
+	{"missing",
+	 {{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
+	  {EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL}},
+	 K2_FORMAT_NONE,
+	 {"missing tensor", EXP("up_proj", "weight")}},
+	{"range",
+	 {{"model.layers.1.mlp.experts.1.gate_proj.weight", K2_DTYPE_BF16, 64, 256, NULL}},
+	 K2_FORMAT_NONE,
+	 {"experts.1.gate_proj", "n_routed_experts 1"}},
+	{"fp8",
+	 {{EXP("gate_proj", "weight"), K2_DTYPE_F8_E4M3, 64, 256, NULL},
+	  {EXP("up_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
+	  {EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL}},
+	 K2_FORMAT_NONE,
+	 {"missing tensor", EXP("gate_proj", "weight_scale_inv")}},
+};
+
+START_TEST(test_bad_checkpoint)
 {
+	const struct bad_case *bc = &bad_cases[_i];
+	int n = 0;
+	while (n < 3 && bc->t[n].name)
+		n++;
 	char dir[600];
-	snprintf(dir, sizeof(dir), "%s/bad", tmpdir);
-	const struct tdef t[] = {
-		{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
-		{EXP("up_proj", "weight"), K2_DTYPE_BF16, 64, 128, NULL},
-		{EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL},
-	};
-	write_checkpoint(dir, t, 3);
-	static const char *const want[] = {"model.safetensors", EXP("up_proj", "weight"),
-					   "[64, 128]", "expected [64, 256]", NULL};
-	import_fails(dir, K2_FORMAT_NONE, want);
-}
-END_TEST
-
-START_TEST(test_bad_kind_dtype_missing)
-{
-	char dir[600];
-	snprintf(dir, sizeof(dir), "%s/kind", tmpdir);
-	const struct tdef a[] = {
-		{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
-		{EXP("gate_proj", "bias"), K2_DTYPE_BF16, 64, 0, NULL},
-	};
-	write_checkpoint(dir, a, 2);
-	static const char *const w1[] = {EXP("gate_proj", "bias"), "unknown kind", NULL};
-	import_fails(dir, K2_FORMAT_NONE, w1);
-
-	snprintf(dir, sizeof(dir), "%s/f64", tmpdir);
-	const struct tdef b[] = {
-		{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
-		{EXP("up_proj", "weight"), K2_DTYPE_F64, 64, 256, NULL},
-		{EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL},
-	};
-	write_checkpoint(dir, b, 3);
-	static const char *const w2[] = {EXP("up_proj", "weight"), "unsupported dtype F64", NULL};
-	import_fails(dir, K2_FORMAT_INT4_G32, w2);
-
-	snprintf(dir, sizeof(dir), "%s/missing", tmpdir);
-	const struct tdef c[] = {
-		{EXP("gate_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
-		{EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL},
-	};
-	write_checkpoint(dir, c, 2);
-	static const char *const w3[] = {"missing tensor", EXP("up_proj", "weight"), NULL};
-	import_fails(dir, K2_FORMAT_NONE, w3);
-
-	snprintf(dir, sizeof(dir), "%s/range", tmpdir);
-	const struct tdef d[] = {
-		{"model.layers.1.mlp.experts.1.gate_proj.weight", K2_DTYPE_BF16, 64, 256, NULL},
-	};
-	write_checkpoint(dir, d, 1);
-	static const char *const w4[] = {"experts.1.gate_proj", "n_routed_experts 1", NULL};
-	import_fails(dir, K2_FORMAT_NONE, w4);
-
-	snprintf(dir, sizeof(dir), "%s/fp8", tmpdir);
-	const struct tdef f[] = {
-		{EXP("gate_proj", "weight"), K2_DTYPE_F8_E4M3, 64, 256, NULL},
-		{EXP("up_proj", "weight"), K2_DTYPE_BF16, 64, 256, NULL},
-		{EXP("down_proj", "weight"), K2_DTYPE_BF16, 256, 64, NULL},
-	};
-	write_checkpoint(dir, f, 3);
-	static const char *const w5[] = {"missing tensor", EXP("gate_proj", "weight_scale_inv"), NULL};
-	import_fails(dir, K2_FORMAT_NONE, w5);
+	write_checkpoint(bc->name, bc->t, n, dir, sizeof(dir));
+	import_fails(dir, bc->experts, bc->want);
 }
 END_TEST
 
@@ -775,8 +686,7 @@ START_TEST(test_bad_int4)
 		{EXP("down_proj", "weight_scale"), K2_DTYPE_BF16, 256, 2, NULL},
 		{EXP("down_proj", "weight_shape"), K2_DTYPE_I32, 2, 0, good_down},
 	};
-	snprintf(dir, sizeof(dir), "%s/i4", tmpdir);
-	write_checkpoint(dir, ok, 9);
+	write_checkpoint("i4", ok, 9, dir, sizeof(dir));
 	static const char *const w1[] = {EXP("up_proj", "weight_shape"), "[64, 255]",
 					 "expected [64, 256]", NULL};
 	import_fails(dir, K2_FORMAT_NONE, w1);
@@ -785,13 +695,11 @@ START_TEST(test_bad_int4)
 	struct tdef fixed[9];
 	memcpy(fixed, ok, sizeof(ok));
 	fixed[5].vals = good_gate;
-	snprintf(dir, sizeof(dir), "%s/i4ok", tmpdir);
-	write_checkpoint(dir, fixed, 9);
+	write_checkpoint("i4ok", fixed, 9, dir, sizeof(dir));
 	import_ok(dir, "i4.k2", K2_FORMAT_NONE, 1, out, sizeof(out));
 
 	fixed[4].c = 4; /* weight_scale [64, 4]: group 64 is not supported */
-	snprintf(dir, sizeof(dir), "%s/i4g", tmpdir);
-	write_checkpoint(dir, fixed, 9);
+	write_checkpoint("i4g", fixed, 9, dir, sizeof(dir));
 	static const char *const w2[] = {EXP("up_proj", "weight_scale"), "[64, 4]",
 					 "expected [64, 8]", NULL};
 	import_fails(dir, K2_FORMAT_NONE, w2);
@@ -802,7 +710,7 @@ START_TEST(test_cancel_leaves_nothing)
 {
 	char src[512], out[600];
 	model_dir(0, src, sizeof(src));
-	snprintf(out, sizeof(out), "%s/out.k2", tmpdir);
+	snprintf(out, sizeof(out), "%s/out.k2", tu_tmpdir);
 	volatile sig_atomic_t flag = 1;
 	k2i_opts o;
 	k2i_opts_default(&o);
@@ -810,50 +718,33 @@ START_TEST(test_cancel_leaves_nothing)
 	k2_err err = {{0}};
 	ck_assert_int_eq(k2i_import(src, out, &o, NULL, &err), -EINTR);
 	ck_assert_ptr_nonnull(strstr(err.msg, "interrupted"));
-	static const char *const none[] = {NULL};
-	(void)none;
-	DIR *d = opendir(tmpdir);
-	struct dirent *de;
-	while ((de = readdir(d)))
-		ck_assert_msg(strncmp(de->d_name, "out.k2", 6) != 0, "%s left behind", de->d_name);
-	closedir(d);
+	assert_no_output_left();
 }
 END_TEST
 
 static Suite *import_suite(void)
 {
 	Suite *s = suite_create("import");
-	TCase *tc = tcase_create("fixtures");
-	tcase_add_unchecked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 120);
+	TCase *tc = tu_tcase(s, "fixtures", 120);
+	tcase_add_unchecked_fixture(tc, tu_tmpdir_setup, tu_tmpdir_teardown);
 	tcase_add_loop_test(tc, test_keep_dense_and_files, 0, 3);
 	tcase_add_loop_test(tc, test_keep_experts_exact, 0, 3);
 	tcase_add_test(tc, test_keep_int4_nibble_order);
 	tcase_add_loop_test(tc, test_convert_bounds, 0,
 			    (int)(sizeof(conv_cases) / sizeof(conv_cases[0])));
-	tcase_add_test(tc, test_int4_reproduces_fixture);
-	tcase_add_test(tc, test_fp8_reproduces_fixture);
-	tcase_add_test(tc, test_threads_same_output);
-	suite_add_tcase(s, tc);
+	TU_ADD_TESTS(tc, test_int4_reproduces_fixture, test_fp8_reproduces_fixture,
+		     test_threads_same_output);
 
-	TCase *tb = tcase_create("bad input");
-	tcase_add_unchecked_fixture(tb, setup, teardown);
-	tcase_set_timeout(tb, 60);
-	tcase_add_test(tb, test_expert_name_parse);
-	tcase_add_test(tb, test_small_checkpoint_ok);
-	tcase_add_test(tb, test_bad_shape);
-	tcase_add_test(tb, test_bad_kind_dtype_missing);
-	tcase_add_test(tb, test_bad_int4);
-	tcase_add_test(tb, test_cancel_leaves_nothing);
-	suite_add_tcase(s, tb);
+	tc = tu_tcase(s, "bad input", 60);
+	tcase_add_unchecked_fixture(tc, tu_tmpdir_setup, tu_tmpdir_teardown);
+	TU_ADD_TESTS(tc, test_expert_name_parse, test_small_checkpoint_ok);
+	tcase_add_loop_test(tc, test_bad_checkpoint, 0,
+			    (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
+	TU_ADD_TESTS(tc, test_bad_int4, test_cancel_leaves_nothing);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(import_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return tu_run_suite(import_suite());
 }

@@ -8,7 +8,6 @@
 
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <dirent.h>
+
+#include "test_util.h"
 
 #define BB 4096u  /* block size of the test packs: small, so entries span blocks */
 
@@ -49,55 +50,6 @@ static uint8_t *compressible_bytes(size_t n)
 	for (size_t i = 0; i < n; i++)
 		p[i] = (uint8_t)(words[(i + i / 997) % (sizeof(words) - 1)]);
 	return p;
-}
-
-static char tmpdir[64];
-
-static void make_tmpdir(void)
-{
-	strcpy(tmpdir, "/tmp/k2test_pack.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void remove_tmpdir(void)
-{
-	DIR *d = opendir(tmpdir);
-	if (!d)
-		return;
-	struct dirent *de;
-	char p[512];
-	while ((de = readdir(d)))
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-			snprintf(p, sizeof(p), "%s/%s", tmpdir, de->d_name);
-			unlink(p);
-		}
-	closedir(d);
-	rmdir(tmpdir);
-}
-
-static char *tmp_path(const char *name)
-{
-	static char p[4][256];
-	static int slot;
-	char *s = p[slot++ & 3];
-	snprintf(s, 256, "%s/%s", tmpdir, name);
-	return s;
-}
-
-static uint8_t *read_whole(const char *path, size_t *n)
-{
-	char *d;
-	k2_err err;
-	ck_assert_msg(k2_read_file(path, &d, n, &err) == 0, "%s", err.msg);
-	return (uint8_t *)d;
-}
-
-static void write_whole(const char *path, const void *d, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(write(fd, d, n), (ssize_t)n);
-	close(fd);
 }
 
 static uint8_t *make_image(uint32_t format, uint32_t hidden, uint32_t inter, uint32_t layer,
@@ -174,12 +126,12 @@ static void std_pack_free(void)
 	memset(std_pack, 0, sizeof(std_pack));
 }
 
-static k2p_pack *open_ok(const char *path)
+/* Checked fixture of the test cases that write packs: each test gets a fresh
+ * tu_tmpdir, and std_pack is freed after it. */
+static void pack_teardown(void)
 {
-	k2p_pack *p;
-	k2_err err;
-	ck_assert_msg(k2p_pack_open(path, &p, &err) == 0, "%s", err.msg);
-	return p;
+	std_pack_free();
+	tu_tmpdir_teardown();
 }
 
 static void open_fails(const char *path, const char *needle)
@@ -292,10 +244,9 @@ START_TEST(pack_round_trip)
 {
 	uint32_t codec = codec_cases[_i].codec;
 	int level = codec_cases[_i].level;
-	make_tmpdir();
-	const char *path = tmp_path("rt.k2");
+	const char *path = tu_tmp_path("rt.k2");
 	std_pack_write(path, codec, level, 1 + _i % 3);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	ck_assert_uint_eq(k2p_entry_count(p), N_STD);
 	ck_assert_uint_eq(k2p_pack_block_bytes(p), BB);
 	for (int i = 0; i < N_STD; i++) {
@@ -359,25 +310,22 @@ START_TEST(pack_round_trip)
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert_uint_eq((uint64_t)st.st_size, k2p_pack_file_bytes(p));
 	k2p_pack_close(p);
-	std_pack_free();
 	/* No temporary file is left next to the pack. */
-	DIR *d = opendir(tmpdir);
+	DIR *d = opendir(tu_tmpdir);
 	struct dirent *de;
 	int files = 0;
 	while ((de = readdir(d)))
 		files += de->d_name[0] != '.';
 	closedir(d);
 	ck_assert_int_eq(files, 1);
-	remove_tmpdir();
 }
 END_TEST
 
 START_TEST(pack_read_ranges)
 {
-	make_tmpdir();
-	const char *path = tmp_path("ranges.k2");
+	const char *path = tu_tmp_path("ranges.k2");
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 2);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	k2_err err;
 	uint8_t *buf = malloc(8 * BB);
 	for (int i = 0; i < N_STD; i++) {
@@ -399,8 +347,6 @@ START_TEST(pack_read_ranges)
 	}
 	free(buf);
 	k2p_pack_close(p);
-	std_pack_free();
-	remove_tmpdir();
 }
 END_TEST
 
@@ -408,8 +354,7 @@ START_TEST(pack_large_entry_many_threads)
 {
 	/* An entry above the writer's copy threshold is borrowed; check it and its
 	 * neighbours anyway, with 256 KiB blocks and 4 threads. */
-	make_tmpdir();
-	const char *path = tmp_path("big.k2");
+	const char *path = tu_tmp_path("big.k2");
 	size_t n = (100u << 20) + 12345;
 	uint8_t *d = compressible_bytes(n);
 	for (size_t i = 0; i < n; i += 4096 * 7)
@@ -426,14 +371,13 @@ START_TEST(pack_large_entry_many_threads)
 	k2p_writer_totals(w, &raw, &stored);
 	ck_assert_uint_eq(raw, n + 200);
 	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	ck_assert_uint_eq(k2p_pack_block_bytes(p), 256u << 10);
 	struct content c[3] = {{"a.txt", d, 100}, {"dense/big", d, n}, {"b.txt", d + 1, 100}};
 	for (int i = 0; i < 3; i++)
 		check_entry_content(p, &c[i]);
 	k2p_pack_close(p);
 	free(d);
-	remove_tmpdir();
 }
 END_TEST
 
@@ -532,7 +476,6 @@ static void stream_pack_write(const char *path, int c, uint8_t *const *d, int st
 
 START_TEST(stream_matches_add_dense)
 {
-	make_tmpdir();
 	setenv("SOURCE_DATE_EPOCH", "1700000000", 1);  /* same header time in both packs */
 	uint8_t *d[N_STREAM];
 	for (size_t i = 0; i < N_STREAM; i++) {
@@ -543,7 +486,7 @@ START_TEST(stream_matches_add_dense)
 			for (uint64_t k = 0; k < (1u << 20); k++)
 				d[i][stream_sizes[i] / 2 + k] = (uint8_t)(rng() >> 24);
 	}
-	const char *ps = tmp_path("streamed.k2"), *pw = tmp_path("whole.k2");
+	const char *ps = tu_tmp_path("streamed.k2"), *pw = tu_tmp_path("whole.k2");
 	int calls[N_STREAM];
 	stream_pack_write(ps, _i, d, 1, calls);
 	stream_pack_write(pw, _i, d, 0, NULL);
@@ -554,14 +497,9 @@ START_TEST(stream_matches_add_dense)
 		ck_assert_int_eq(calls[i], (int)((stream_sizes[i] + part - 1) / part));
 	ck_assert_int_eq(calls[N_STREAM - 1], part == STREAM_PART ? 3 : 2);
 
-	size_t ns, nw;
-	uint8_t *bs = read_whole(ps, &ns), *bw = read_whole(pw, &nw);
-	ck_assert_uint_eq(ns, nw);
-	ck_assert_msg(memcmp(bs, bw, ns) == 0, "streamed pack differs from add_dense's");
-	free(bs);
-	free(bw);
+	tu_assert_same_file(ps, pw, "streamed pack differs from add_dense's");
 
-	k2p_pack *p = open_ok(ps);
+	k2p_pack *p = tu_pack_open(ps);
 	struct content c0 = {"a.txt", d[0], 77}, c1 = {"b.txt", d[1] + 5, 300};
 	check_entry_content(p, &c0);
 	check_entry_content(p, &c1);
@@ -574,13 +512,11 @@ START_TEST(stream_matches_add_dense)
 	k2p_pack_close(p);
 	for (size_t i = 0; i < N_STREAM; i++)
 		free(d[i]);
-	remove_tmpdir();
 }
 END_TEST
 
 START_TEST(stream_read_fails)
 {
-	make_tmpdir();
 	size_t n = 2 * STREAM_PART + 999;
 	uint8_t *d = compressible_bytes(n);
 	uint64_t shape[1] = {n};
@@ -590,7 +526,7 @@ START_TEST(stream_read_fails)
 	k2_err err;
 
 	/* Bad arguments are refused before any read. */
-	const char *path = tmp_path("args.k2");
+	const char *path = tu_tmp_path("args.k2");
 	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
 	struct stream_src src = {.d = d, .n = n, .part = STREAM_PART};
 	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_BF16, 1, shape, n,
@@ -606,12 +542,12 @@ START_TEST(stream_read_fails)
 	ck_assert_int_eq(k2p_writer_add_dense_from(w, "dup", K2_DTYPE_U8, 1, one, 10,
 						   stream_read, &src, &err), -EEXIST);
 	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	ck_assert_uint_eq(k2p_entry_count(p), 2);
 	k2p_pack_close(p);
 
 	/* The first read fails: nothing was registered, the writer goes on. */
-	path = tmp_path("first.k2");
+	path = tu_tmp_path("first.k2");
 	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
 	ck_assert_int_eq(k2p_writer_add_file(w, "x.txt", d, 10, &err), 0);
 	src = (struct stream_src){.d = d, .n = n, .part = STREAM_PART, .fail_call = 1};
@@ -620,16 +556,16 @@ START_TEST(stream_read_fails)
 	ck_assert_msg(strstr(err.msg, "disk on fire at 0"), "%s", err.msg);
 	ck_assert_int_eq(k2p_writer_add_file(w, "y.txt", d, 20, &err), 0);
 	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
-	p = open_ok(path);
+	p = tu_pack_open(path);
 	ck_assert_uint_eq(k2p_entry_count(p), 2);
 	ck_assert_ptr_null(k2p_entry_find(p, "dense/t"));
 	struct content cy = {"y.txt", d, 20};
 	check_entry_content(p, &cy);
 	k2p_pack_close(p);
-	ck_assert_uint_eq(count_dir_entries(tmpdir), 2);
+	ck_assert_uint_eq(count_dir_entries(tu_tmpdir), 2);
 
 	/* A later read fails: the writer is failed; finish reports it, leaves no file. */
-	path = tmp_path("later.k2");
+	path = tu_tmp_path("later.k2");
 	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
 	src = (struct stream_src){.d = d, .n = n, .part = STREAM_PART, .fail_call = 3};
 	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_U8, 1, shape, n,
@@ -640,22 +576,21 @@ START_TEST(stream_read_fails)
 	ck_assert_int_eq(k2p_writer_finish(w, &err), -EIO);
 	ck_assert_msg(strstr(err.msg, "disk on fire"), "%s", err.msg);
 	ck_assert_int_eq(access(path, F_OK), -1);
-	ck_assert_uint_eq(count_dir_entries(tmpdir), 2);
+	ck_assert_uint_eq(count_dir_entries(tu_tmpdir), 2);
 
 	/* Same, then abort: no file, no temp file. */
-	path = tmp_path("aborted.k2");
+	path = tu_tmp_path("aborted.k2");
 	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
 	ck_assert_int_eq(k2p_writer_add_file(w, "x.txt", d, 10, &err), 0);
 	src = (struct stream_src){.d = d, .n = n, .part = STREAM_PART, .fail_call = 2};
 	ck_assert_int_eq(k2p_writer_add_dense_from(w, "t", K2_DTYPE_U8, 1, shape, n,
 						   stream_read, &src, &err), -EIO);
 	ck_assert_msg(strstr(err.msg, "disk on fire at 33554432"), "%s", err.msg);
-	ck_assert_uint_eq(count_dir_entries(tmpdir), 3);  /* the temp file */
+	ck_assert_uint_eq(count_dir_entries(tu_tmpdir), 3);  /* the temp file */
 	k2p_writer_abort(w);
 	ck_assert_int_eq(access(path, F_OK), -1);
-	ck_assert_uint_eq(count_dir_entries(tmpdir), 2);
+	ck_assert_uint_eq(count_dir_entries(tu_tmpdir), 2);
 	free(d);
-	remove_tmpdir();
 }
 END_TEST
 
@@ -663,8 +598,7 @@ END_TEST
 
 START_TEST(writer_rejects)
 {
-	make_tmpdir();
-	const char *path = tmp_path("w.k2");
+	const char *path = tu_tmp_path("w.k2");
 	k2p_writer *w;
 	k2_err err;
 	k2p_writer_opts bad = {.block_bytes = 5000};
@@ -702,7 +636,7 @@ START_TEST(writer_rejects)
 	k2p_writer_abort(w);
 	k2p_writer_abort(NULL);
 	ck_assert_int_ne(access(path, F_OK), 0);
-	DIR *dir = opendir(tmpdir);
+	DIR *dir = opendir(tu_tmpdir);
 	struct dirent *de;
 	while ((de = readdir(dir)))
 		ck_assert_msg(de->d_name[0] == '.', "left behind: %s", de->d_name);
@@ -710,7 +644,7 @@ START_TEST(writer_rejects)
 	/* An empty pack is valid. */
 	ck_assert_int_eq(k2p_writer_create(path, &o, &w, &err), 0);
 	ck_assert_int_eq(k2p_writer_finish(w, &err), 0);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	ck_assert_uint_eq(k2p_entry_count(p), 0);
 	uint32_t first = 7;
 	ck_assert_uint_eq(k2p_expert_layers(p, &first), 0);
@@ -719,7 +653,6 @@ START_TEST(writer_rejects)
 	/* A writer into a missing folder fails with its name. */
 	ck_assert_int_lt(k2p_writer_create("/nonexistent-dir/x.k2", &o, &w, &err), 0);
 	ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent-dir/x.k2"));
-	remove_tmpdir();
 }
 END_TEST
 
@@ -727,8 +660,7 @@ END_TEST
 
 START_TEST(truncated_pack)
 {
-	make_tmpdir();
-	const char *path = tmp_path("t.k2");
+	const char *path = tu_tmp_path("t.k2");
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
 	struct stat st;
 	ck_assert_int_eq(stat(path, &st), 0);
@@ -755,34 +687,31 @@ START_TEST(truncated_pack)
 	ck_assert_int_eq(truncate(path, st.st_size + 4096), 0);
 	open_fails(path, "trailing");
 	/* Not a regular file: refused without blocking on a FIFO. */
-	const char *fifo = tmp_path("fifo");
+	const char *fifo = tu_tmp_path("fifo");
 	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
 	open_fails(fifo, "not a regular file");
-	open_fails(tmpdir, "not a regular file");
-	open_fails(tmp_path("missing.k2"), "cannot open");
-	std_pack_free();
-	remove_tmpdir();
+	open_fails(tu_tmpdir, "not a regular file");
+	open_fails(tu_tmp_path("missing.k2"), "cannot open");
 }
 END_TEST
 
 START_TEST(flipped_block_byte)
 {
-	make_tmpdir();
-	const char *path = tmp_path("f.k2");
+	const char *path = tu_tmp_path("f.k2");
 	std_pack_write(path, _i ? K2_CODEC_LZ4 : K2_CODEC_ZSTD, 0, 2);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	/* Damage block 2 of dense/large.weight. */
 	const k2p_entry *e = k2p_entry_find(p, "dense/large.weight");
 	const k2p_block *b = k2p_entry_block(p, e, 2);
 	uint64_t at = b->offset + b->stored_bytes / 2;
 	k2p_pack_close(p);
 	size_t n;
-	uint8_t *d = read_whole(path, &n);
+	uint8_t *d = tu_read_file(path, &n);
 	d[at] ^= 0x10;
-	write_whole(path, d, n);
+	tu_write_file(path, d, n);
 	free(d);
 
-	p = open_ok(path);  /* blocks are checked when read */
+	p = tu_pack_open(path);  /* blocks are checked when read */
 	e = k2p_entry_find(p, "dense/large.weight");
 	b = k2p_entry_block(p, e, 2);
 	k2_err err = {{0}};
@@ -803,18 +732,15 @@ START_TEST(flipped_block_byte)
 			check_entry_content(p, &std_pack[i]);
 	free(buf);
 	k2p_pack_close(p);
-	std_pack_free();
-	remove_tmpdir();
 }
 END_TEST
 
 START_TEST(block_decode_bad_stream)
 {
 	/* A block whose checksum matches but whose stream is not valid data. */
-	make_tmpdir();
-	const char *path = tmp_path("d.k2");
+	const char *path = tu_tmp_path("d.k2");
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	const k2p_entry *e = k2p_entry_find(p, "dense/small.weight");
 	k2p_block b = *k2p_entry_block(p, e, 0);
 	ck_assert_uint_eq(b.codec, K2_CODEC_ZSTD);
@@ -826,18 +752,15 @@ START_TEST(block_decode_bad_stream)
 	ck_assert_int_eq(k2p_block_decode(p, &b, junk, out, &err), -EIO);
 	ck_assert_ptr_nonnull(strstr(err.msg, "does not decode"));
 	k2p_pack_close(p);
-	std_pack_free();
-	remove_tmpdir();
 }
 END_TEST
 
 START_TEST(flipped_header_or_index_byte)
 {
-	make_tmpdir();
-	const char *path = tmp_path("h.k2");
+	const char *path = tu_tmp_path("h.k2");
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
 	size_t n;
-	uint8_t *orig = read_whole(path, &n);
+	uint8_t *orig = tu_read_file(path, &n);
 	struct k2p_header_disk h;
 	k2p_header_decode(orig, &h);
 	uint8_t *d = malloc(n);
@@ -845,7 +768,7 @@ START_TEST(flipped_header_or_index_byte)
 	for (uint32_t at = 0; at < 4096; at += at < 80 ? 1 : 397) {
 		memcpy(d, orig, n);
 		d[at] ^= 0x01;
-		write_whole(path, d, n);
+		tu_write_file(path, d, n);
 		k2p_pack *p;
 		k2_err err;
 		ck_assert_msg(k2p_pack_open(path, &p, &err) < 0, "flip at %u accepted", at);
@@ -854,17 +777,15 @@ START_TEST(flipped_header_or_index_byte)
 	for (uint64_t at = h.index_offset; at < n; at += 1 + (n - h.index_offset) / 40) {
 		memcpy(d, orig, n);
 		d[at] ^= 0x80;
-		write_whole(path, d, n);
+		tu_write_file(path, d, n);
 		open_fails(path, "checksum mismatch");
 	}
 	memcpy(d, orig, n);
 	d[0] = 'X';
-	write_whole(path, d, n);
+	tu_write_file(path, d, n);
 	open_fails(path, "bad magic");
 	free(d);
 	free(orig);
-	std_pack_free();
-	remove_tmpdir();
 }
 END_TEST
 
@@ -872,158 +793,121 @@ END_TEST
 static void edit_header(const char *path, void (*fn)(struct k2p_header_disk *))
 {
 	size_t n;
-	uint8_t *d = read_whole(path, &n);
+	uint8_t *d = tu_read_file(path, &n);
 	struct k2p_header_disk h;
 	k2p_header_decode(d, &h);
 	fn(&h);
 	k2p_header_encode(&h, d);
 	k2le_put64(d + 72, k2_checksum(d, 72));
-	write_whole(path, d, n);
+	tu_write_file(path, d, n);
 	free(d);
 }
+
+/* The decoded index of a pack: n entries e[] and nb blocks b[]. */
+struct index_view {
+	struct k2p_entry_disk *e;
+	uint32_t n;
+	struct k2p_block_disk *b;
+	uint32_t nb;
+};
 
 /* Lets fn edit entries and blocks of the index, then fixes both checksums, so only
  * the reader's structural checks can catch the change. */
-static void edit_index(const char *path, void (*fn)(struct k2p_entry_disk *, uint32_t,
-						     struct k2p_block_disk *, uint32_t))
+static void edit_index(const char *path, void (*fn)(struct index_view *))
 {
 	size_t n;
-	uint8_t *d = read_whole(path, &n);
+	uint8_t *d = tu_read_file(path, &n);
 	struct k2p_header_disk h;
 	k2p_header_decode(d, &h);
 	uint8_t *idx = d + h.index_offset;
-	struct k2p_entry_disk *e = calloc(h.n_entries, sizeof(*e));
-	struct k2p_block_disk *b = calloc(h.n_blocks, sizeof(*b));
-	for (uint32_t i = 0; i < h.n_entries; i++)
-		k2p_entry_decode(idx + i * 128, &e[i]);
-	for (uint32_t i = 0; i < h.n_blocks; i++)
-		k2p_block_decode_disk(idx + h.n_entries * 128 + i * 32, &b[i]);
-	fn(e, h.n_entries, b, h.n_blocks);
-	for (uint32_t i = 0; i < h.n_entries; i++)
-		k2p_entry_encode(&e[i], idx + i * 128);
-	for (uint32_t i = 0; i < h.n_blocks; i++)
-		k2p_block_encode(&b[i], idx + h.n_entries * 128 + i * 32);
+	struct index_view v = {calloc(h.n_entries, sizeof(*v.e)), h.n_entries,
+			       calloc(h.n_blocks, sizeof(*v.b)), h.n_blocks};
+	for (uint32_t i = 0; i < v.n; i++)
+		k2p_entry_decode(idx + i * 128, &v.e[i]);
+	for (uint32_t i = 0; i < v.nb; i++)
+		k2p_block_decode_disk(idx + v.n * 128 + i * 32, &v.b[i]);
+	fn(&v);
+	for (uint32_t i = 0; i < v.n; i++)
+		k2p_entry_encode(&v.e[i], idx + i * 128);
+	for (uint32_t i = 0; i < v.nb; i++)
+		k2p_block_encode(&v.b[i], idx + v.n * 128 + i * 32);
 	h.index_checksum = k2_checksum(idx, h.index_bytes);
 	k2p_header_encode(&h, d);
 	k2le_put64(d + 72, k2_checksum(d, 72));
-	write_whole(path, d, n);
-	free(e);
-	free(b);
+	tu_write_file(path, d, n);
+	free(v.e);
+	free(v.b);
 	free(d);
 }
 
-static struct k2p_entry_disk *find_disk(struct k2p_entry_disk *e, uint32_t n, uint32_t kind,
-					uint32_t nth)
+/* The nth entry (from 0) of the given kind. */
+static struct k2p_entry_disk *find_disk(struct index_view *v, uint32_t kind, uint32_t nth)
 {
-	for (uint32_t i = 0; i < n; i++)
-		if (e[i].kind == kind && nth-- == 0)
-			return &e[i];
+	for (uint32_t i = 0; i < v->n; i++)
+		if (v->e[i].kind == kind && nth-- == 0)
+			return &v->e[i];
 	ck_abort_msg("entry not found");
 	return NULL;
 }
 
-static void ed_expert_dims(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			   uint32_t nb)
+/* Index editors: each makes one inconsistency that crafted_index expects the
+ * reader to name. */
+static void ed_past_index(struct index_view *v) { v->e[v->n - 1].extent_offset += 1u << 20; }
+static void ed_block_raw(struct index_view *v) { v->b[v->e[3].first_block].raw_bytes -= 1; }
+static void ed_block_codec(struct index_view *v) { v->b[v->nb - 1].codec = 9; }
+static void ed_kind(struct index_view *v) { v->e[0].kind = 4; }
+static void ed_nblocks(struct index_view *v) { v->e[3].n_blocks -= 1; }
+
+static void ed_expert_dims(struct index_view *v)
 {
-	(void)b, (void)nb;
-	find_disk(e, n, K2P_KIND_EXPERT, 0)->shape[1] *= 64;  /* image size no longer matches */
+	find_disk(v, K2P_KIND_EXPERT, 0)->shape[1] *= 64;  /* image size no longer matches */
 }
 
-static void ed_expert_raw(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			  uint32_t nb)
+static void ed_expert_raw(struct index_view *v)
 {
-	(void)b, (void)nb;
-	find_disk(e, n, K2P_KIND_EXPERT, 1)->raw_bytes -= 4096;
+	find_disk(v, K2P_KIND_EXPERT, 1)->raw_bytes -= 4096;
 }
 
-static void ed_overlap(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-		       uint32_t nb)
+static void ed_dense_shape(struct index_view *v)
 {
-	(void)nb;
-	/* Move entry 4's extent (and its blocks) back onto entry 3's. */
-	(void)n;
-	uint64_t shift = e[4].extent_offset - e[3].extent_offset;
-	e[4].extent_offset -= shift;
-	for (uint32_t k = 0; k < e[4].n_blocks; k++)
-		b[e[4].first_block + k].offset -= shift;
+	find_disk(v, K2P_KIND_DENSE, 0)->shape[0] += 1;
 }
 
-static void ed_past_index(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			  uint32_t nb)
+static void ed_block_gap(struct index_view *v)
 {
-	(void)b, (void)nb;
-	e[n - 1].extent_offset += 1u << 20;
+	v->b[v->e[3].first_block + 1].offset += 1;  /* not contiguous */
 }
 
-static void ed_block_gap(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			 uint32_t nb)
+/* Moves entry 4's extent (and its blocks) back onto entry 3's. */
+static void ed_overlap(struct index_view *v)
 {
-	(void)n, (void)nb;
-	b[e[3].first_block + 1].offset += 1;  /* not contiguous */
+	uint64_t shift = v->e[4].extent_offset - v->e[3].extent_offset;
+	v->e[4].extent_offset -= shift;
+	for (uint32_t k = 0; k < v->e[4].n_blocks; k++)
+		v->b[v->e[4].first_block + k].offset -= shift;
 }
 
-static void ed_block_raw(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			 uint32_t nb)
+static void ed_dup_expert(struct index_view *v)
 {
-	(void)n, (void)nb;
-	b[e[3].first_block].raw_bytes -= 1;
-}
-
-static void ed_dense_shape(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			   uint32_t nb)
-{
-	(void)b, (void)nb;
-	find_disk(e, n, K2P_KIND_DENSE, 0)->shape[0] += 1;
-}
-
-static void ed_dup_expert(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			  uint32_t nb)
-{
-	(void)b, (void)nb;
-	struct k2p_entry_disk *a = find_disk(e, n, K2P_KIND_EXPERT, 0);
-	struct k2p_entry_disk *c = find_disk(e, n, K2P_KIND_EXPERT, 1);
+	struct k2p_entry_disk *a = find_disk(v, K2P_KIND_EXPERT, 0);
+	struct k2p_entry_disk *c = find_disk(v, K2P_KIND_EXPERT, 1);
 	c->expert = a->expert;
 	c->layer = a->layer;
 }
 
-static void ed_dup_name(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			uint32_t nb)
+/* small.weight and exact.weight: names of the same length */
+static void ed_dup_name(struct index_view *v)
 {
-	(void)b, (void)nb;
-	struct k2p_entry_disk *a = find_disk(e, n, K2P_KIND_DENSE, 0);
-	struct k2p_entry_disk *c = find_disk(e, n, K2P_KIND_DENSE, 1);
-	/* small.weight and exact.weight: same length */
+	struct k2p_entry_disk *a = find_disk(v, K2P_KIND_DENSE, 0);
+	struct k2p_entry_disk *c = find_disk(v, K2P_KIND_DENSE, 1);
 	c->name_off = a->name_off;
 	c->name_len = a->name_len;
 }
 
-static void ed_name_oob(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			uint32_t nb)
+static void ed_name_oob(struct index_view *v)
 {
-	(void)b, (void)nb;
-	e[n - 1].name_off = 1u << 30;
-	e[0].name_len = 2000;
-}
-
-static void ed_block_codec(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-			   uint32_t nb)
-{
-	(void)e, (void)n;
-	b[nb - 1].codec = 9;
-}
-
-static void ed_kind(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-		    uint32_t nb)
-{
-	(void)b, (void)nb, (void)n;
-	e[0].kind = 4;
-}
-
-static void ed_nblocks(struct k2p_entry_disk *e, uint32_t n, struct k2p_block_disk *b,
-		       uint32_t nb)
-{
-	(void)b, (void)nb, (void)n;
-	e[3].n_blocks -= 1;
+	v->e[v->n - 1].name_off = 1u << 30;
+	v->e[0].name_len = 2000;
 }
 
 static void eh_version(struct k2p_header_disk *h) { h->version = 2; }
@@ -1037,7 +921,7 @@ static void eh_file_bytes(struct k2p_header_disk *h) { h->file_bytes -= 1; }
 START_TEST(crafted_index)
 {
 	static const struct {
-		void (*fn)(struct k2p_entry_disk *, uint32_t, struct k2p_block_disk *, uint32_t);
+		void (*fn)(struct index_view *);
 		const char *needle;
 	} cases[] = {
 		{ed_expert_dims, "expert raw_bytes"},
@@ -1054,18 +938,17 @@ START_TEST(crafted_index)
 		{ed_kind, "unknown kind 4"},
 		{ed_nblocks, "blocks, expected"},
 	};
-	make_tmpdir();
-	const char *path = tmp_path("c.k2");
+	const char *path = tu_tmp_path("c.k2");
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 1);
 	size_t n;
-	uint8_t *orig = read_whole(path, &n);
+	uint8_t *orig = tu_read_file(path, &n);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		write_whole(path, orig, n);
+		tu_write_file(path, orig, n);
 		edit_index(path, cases[i].fn);
 		open_fails(path, cases[i].needle);
 	}
 	/* The untouched pack, put back through the same edit path, still opens. */
-	write_whole(path, orig, n);
+	tu_write_file(path, orig, n);
 	edit_header(path, eh_version);
 	open_fails(path, "pack version 2 is not supported");
 	static const struct {
@@ -1080,15 +963,13 @@ START_TEST(crafted_index)
 		{eh_file_bytes, "expected"},
 	};
 	for (size_t i = 0; i < sizeof(hcases) / sizeof(hcases[0]); i++) {
-		write_whole(path, orig, n);
+		tu_write_file(path, orig, n);
 		edit_header(path, hcases[i].fn);
 		open_fails(path, hcases[i].needle);
 	}
-	write_whole(path, orig, n);
-	k2p_pack_close(open_ok(path));
+	tu_write_file(path, orig, n);
+	k2p_pack_close(tu_pack_open(path));
 	free(orig);
-	std_pack_free();
-	remove_tmpdir();
 }
 END_TEST
 
@@ -1122,8 +1003,7 @@ START_TEST(k2inspect_cli)
 		printf("k2inspect_cli: skipped, %s not built\n", tool);
 		return;
 	}
-	make_tmpdir();
-	const char *path = tmp_path("i.k2");
+	const char *path = tu_tmp_path("i.k2");
 	std_pack_write(path, K2_CODEC_ZSTD, 0, 2);
 
 	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", tool, path);
@@ -1136,7 +1016,7 @@ START_TEST(k2inspect_cli)
 
 	snprintf(cmd, sizeof(cmd), "%s %s --verify 2>&1", tool, path);
 	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
-	k2p_pack *p = open_ok(path);
+	k2p_pack *p = tu_pack_open(path);
 	size_t nblocks = 0;
 	for (size_t i = 0; i < k2p_entry_count(p); i++)
 		nblocks += k2p_entry_at(p, i)->n_blocks;
@@ -1145,13 +1025,13 @@ START_TEST(k2inspect_cli)
 	ck_assert_str_eq(out, want);
 
 	/* --extract equals what went in, to a file and to stdout. */
-	const char *x = tmp_path("x.bin");
+	const char *x = tu_tmp_path("x.bin");
 	for (int i = 0; i < N_STD; i++) {
 		snprintf(cmd, sizeof(cmd), "%s %s --extract '%s' %s 2>&1", tool, path,
 			 std_pack[i].path, x);
 		ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
 		size_t n;
-		uint8_t *d = read_whole(x, &n);
+		uint8_t *d = tu_read_file(x, &n);
 		ck_assert_uint_eq(n, std_pack[i].n);
 		ck_assert_int_eq(memcmp(d, std_pack[i].data, n), 0);
 		free(d);
@@ -1173,10 +1053,10 @@ START_TEST(k2inspect_cli)
 	uint64_t at2 = k2p_entry_block(p, e, 0)->offset;
 	k2p_pack_close(p);
 	size_t n;
-	uint8_t *d = read_whole(path, &n);
+	uint8_t *d = tu_read_file(path, &n);
 	d[at1 + 3] ^= 0xff;
 	d[at2] ^= 0x01;
-	write_whole(path, d, n);
+	tu_write_file(path, d, n);
 	free(d);
 	snprintf(cmd, sizeof(cmd), "%s %s --verify 2>&1", tool, path);
 	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 1);
@@ -1215,46 +1095,34 @@ START_TEST(k2inspect_cli)
 	ck_assert_int_eq(run_cmd(cmd, out, sizeof(out)), 0);
 	ck_assert_ptr_nonnull(strstr(out, "SYNOPSIS"));
 	ck_assert_ptr_nonnull(strstr(out, "--extract NAME OUT"));
-	std_pack_free();
-	remove_tmpdir();
 }
 END_TEST
 
 static Suite *pack_suite(void)
 {
 	Suite *s = suite_create("pack");
-	TCase *tc = tcase_create("codec");
+	TCase *tc = tu_tcase(s, "codec", 60);
 	tcase_add_loop_test(tc, codec_round_trip, 0, N_CODEC_CASES);
 	tcase_add_test(tc, codec_errors);
-	tcase_set_timeout(tc, 60);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("pack");
+
+	tc = tu_tcase(s, "pack", 120);
+	tcase_add_checked_fixture(tc, tu_tmpdir_setup, pack_teardown);
 	tcase_add_loop_test(tc, pack_round_trip, 0, N_CODEC_CASES);
-	tcase_add_test(tc, pack_read_ranges);
-	tcase_add_test(tc, pack_large_entry_many_threads);
-	tcase_add_test(tc, writer_rejects);
+	TU_ADD_TESTS(tc, pack_read_ranges, pack_large_entry_many_threads, writer_rejects);
 	tcase_add_loop_test(tc, stream_matches_add_dense, 0,
 			    (int)(sizeof(stream_cases) / sizeof(stream_cases[0])));
 	tcase_add_test(tc, stream_read_fails);
-	tcase_set_timeout(tc, 120);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("damage");
+
+	tc = tu_tcase(s, "damage", 60);
+	tcase_add_checked_fixture(tc, tu_tmpdir_setup, pack_teardown);
 	tcase_add_test(tc, truncated_pack);
 	tcase_add_loop_test(tc, flipped_block_byte, 0, 2);
-	tcase_add_test(tc, block_decode_bad_stream);
-	tcase_add_test(tc, flipped_header_or_index_byte);
-	tcase_add_test(tc, crafted_index);
-	tcase_add_test(tc, k2inspect_cli);
-	tcase_set_timeout(tc, 60);
-	suite_add_tcase(s, tc);
+	TU_ADD_TESTS(tc, block_decode_bad_stream, flipped_header_or_index_byte, crafted_index,
+		     k2inspect_cli);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(pack_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return tu_run_suite(pack_suite());
 }

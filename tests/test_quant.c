@@ -12,48 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ck_assert records a mark point (a pipe write under CK_FORK) even when it
- * passes; element loops use this instead, which costs nothing on success. */
-#define EXPECT(cond, ...) do { if (!(cond)) ck_abort_msg(__VA_ARGS__); } while (0)
-
-static const char *fixtures(void)
-{
-	const char *f = getenv("K2_FIXTURES");
-	return f && *f ? f : "../shared/fixtures";
-}
-
-static k2st_checkpoint *open_fixture(const char *name)
-{
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/%s/model", fixtures(), name);
-	k2st_checkpoint *ck = NULL;
-	k2_err err = {{0}};
-	int rc = k2st_open(path, &ck, &err);
-	EXPECT(rc == 0, "open %s: %s", path, err.msg);
-	return ck;
-}
-
-/* Reads a tensor into a new buffer. */
-static void *load(const k2st_checkpoint *ck, const k2st_tensor *t)
-{
-	void *buf = malloc(t->bytes ? t->bytes : 1);
-	ck_assert_ptr_nonnull(buf);
-	k2_err err = {{0}};
-	EXPECT(k2st_read(ck, t, buf, &err) == 0, "read %s: %s", t->name, err.msg);
-	return buf;
-}
-
-static float *load_f32(const k2st_checkpoint *ck, const k2st_tensor *t, size_t *n)
-{
-	size_t elems = t->bytes / k2_dtype_size(t->dtype);
-	void *raw = load(ck, t);
-	float *f = malloc(elems * sizeof(float) + 1);
-	ck_assert_ptr_nonnull(f);
-	ck_assert_int_eq(k2q_to_f32(t->dtype, raw, elems, f), 0);
-	free(raw);
-	*n = elems;
-	return f;
-}
+#include "test_util.h"
 
 /* Deterministic pseudo-random floats, roughly normal with unit variance. */
 static uint64_t rng_state;
@@ -221,7 +180,8 @@ static int has_suffix(const char *s, const char *suf)
  * weight_packed bytes and weight_scale exactly. */
 START_TEST(test_int4_reproduces_fixture)
 {
-	k2st_checkpoint *src = open_fixture("k2-tiny-bf16"), *ref = open_fixture("k2-tiny-int4");
+	k2st_checkpoint *src = tu_fixture_open("k2-tiny-bf16");
+	k2st_checkpoint *ref = tu_fixture_open("k2-tiny-int4");
 	size_t checked = 0;
 	for (size_t i = 0; i < k2st_count(ref); i++) {
 		const k2st_tensor *tp = k2st_at(ref, i);
@@ -246,18 +206,18 @@ START_TEST(test_int4_reproduces_fixture)
 		ck_assert_uint_eq(tp->shape[1], cols / 8);
 		ck_assert_uint_eq(ts->dtype, K2_DTYPE_BF16);
 		ck_assert_uint_eq(ts->shape[1], cols / 32);
-		int32_t *shp = load(ref, tsh);
+		int32_t *shp = tu_tensor_read(ref, tsh);
 		ck_assert_int_eq(shp[0], (int32_t)rows);
 		ck_assert_int_eq(shp[1], (int32_t)cols);
 		free(shp);
 
 		size_t n;
-		float *w = load_f32(src, tw, &n);
+		float *w = tu_tensor_f32(src, tw, &n);
 		uint8_t *packed = malloc(n / 2);
 		uint16_t *scale = malloc(n / 32 * 2);
 		ck_assert_int_eq(k2q_quant_int4_g32(w, rows, cols, packed, scale), 0);
-		uint8_t *want_p = load(ref, tp);
-		uint16_t *want_s = load(ref, ts);
+		uint8_t *want_p = tu_tensor_read(ref, tp);
+		uint16_t *want_s = tu_tensor_read(ref, ts);
 		ck_assert_uint_eq(tp->bytes, n / 2);
 		ck_assert_uint_eq(ts->bytes, n / 32 * 2);
 		for (size_t k = 0; k < n / 32; k++)
@@ -296,7 +256,8 @@ END_TEST
  * _scale_inv (attention, dense, shared and routed projections) equals it exactly. */
 START_TEST(test_fp8_reproduces_fixture)
 {
-	k2st_checkpoint *src = open_fixture("k2-tiny-bf16"), *ref = open_fixture("k2-tiny-fp8");
+	k2st_checkpoint *src = tu_fixture_open("k2-tiny-bf16");
+	k2st_checkpoint *ref = tu_fixture_open("k2-tiny-fp8");
 	size_t checked = 0, edge_blocks = 0;
 	for (size_t i = 0; i < k2st_count(ref); i++) {
 		const k2st_tensor *tsi = k2st_at(ref, i);
@@ -317,12 +278,12 @@ START_TEST(test_fp8_reproduces_fixture)
 			edge_blocks++;
 
 		size_t n;
-		float *w = load_f32(src, tw, &n);
+		float *w = tu_tensor_f32(src, tw, &n);
 		uint8_t *q = malloc(n);
 		float *s = malloc((size_t)br * bc * sizeof(float));
 		ck_assert_int_eq(k2q_quant_fp8_b128(w, rows, cols, q, s), 0);
-		uint8_t *want_q = load(ref, tq);
-		float *want_s = load(ref, tsi);
+		uint8_t *want_q = tu_tensor_read(ref, tq);
+		float *want_s = tu_tensor_read(ref, tsi);
 		for (size_t k = 0; k < (size_t)br * bc; k++)
 			EXPECT(memcmp(&s[k], &want_s[k], 4) == 0,
 				      "%s: scale_inv %zu is %a, fixture %a", name, k, (double)s[k],
@@ -515,31 +476,16 @@ END_TEST
 static Suite *quant_suite(void)
 {
 	Suite *s = suite_create("quant");
-	TCase *tc = tcase_create("scalar");
-	tcase_add_test(tc, test_e4m3_decode_all);
-	tcase_add_test(tc, test_e4m3_encode);
-	tcase_add_test(tc, test_bf16);
-	tcase_add_test(tc, test_to_f32);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("quantizers");
-	tcase_add_test(tc, test_int8_roundtrip);
-	tcase_add_test(tc, test_int4_rules);
-	tcase_add_test(tc, test_fp8_partial_blocks);
-	tcase_add_test(tc, test_dequant_bad_args);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("fixtures");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, test_int4_reproduces_fixture);
-	tcase_add_test(tc, test_fp8_reproduces_fixture);
-	suite_add_tcase(s, tc);
+	TU_ADD_TESTS(tu_tcase(s, "scalar", 0), test_e4m3_decode_all, test_e4m3_encode, test_bf16,
+		     test_to_f32);
+	TU_ADD_TESTS(tu_tcase(s, "quantizers", 0), test_int8_roundtrip, test_int4_rules,
+		     test_fp8_partial_blocks, test_dequant_bad_args);
+	TU_ADD_TESTS(tu_tcase(s, "fixtures", 120), test_int4_reproduces_fixture,
+		     test_fp8_reproduces_fixture);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(quant_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return tu_run_suite(quant_suite());
 }

@@ -9,39 +9,13 @@
 
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ck_assert records a mark point (a pipe write under CK_FORK) even when it
- * passes; loops use this instead, which costs nothing on success. */
-#define EXPECT(cond, ...) do { if (!(cond)) ck_abort_msg(__VA_ARGS__); } while (0)
-
-static const char *fixtures(void)
-{
-	const char *f = getenv("K2_FIXTURES");
-	return f && *f ? f : "../shared/fixtures";
-}
-
-static k2st_checkpoint *open_ok(const char *path)
-{
-	k2st_checkpoint *ck = NULL;
-	k2_err err = {{0}};
-	int rc = k2st_open(path, &ck, &err);
-	ck_assert_msg(rc == 0, "open %s: %s", path, err.msg);
-	return ck;
-}
-
-static k2st_checkpoint *open_fixture(const char *name)
-{
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/%s/model", fixtures(), name);
-	return open_ok(path);
-}
+#include "test_util.h"
 
 static const k2st_tensor *expect_tensor(const k2st_checkpoint *ck, const char *name,
 					uint32_t dtype, uint32_t ndim, uint64_t d0, uint64_t d1)
@@ -60,15 +34,6 @@ static const k2st_tensor *expect_tensor(const k2st_checkpoint *ck, const char *n
 		elems *= t->shape[i];
 	ck_assert_uint_eq(t->bytes, elems * k2_dtype_size(dtype));
 	return t;
-}
-
-static void *read_tensor(const k2st_checkpoint *ck, const k2st_tensor *t)
-{
-	void *buf = malloc(t->bytes ? t->bytes : 1);
-	ck_assert_ptr_nonnull(buf);
-	k2_err err = {{0}};
-	ck_assert_msg(k2st_read(ck, t, buf, &err) == 0, "%s", err.msg);
-	return buf;
 }
 
 /* Each shard's payloads, as Python writes them, end exactly at the file end
@@ -98,7 +63,7 @@ static void check_shards_dense(const k2st_checkpoint *ck, int n_shards)
 
 START_TEST(test_fixture_bf16_sharded)
 {
-	k2st_checkpoint *ck = open_fixture("k2-tiny-bf16");
+	k2st_checkpoint *ck = tu_fixture_open("k2-tiny-bf16");
 	/* 3 (embed, norm, lm_head) + layer 0: 9 + 3 dense mlp + 3 MoE layers × (9 +
 	 * router 2 + 96 experts + 3 shared) */
 	ck_assert_uint_eq(k2st_count(ck), 345);
@@ -122,12 +87,12 @@ START_TEST(test_fixture_bf16_sharded)
 	ck_assert_ptr_nonnull(strstr(k2st_shard_path(ck, 1), "model-00002-of-00002.safetensors"));
 	check_shards_dense(ck, 2);
 	char dir[1024];
-	snprintf(dir, sizeof(dir), "%s/k2-tiny-bf16/model", fixtures());
+	snprintf(dir, sizeof(dir), "%s/k2-tiny-bf16/model", tu_fixtures());
 	ck_assert_str_eq(k2st_dir(ck), dir);
 
 	/* Norm weights were drawn as 1 + 0.1·N(0,1): all near 1. */
 	const k2st_tensor *t = k2st_find(ck, "model.norm.weight");
-	uint16_t *v = read_tensor(ck, t);
+	uint16_t *v = tu_tensor_read(ck, t);
 	for (size_t i = 0; i < 256; i++) {
 		float f = k2q_bf16_to_f32(v[i]);
 		ck_assert_msg(f > 0.4f && f < 1.6f, "norm[%zu] = %g", i, (double)f);
@@ -136,14 +101,14 @@ START_TEST(test_fixture_bf16_sharded)
 
 	/* The int4 fixture stores the same non-expert weights in one file: every
 	 * bf16 tensor they share must read back byte for byte. */
-	k2st_checkpoint *i4 = open_fixture("k2-tiny-int4");
+	k2st_checkpoint *i4 = tu_fixture_open("k2-tiny-int4");
 	size_t same = 0;
 	for (size_t i = 0; i < k2st_count(ck); i++) {
 		const k2st_tensor *a = k2st_at(ck, i), *b = k2st_find(i4, a->name);
 		if (!b)
 			continue;
 		ck_assert_uint_eq(a->bytes, b->bytes);
-		void *x = read_tensor(ck, a), *y = read_tensor(i4, b);
+		void *x = tu_tensor_read(ck, a), *y = tu_tensor_read(i4, b);
 		ck_assert_msg(memcmp(x, y, a->bytes) == 0, "%s differs", a->name);
 		free(x);
 		free(y);
@@ -157,7 +122,7 @@ END_TEST
 
 START_TEST(test_fixture_fp8_int4_reference)
 {
-	k2st_checkpoint *ck = open_fixture("k2-tiny-fp8");
+	k2st_checkpoint *ck = tu_fixture_open("k2-tiny-fp8");
 	ck_assert_uint_eq(k2st_count(ck), 345 + 320);
 	expect_tensor(ck, "model.layers.1.mlp.experts.0.gate_proj.weight", K2_DTYPE_F8_E4M3, 2, 64, 256);
 	expect_tensor(ck, "model.layers.1.mlp.experts.0.gate_proj.weight_scale_inv", K2_DTYPE_F32, 2, 1, 2);
@@ -166,14 +131,14 @@ START_TEST(test_fixture_fp8_int4_reference)
 	check_shards_dense(ck, 1);
 	k2st_close(ck);
 
-	ck = open_fixture("k2-tiny-int4");
+	ck = tu_fixture_open("k2-tiny-int4");
 	ck_assert_uint_eq(k2st_count(ck), 345 + 2 * 288);
 	expect_tensor(ck, "model.layers.2.mlp.experts.5.up_proj.weight_packed", K2_DTYPE_I32, 2, 64, 32);
 	expect_tensor(ck, "model.layers.2.mlp.experts.5.up_proj.weight_scale", K2_DTYPE_BF16, 2, 64, 8);
 	expect_tensor(ck, "model.layers.2.mlp.experts.5.down_proj.weight_packed", K2_DTYPE_I32, 2, 256, 8);
 	const k2st_tensor *t = expect_tensor(ck, "model.layers.2.mlp.experts.5.down_proj.weight_shape",
 					     K2_DTYPE_I32, 1, 2, 0);
-	int32_t *shape = read_tensor(ck, t);
+	int32_t *shape = tu_tensor_read(ck, t);
 	ck_assert_int_eq(shape[0], 256);
 	ck_assert_int_eq(shape[1], 64);
 	free(shape);
@@ -183,58 +148,30 @@ START_TEST(test_fixture_fp8_int4_reference)
 
 	/* A single .safetensors path. */
 	char path[1024];
-	snprintf(path, sizeof(path), "%s/k2-tiny-bf16/reference.safetensors", fixtures());
-	ck = open_ok(path);
+	snprintf(path, sizeof(path), "%s/k2-tiny-bf16/reference.safetensors", tu_fixtures());
+	ck = tu_checkpoint_open(path);
 	expect_tensor(ck, "input_ids", K2_DTYPE_I64, 1, 24, 0);
 	expect_tensor(ck, "logits", K2_DTYPE_F32, 2, 24, 1024);
 	expect_tensor(ck, "route.layer1.gate_out2", K2_DTYPE_I64, 2, 24, 8);
-	snprintf(path, sizeof(path), "%s/k2-tiny-bf16", fixtures());
+	snprintf(path, sizeof(path), "%s/k2-tiny-bf16", tu_fixtures());
 	ck_assert_str_eq(k2st_dir(ck), path);
 	k2st_close(ck);
 
 	/* One shard on its own, and the index file named directly. */
 	snprintf(path, sizeof(path), "%s/k2-tiny-bf16/model/model-00002-of-00002.safetensors",
-		 fixtures());
-	ck = open_ok(path);
+		 tu_fixtures());
+	ck = tu_checkpoint_open(path);
 	ck_assert_uint_gt(k2st_count(ck), 0);
 	ck_assert_uint_lt(k2st_count(ck), 345);
 	k2st_close(ck);
-	snprintf(path, sizeof(path), "%s/k2-tiny-bf16/model/model.safetensors.index.json", fixtures());
-	ck = open_ok(path);
+	snprintf(path, sizeof(path), "%s/k2-tiny-bf16/model/model.safetensors.index.json", tu_fixtures());
+	ck = tu_checkpoint_open(path);
 	ck_assert_uint_eq(k2st_count(ck), 345);
 	k2st_close(ck);
 }
 END_TEST
 
-/* ---------------------------------------------------------------- temp files */
-
-static char tmpdir[64];
-
-static void make_tmpdir(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/k2-test-st-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb, (void)flag, (void)ftw;
-	return remove(p);
-}
-
-static void remove_tmpdir(void)
-{
-	nftw(tmpdir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-static const char *tmp_path(const char *name)
-{
-	static char buf[4][256];
-	static int k;
-	k = (k + 1) % 4;
-	snprintf(buf[k], sizeof(buf[k]), "%s/%s", tmpdir, name);
-	return buf[k];
-}
+/* ---------------------------------------------------------------- bad files */
 
 /* Writes a safetensors file by hand: the header length field (`hlen_field`,
  * or the real length when UINT64_MAX), the header and `data_bytes` bytes. */
@@ -265,7 +202,7 @@ static int count_cb(void *ctx, const k2st_tensor *t)
  * with one line naming it and containing `want`. */
 static void expect_bad_file(const char *name, const char *want)
 {
-	const char *path = tmp_path(name);
+	const char *path = tu_tmp_path(name);
 	k2st_checkpoint *ck = NULL;
 	k2_err err = {{0}};
 	int rc = k2st_open(path, &ck, &err);
@@ -275,9 +212,8 @@ static void expect_bad_file(const char *name, const char *want)
 	ck_assert_msg(strstr(err.msg, want) != NULL, "'%s' not in: %s", want, err.msg);
 	ck_assert_msg(strchr(err.msg, '\n') == NULL, "not one line: %s", err.msg);
 
-	char *data;
 	size_t n;
-	ck_assert_int_eq(k2_read_file(path, &data, &n, NULL), 0);
+	char *data = tu_read_file(path, &n);
 	int calls = 0;
 	memset(&err, 0, sizeof(err));
 	rc = k2st_parse_buffer(data, n, name, count_cb, &calls, &err);
@@ -290,64 +226,67 @@ static void expect_bad_file(const char *name, const char *want)
 #define T(name, dtype, shape, b, e) \
 	"\"" name "\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":[" #b "," #e "]}"
 
+/* Files k2st_open and k2st_parse_buffer refuse: name, header length field
+ * (UINT64_MAX: the header's real length), data bytes after the header, the
+ * header, and what the message must contain. */
+static const struct {
+	const char *name;
+	uint64_t hlen_field;
+	size_t data_bytes;
+	const char *header, *want;
+} bad_files[] = {
+	{"hlen.safetensors", 1000, 16, "{}", "past the end of the file"},
+	{"hlen_huge.safetensors", UINT64_MAX - 3, 16, "{}", "past the end of the file"},
+	{"outside.safetensors", UINT64_MAX, 8,
+	 "{" T("a", "U8", "[16]", 0, 16) "}",
+	 "data_offsets [0,16] end past the file (data is 8 bytes)"},
+	{"outside1.safetensors", UINT64_MAX, 8,
+	 "{" T("a", "U8", "[9]", 0, 9) "}",
+	 "data_offsets [0,9] end past the file (data is 8 bytes)"},
+	{"overlap1.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "U8", "[8]", 0, 8) "," T("b", "U8", "[2]", 7, 9) "}", "overlap tensor a [0,8]"},
+	{"overlap.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "U8", "[8]", 0, 8) "," T("b", "U8", "[8]", 4, 12) "}", "overlap"},
+	{"overlap2.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "F32", "[4]", 0, 16) "," T("b", "U8", "[2]", 6, 8) "}", "overlap"},
+	{"mismatch.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "F32", "[4]", 0, 8) "}", "shape needs 16"},
+	{"dtype.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "Q3", "[4]", 0, 4) "}", "unsupported dtype \"Q3\""},
+	{"json.safetensors", UINT64_MAX, 16, "{\"a\":{\"dtype\":", "malformed"},
+	{"array.safetensors", UINT64_MAX, 16, "[1,2]", "not a JSON object"},
+	{"dup.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "U8", "[4]", 0, 4) "," T("a", "U8", "[4]", 4, 8) "}", "duplicate"},
+	{"negdim.safetensors", UINT64_MAX, 16, "{" T("a", "U8", "[-4]", 0, 4) "}", "shape[0]"},
+	{"ndim.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "U8", "[1,1,1,1,1,1,1,1,1]", 0, 1) "}", "dimensions"},
+	{"overflow.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "F32", "[1099511627776,1099511627776]", 0, 4) "}", "overflows"},
+	{"backwards.safetensors", UINT64_MAX, 16,
+	 "{" T("a", "U8", "[0]", 8, 4) "}", "end before begin"},
+	{"offsets.safetensors", UINT64_MAX, 16,
+	 "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0]}}", "data_offsets"},
+	{"nodtype.safetensors", UINT64_MAX, 16,
+	 "{\"a\":{\"shape\":[4],\"data_offsets\":[0,4]}}", "dtype"},
+	{"meta.safetensors", UINT64_MAX, 0, "{\"__metadata__\":[1]}", "__metadata__"},
+};
+
 START_TEST(test_bad_files)
 {
-	make_tmpdir();
-	write_raw(tmp_path("hlen.safetensors"), "{}", 1000, 16);
-	expect_bad_file("hlen.safetensors", "past the end of the file");
-	write_raw(tmp_path("hlen_huge.safetensors"), "{}", UINT64_MAX - 3, 16);
-	expect_bad_file("hlen_huge.safetensors", "past the end of the file");
-	write_raw(tmp_path("short.safetensors"), "", UINT64_MAX, 0);
-	truncate(tmp_path("short.safetensors"), 5);
+	write_raw(tu_tmp_path("short.safetensors"), "", UINT64_MAX, 0);
+	truncate(tu_tmp_path("short.safetensors"), 5);
 	expect_bad_file("short.safetensors", "too short");
-	write_raw(tmp_path("outside.safetensors"), "{" T("a", "U8", "[16]", 0, 16) "}", UINT64_MAX, 8);
-	expect_bad_file("outside.safetensors", "data_offsets [0,16] end past the file (data is 8 bytes)");
-	write_raw(tmp_path("outside1.safetensors"), "{" T("a", "U8", "[9]", 0, 9) "}", UINT64_MAX, 8);
-	expect_bad_file("outside1.safetensors", "data_offsets [0,9] end past the file (data is 8 bytes)");
-	write_raw(tmp_path("overlap1.safetensors"),
-		  "{" T("a", "U8", "[8]", 0, 8) "," T("b", "U8", "[2]", 7, 9) "}", UINT64_MAX, 16);
-	expect_bad_file("overlap1.safetensors", "overlap tensor a [0,8]");
-	write_raw(tmp_path("overlap.safetensors"),
-		  "{" T("a", "U8", "[8]", 0, 8) "," T("b", "U8", "[8]", 4, 12) "}", UINT64_MAX, 16);
-	expect_bad_file("overlap.safetensors", "overlap");
-	write_raw(tmp_path("overlap2.safetensors"),
-		  "{" T("a", "F32", "[4]", 0, 16) "," T("b", "U8", "[2]", 6, 8) "}", UINT64_MAX, 16);
-	expect_bad_file("overlap2.safetensors", "overlap");
-	write_raw(tmp_path("mismatch.safetensors"), "{" T("a", "F32", "[4]", 0, 8) "}", UINT64_MAX, 16);
-	expect_bad_file("mismatch.safetensors", "shape needs 16");
-	write_raw(tmp_path("dtype.safetensors"), "{" T("a", "Q3", "[4]", 0, 4) "}", UINT64_MAX, 16);
-	expect_bad_file("dtype.safetensors", "unsupported dtype \"Q3\"");
-	write_raw(tmp_path("json.safetensors"), "{\"a\":{\"dtype\":", UINT64_MAX, 16);
-	expect_bad_file("json.safetensors", "malformed");
-	write_raw(tmp_path("array.safetensors"), "[1,2]", UINT64_MAX, 16);
-	expect_bad_file("array.safetensors", "not a JSON object");
-	write_raw(tmp_path("dup.safetensors"),
-		  "{" T("a", "U8", "[4]", 0, 4) "," T("a", "U8", "[4]", 4, 8) "}", UINT64_MAX, 16);
-	expect_bad_file("dup.safetensors", "duplicate");
-	write_raw(tmp_path("negdim.safetensors"), "{" T("a", "U8", "[-4]", 0, 4) "}", UINT64_MAX, 16);
-	expect_bad_file("negdim.safetensors", "shape[0]");
-	write_raw(tmp_path("ndim.safetensors"), "{" T("a", "U8", "[1,1,1,1,1,1,1,1,1]", 0, 1) "}",
-		  UINT64_MAX, 16);
-	expect_bad_file("ndim.safetensors", "dimensions");
-	write_raw(tmp_path("overflow.safetensors"),
-		  "{" T("a", "F32", "[1099511627776,1099511627776]", 0, 4) "}", UINT64_MAX, 16);
-	expect_bad_file("overflow.safetensors", "overflows");
-	write_raw(tmp_path("backwards.safetensors"), "{" T("a", "U8", "[0]", 8, 4) "}", UINT64_MAX, 16);
-	expect_bad_file("backwards.safetensors", "end before begin");
-	write_raw(tmp_path("offsets.safetensors"),
-		  "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0]}}", UINT64_MAX, 16);
-	expect_bad_file("offsets.safetensors", "data_offsets");
-	write_raw(tmp_path("nodtype.safetensors"),
-		  "{\"a\":{\"shape\":[4],\"data_offsets\":[0,4]}}", UINT64_MAX, 16);
-	expect_bad_file("nodtype.safetensors", "dtype");
-	write_raw(tmp_path("meta.safetensors"), "{\"__metadata__\":[1]}", UINT64_MAX, 0);
-	expect_bad_file("meta.safetensors", "__metadata__");
+	for (size_t i = 0; i < sizeof(bad_files) / sizeof(bad_files[0]); i++) {
+		write_raw(tu_tmp_path(bad_files[i].name), bad_files[i].header,
+			  bad_files[i].hlen_field, bad_files[i].data_bytes);
+		expect_bad_file(bad_files[i].name, bad_files[i].want);
+	}
 
 	/* Still valid: zero-size tensors anywhere, padding spaces, gaps. */
-	write_raw(tmp_path("ok.safetensors"),
+	write_raw(tu_tmp_path("ok.safetensors"),
 		  "{\"__metadata__\":{\"format\":\"pt\"}," T("z", "F32", "[0,3]", 4, 4) ","
 		  T("a", "U8", "[2,2]", 0, 4) "," T("b", "I16", "[]", 6, 8) "}     ", UINT64_MAX, 8);
-	k2st_checkpoint *ck = open_ok(tmp_path("ok.safetensors"));
+	k2st_checkpoint *ck = tu_checkpoint_open(tu_tmp_path("ok.safetensors"));
 	ck_assert_uint_eq(k2st_count(ck), 3);
 	const k2st_tensor *t = expect_tensor(ck, "b", K2_DTYPE_I16, 0, 0, 0);
 	uint8_t b[2];
@@ -358,11 +297,10 @@ START_TEST(test_bad_files)
 
 	/* A directory with neither model.safetensors nor an index. */
 	k2_err err = {{0}};
-	ck_assert_int_eq(k2st_open(tmpdir, &ck, &err), -ENOENT);
-	ck_assert_ptr_nonnull(strstr(err.msg, tmpdir));
-	ck_assert_int_lt(k2st_open(tmp_path("nonexistent"), &ck, &err), 0);
+	ck_assert_int_eq(k2st_open(tu_tmpdir, &ck, &err), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err.msg, tu_tmpdir));
+	ck_assert_int_lt(k2st_open(tu_tmp_path("nonexistent"), &ck, &err), 0);
 	ck_assert_ptr_nonnull(strstr(err.msg, "nonexistent"));
-	remove_tmpdir();
 }
 END_TEST
 
@@ -370,17 +308,14 @@ END_TEST
 
 static void write_text(const char *path, const char *text)
 {
-	FILE *f = fopen(path, "w");
-	ck_assert_ptr_nonnull(f);
-	fputs(text, f);
-	ck_assert_int_eq(fclose(f), 0);
+	tu_write_file(path, text, strlen(text));
 }
 
 static void expect_bad_dir(const char *want1, const char *want2)
 {
 	k2st_checkpoint *ck = NULL;
 	k2_err err = {{0}};
-	ck_assert_msg(k2st_open(tmpdir, &ck, &err) < 0, "accepted");
+	ck_assert_msg(k2st_open(tu_tmpdir, &ck, &err) < 0, "accepted");
 	ck_assert_ptr_null(ck);
 	ck_assert_msg(strstr(err.msg, want1) != NULL, "'%s' not in: %s", want1, err.msg);
 	if (want2)
@@ -389,15 +324,14 @@ static void expect_bad_dir(const char *want1, const char *want2)
 
 START_TEST(test_bad_index)
 {
-	make_tmpdir();
-	write_raw(tmp_path("s1.safetensors"), "{" T("a", "U8", "[4]", 0, 4) "," T("b", "U8", "[4]", 4, 8) "}",
+	write_raw(tu_tmp_path("s1.safetensors"), "{" T("a", "U8", "[4]", 0, 4) "," T("b", "U8", "[4]", 4, 8) "}",
 		  UINT64_MAX, 8);
-	write_raw(tmp_path("s2.safetensors"), "{" T("c", "U8", "[4]", 0, 4) "}", UINT64_MAX, 4);
-	const char *index = tmp_path("model.safetensors.index.json");
+	write_raw(tu_tmp_path("s2.safetensors"), "{" T("c", "U8", "[4]", 0, 4) "}", UINT64_MAX, 4);
+	const char *index = tu_tmp_path("model.safetensors.index.json");
 
 	write_text(index, "{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"s1.safetensors\","
 			  "\"c\":\"s2.safetensors\"}}");
-	k2st_checkpoint *ck = open_ok(tmpdir);
+	k2st_checkpoint *ck = tu_checkpoint_open(tu_tmpdir);
 	ck_assert_uint_eq(k2st_count(ck), 3);
 	const k2st_tensor *c = k2st_find(ck, "c");
 	ck_assert_int_eq(c->shard, 1);
@@ -419,11 +353,11 @@ START_TEST(test_bad_index)
 			  "\"b\":\"s1.safetensors\"}}");
 	expect_bad_dir("tensor a", "it is in");
 	/* A bad shard is reported under its own name. */
-	write_raw(tmp_path("s3.safetensors"), "{" T("d", "U8", "[4]", 0, 4) "}", UINT64_MAX, 2);
+	write_raw(tu_tmp_path("s3.safetensors"), "{" T("d", "U8", "[4]", 0, 4) "}", UINT64_MAX, 2);
 	write_text(index, "{\"weight_map\":{\"a\":\"s1.safetensors\",\"d\":\"s3.safetensors\"}}");
 	expect_bad_dir("s3.safetensors", "end past the file");
 	/* The same tensor in two shards. */
-	write_raw(tmp_path("s4.safetensors"), "{" T("a", "U8", "[4]", 0, 4) "}", UINT64_MAX, 4);
+	write_raw(tu_tmp_path("s4.safetensors"), "{" T("a", "U8", "[4]", 0, 4) "}", UINT64_MAX, 4);
 	write_text(index, "{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"s4.safetensors\"}}");
 	expect_bad_dir("tensor a is also in", NULL);
 	/* Malformed or unusable index files. */
@@ -437,7 +371,6 @@ START_TEST(test_bad_index)
 	expect_bad_dir("model.safetensors.index.json", "not a string");
 	write_text(index, "{\"weight_map\":{}}");
 	expect_bad_dir("model.safetensors.index.json", "no shard");
-	remove_tmpdir();
 }
 END_TEST
 
@@ -445,8 +378,7 @@ END_TEST
 
 START_TEST(test_writer_roundtrip)
 {
-	make_tmpdir();
-	const char *path = tmp_path("model.safetensors");
+	const char *path = tu_tmp_path("model.safetensors");
 	k2st_writer *w;
 	k2_err err = {{0}};
 	ck_assert_msg(k2st_writer_create(path, &w, &err) == 0, "%s", err.msg);
@@ -475,9 +407,8 @@ START_TEST(test_writer_roundtrip)
 
 	/* The header as the Python library writes it: length a multiple of 8,
 	 * padded with spaces, format metadata. */
-	char *raw;
 	size_t n;
-	ck_assert_int_eq(k2_read_file(path, &raw, &n, NULL), 0);
+	char *raw = tu_read_file(path, &n);
 	uint64_t hlen = 0;
 	for (int i = 7; i >= 0; i--)
 		hlen = hlen << 8 | (uint8_t)raw[i];
@@ -489,20 +420,20 @@ START_TEST(test_writer_roundtrip)
 
 	/* Read back by directory (model.safetensors) and by file. */
 	for (int by = 0; by < 2; by++) {
-		k2st_checkpoint *ck = open_ok(by ? path : tmpdir);
+		k2st_checkpoint *ck = tu_checkpoint_open(by ? path : tu_tmpdir);
 		ck_assert_uint_eq(k2st_count(ck), 4);
 		ck_assert_str_eq(k2st_at(ck, 0)->name, "model.a.weight"); /* declaration order */
 		ck_assert_str_eq(k2st_at(ck, 3)->name, "empty");
 		const k2st_tensor *t = expect_tensor(ck, "model.a.weight", K2_DTYPE_BF16, 2, 3, 5);
-		uint8_t *got = read_tensor(ck, t);
+		uint8_t *got = tu_tensor_read(ck, t);
 		ck_assert_mem_eq(got, a, 30);
 		free(got);
 		t = expect_tensor(ck, "b", K2_DTYPE_F32, 1, 2, 0);
-		got = read_tensor(ck, t);
+		got = tu_tensor_read(ck, t);
 		ck_assert_mem_eq(got, b, 8);
 		free(got);
 		t = expect_tensor(ck, "scalar", K2_DTYPE_I64, 0, 0, 0);
-		got = read_tensor(ck, t);
+		got = tu_tensor_read(ck, t);
 		ck_assert_mem_eq(got, sc, 8);
 		free(got);
 		expect_tensor(ck, "empty", K2_DTYPE_U8, 2, 0, 4);
@@ -528,15 +459,13 @@ START_TEST(test_writer_roundtrip)
 	ck_assert_int_eq(k2st_writer_close(NULL, &err), 0);
 	ck_assert_int_lt(k2st_writer_create("/nonexistent/dir/x.safetensors", &w, &err), 0);
 	ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent/dir/x.safetensors"));
-	remove_tmpdir();
 }
 END_TEST
 
 /* A checkpoint of real size: 100 000 tensors, each found by name quickly. */
 START_TEST(test_many_tensors)
 {
-	make_tmpdir();
-	const char *path = tmp_path("many.safetensors");
+	const char *path = tu_tmp_path("many.safetensors");
 	enum { N = 100000 };
 	k2st_writer *w;
 	k2_err err = {{0}};
@@ -554,7 +483,7 @@ START_TEST(test_many_tensors)
 	ck_assert_int_eq(k2st_writer_append(w, data, N, &err), 0);
 	ck_assert_int_eq(k2st_writer_close(w, &err), 0);
 
-	k2st_checkpoint *ck = open_ok(path);
+	k2st_checkpoint *ck = tu_checkpoint_open(path);
 	ck_assert_uint_eq(k2st_count(ck), N);
 	double t0 = k2_now();
 	int bad = 0;
@@ -572,7 +501,6 @@ START_TEST(test_many_tensors)
 	ck_assert_msg(dt < 5.0, "100k lookups and reads took %.2f s", dt);
 	k2st_close(ck);
 	free(data);
-	remove_tmpdir();
 }
 END_TEST
 
@@ -627,29 +555,18 @@ END_TEST
 static Suite *st_suite(void)
 {
 	Suite *s = suite_create("safetensors");
-	TCase *tc = tcase_create("fixtures");
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, test_fixture_bf16_sharded);
-	tcase_add_test(tc, test_fixture_fp8_int4_reference);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("bad input");
-	tcase_add_test(tc, test_bad_files);
-	tcase_add_test(tc, test_bad_index);
-	tcase_add_test(tc, test_parse_buffer);
-	suite_add_tcase(s, tc);
-	tc = tcase_create("writer");
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, test_writer_roundtrip);
-	tcase_add_test(tc, test_many_tensors);
-	suite_add_tcase(s, tc);
+	TU_ADD_TESTS(tu_tcase(s, "fixtures", 60), test_fixture_bf16_sharded,
+		     test_fixture_fp8_int4_reference);
+	TCase *tc = tu_tcase(s, "bad input", 0);
+	tcase_add_checked_fixture(tc, tu_tmpdir_setup, tu_tmpdir_teardown);
+	TU_ADD_TESTS(tc, test_bad_files, test_bad_index, test_parse_buffer);
+	tc = tu_tcase(s, "writer", 60);
+	tcase_add_checked_fixture(tc, tu_tmpdir_setup, tu_tmpdir_teardown);
+	TU_ADD_TESTS(tc, test_writer_roundtrip, test_many_tensors);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(st_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return tu_run_suite(st_suite());
 }

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EXPECT(cond, ...) do { if (!(cond)) ck_abort_msg(__VA_ARGS__); } while (0)
+#include "test_util.h"
 
 static const char *tokenizers(void)
 {
@@ -539,23 +539,6 @@ END_TEST
 
 /* ------------------------------------------------------------ small files */
 
-static char tmpdir[256];
-
-static void tmp_setup(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_tokenizer.XXXXXX");
-	if (!mkdtemp(tmpdir))
-		ck_abort_msg("mkdtemp: %s", strerror(errno));
-}
-
-static void tmp_teardown(void)
-{
-	char cmd[300];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmpdir);
-}
-
 /* GPT-2's byte alphabet, written out independently of the tokenizer. */
 static void byte_char(int b, char *out)
 {
@@ -642,8 +625,7 @@ static void write_tiny(const char *dir, const char *split_pattern, bool literal,
 
 static inf_tok *load_tiny(void)
 {
-	char path[512];
-	snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
+	const char *path = tu_tmp_path("tokenizer.json");
 	inf_tok *t = NULL;
 	k2_err err = {{0}};
 	EXPECT(inf_tok_load(path, &t, &err) == 0, "load %s: %s", path, err.msg);
@@ -679,7 +661,7 @@ static void expect_enc(inf_tok *t, const char *text, const int32_t *want, size_t
 START_TEST(test_bpe_merge_order)
 {
 	for (int pairs = 0; pairs < 2; pairs++) { /* "a b" strings, then [a, b] pairs */
-		write_tiny(tmpdir, NULL, false, NULL, false, NULL, 0, pairs);
+		write_tiny(tu_tmpdir, NULL, false, NULL, false, NULL, 0, pairs);
 		inf_tok *t = load_tiny();
 		ck_assert_uint_eq(inf_tok_vocab_size(t), 263);
 		ENC(t, "abc", 257);       /* a+b (rank 0) first, then ab+c */
@@ -693,30 +675,21 @@ START_TEST(test_bpe_merge_order)
 }
 END_TEST
 
-/* Writes text to dir/name. */
+/* Writes text to tu_tmpdir/name. */
 static void write_file(const char *name, const char *text, size_t len)
 {
-	char path[512];
-	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
-	FILE *f = fopen(path, "wb");
-	ck_assert_ptr_nonnull(f);
-	ck_assert_uint_eq(fwrite(text, 1, len, f), len);
-	fclose(f);
+	tu_write_file(tu_tmp_path(name), text, len);
 }
 
 /* ByteLevel's own options: a space prefixed to each piece, GPT-2's regex. */
 START_TEST(test_byte_level_options)
 {
-	write_tiny(tmpdir, NULL, false, NULL, false, NULL, 0, false);
+	write_tiny(tu_tmpdir, NULL, false, NULL, false, NULL, 0, false);
 	inf_tok *t = load_tiny();
 	ENC(t, "ab abc", 256, ' ', 257); /* one piece: a+b merges, b+space does not */
 	inf_tok_free(t);
-	char path[512];
-	snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
-	FILE *f = fopen(path, "rb");
-	char *src = malloc(1 << 20);
-	size_t len = fread(src, 1, 1 << 20, f);
-	fclose(f);
+	size_t len;
+	char *src = tu_read_file(tu_tmp_path("tokenizer.json"), &len);
 	char *p = memmem(src, len, "\"use_regex\": false", 18);
 	ck_assert_ptr_nonnull(p);
 	memcpy(p, "\"use_regex\": true ", 18);
@@ -752,7 +725,7 @@ START_TEST(test_split_behaviors)
 	};
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
 		for (int lit = 0; lit < 2; lit++) {
-			write_tiny(tmpdir, lit ? "-" : "\\-", lit, cases[c].behavior,
+			write_tiny(tu_tmpdir, lit ? "-" : "\\-", lit, cases[c].behavior,
 				   cases[c].invert, NULL, 0, false);
 			inf_tok *t = load_tiny();
 			size_t n;
@@ -766,7 +739,7 @@ START_TEST(test_split_behaviors)
 		}
 	}
 	/* \s is Unicode White_Space (as Oniguruma has it): U+0085 yes, U+180E no */
-	write_tiny(tmpdir, "\\s", false, "Removed", false, NULL, 0, false);
+	write_tiny(tu_tmpdir, "\\s", false, "Removed", false, NULL, 0, false);
 	inf_tok *t = load_tiny();
 	size_t n;
 	int32_t *ids = enc(t, "a\xc2\x85" "b\xe1\xa0\x8e" "c", 8, &n);
@@ -790,7 +763,7 @@ START_TEST(test_added_flags)
 		{307, "<S>x", true, false, false, false, false},
 		{308, "\xce\xa9", false, false, false, false, false}, /* Ω */
 	};
-	write_tiny(tmpdir, NULL, false, NULL, false, added, 9, false);
+	write_tiny(tu_tmpdir, NULL, false, NULL, false, added, 9, false);
 	inf_tok *t = load_tiny();
 	ck_assert_uint_eq(inf_tok_vocab_size(t), 309);
 	ck_assert_ptr_null(inf_tok_id_to_token(t, 280, NULL)); /* a hole */
@@ -820,12 +793,10 @@ START_TEST(test_added_flags)
 	inf_tok_free(t);
 
 	/* tokenizer_config.json names BOS/EOS (string and AddedToken forms) */
-	char path[512];
-	snprintf(path, sizeof(path), "%s/tokenizer_config.json", tmpdir);
-	FILE *f = fopen(path, "w");
-	fputs("{\"add_bos_token\": true, \"bos_token\": \"<S>\", "
-	      "\"eos_token\": {\"__type\": \"AddedToken\", \"content\": \"<N>\"}}", f);
-	fclose(f);
+	static const char cfg[] =
+		"{\"add_bos_token\": true, \"bos_token\": \"<S>\", "
+		"\"eos_token\": {\"__type\": \"AddedToken\", \"content\": \"<N>\"}}";
+	write_file("tokenizer_config.json", cfg, strlen(cfg));
 	t = load_tiny();
 	int32_t bos;
 	ck_assert(inf_tok_bos(t, &bos));
@@ -837,11 +808,8 @@ START_TEST(test_added_flags)
 	static const char *const bad[] = {"{\"add_bos_token\": true, \"bos_token\": \"<nope>\"}",
 					  "{\"add_bos_token\": tru"};
 	for (int i = 0; i < 2; i++) {
-		f = fopen(path, "w");
-		fputs(bad[i], f);
-		fclose(f);
-		char tpath[512];
-		snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", tmpdir);
+		write_file("tokenizer_config.json", bad[i], strlen(bad[i]));
+		const char *tpath = tu_tmp_path("tokenizer.json");
 		k2_err err = {{0}};
 		t = (inf_tok *)1;
 		int rc = inf_tok_load(tpath, &t, &err);
@@ -853,8 +821,7 @@ END_TEST
 
 static void expect_load_error(const char *name, const char *needle)
 {
-	char path[512];
-	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	const char *path = tu_tmp_path(name);
 	inf_tok *t = (inf_tok *)1;
 	k2_err err = {{0}};
 	int rc = inf_tok_load(path, &t, &err);
@@ -882,17 +849,21 @@ static void write_edited(const char *src, size_t len, const char *from, const ch
 	free(buf);
 }
 
-START_TEST(test_corrupt_files)
+/* The DeepSeek-V3 tokenizer.json, read whole into a malloc'd buffer of *len
+ * bytes. */
+static char *read_ds_json(size_t *len)
 {
 	char path[1024];
 	snprintf(path, sizeof(path), "%s/deepseek-v3/tokenizer.json", tokenizers());
-	FILE *f = fopen(path, "rb");
-	EXPECT(f != NULL, "cannot open %s", path);
-	size_t len = 16 << 20;
-	char *src = malloc(len);
-	len = fread(src, 1, len, f);
-	fclose(f);
-	EXPECT(len > 1000000, "%s: short read", path);
+	char *src = tu_read_file(path, len);
+	EXPECT(*len > 1000000, "%s: short read", path);
+	return src;
+}
+
+START_TEST(test_corrupt_files)
+{
+	size_t len;
+	char *src = read_ds_json(&len);
 
 	write_file("truncated.json", src, len / 2);
 	expect_load_error("truncated.json", "invalid JSON");
@@ -963,15 +934,15 @@ START_TEST(test_corrupt_files)
 	size_t line = 2;
 	for (const char *q = src; q < last; q++)
 		line += *q == '\n';
-	write_edited(last, len - (size_t)(last - src), "]", "],\n        \"x\": tru", "after.bin");
-	char *whole = malloc(len + 32);
-	memcpy(whole, src, (size_t)(last - src));
-	snprintf(path, sizeof(path), "%s/after.bin", tmpdir);
-	f = fopen(path, "rb");
-	size_t tail = fread(whole + (last - src), 1, len + 32 - (size_t)(last - src), f);
-	fclose(f);
-	write_file("after.json", whole, (size_t)(last - src) + tail);
+	size_t head = (size_t)(last - src), tail;
+	write_edited(last, len - head, "]", "],\n        \"x\": tru", "after.bin");
+	char *edited = tu_read_file(tu_tmp_path("after.bin"), &tail);
+	char *whole = malloc(head + tail);
+	memcpy(whole, src, head);
+	memcpy(whole + head, edited, tail);
+	write_file("after.json", whole, head + tail);
 	free(whole);
+	free(edited);
 	char needle[64];
 	snprintf(needle, sizeof(needle), "invalid JSON at line %zu column", line);
 	expect_load_error("after.json", needle);
@@ -984,17 +955,11 @@ END_TEST
  * the same result. */
 START_TEST(test_fast_and_slow_paths)
 {
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/deepseek-v3/tokenizer.json", tokenizers());
-	FILE *f = fopen(path, "rb");
-	EXPECT(f != NULL, "cannot open %s", path);
-	size_t len = 16 << 20;
-	char *src = malloc(len);
-	len = fread(src, 1, len, f);
-	fclose(f);
+	size_t len;
+	char *src = read_ds_json(&len);
 
 	write_edited(src, len, "\"Hello\": 19923", "\"H\\u0065ll\\u006F\": 19923", "esc.json");
-	snprintf(path, sizeof(path), "%s/esc.json", tmpdir);
+	const char *path = tu_tmp_path("esc.json");
 	inf_tok *t = NULL;
 	k2_err err = {{0}};
 	EXPECT(inf_tok_load(path, &t, &err) == 0, "%s: %s", path, err.msg);
@@ -1007,7 +972,7 @@ START_TEST(test_fast_and_slow_paths)
 
 	/* "\u006dodel" is "model" to JSON but not to the outline scan */
 	write_edited(src, len, "\"model\": {", "\"\\u006dodel\": {", "slow.json");
-	snprintf(path, sizeof(path), "%s/slow.json", tmpdir);
+	path = tu_tmp_path("slow.json");
 	double t0 = now();
 	EXPECT(inf_tok_load(path, &t, &err) == 0, "%s: %s", path, err.msg);
 	printf("tokenizer: jansson-only load in %.1f ms\n", (now() - t0) * 1e3);
@@ -1018,26 +983,24 @@ START_TEST(test_fast_and_slow_paths)
 }
 END_TEST
 
+/* The added tokens of test_mutated_files' tokenizer: <L> takes the spaces
+ * before it; <W> is special, takes the spaces after it and is a single word. */
+static const struct tiny_added mutated_added[] = {
+	{300, "<L>", false, true, false, false, false},
+	{301, "<W>", true, false, true, false, true},
+};
+
 /* Random damage to a small tokenizer.json: every load either succeeds (and
  * then encodes and decodes) or fails with a message naming the file. Run
  * under `make asan` this is a small fuzzing pass over the loader. */
 START_TEST(test_mutated_files)
 {
-	static const struct tiny_added added[] = {
-		{300, "<L>", false, true, false, false, false},
-		{301, "<W>", true, false, true, false, true},
-	};
-	write_tiny(tmpdir, "\\p{N}{1,3}|\\s+", false, "Isolated", false, added, 2, true);
-	char path[512], mpath[512];
-	snprintf(path, sizeof(path), "%s/tokenizer.json", tmpdir);
-	snprintf(mpath, sizeof(mpath), "%s/m/tokenizer.json", tmpdir);
-	char mdir[512];
-	snprintf(mdir, sizeof(mdir), "%s/m", tmpdir);
-	ck_assert_int_eq(mkdir(mdir, 0700), 0);
-	FILE *f = fopen(path, "rb");
-	char *src = malloc(1 << 20);
-	size_t len = fread(src, 1, 1 << 20, f);
-	fclose(f);
+	write_tiny(tu_tmpdir, "\\p{N}{1,3}|\\s+", false, "Isolated", false, mutated_added, 2,
+		   true);
+	size_t len;
+	char *src = tu_read_file(tu_tmp_path("tokenizer.json"), &len);
+	ck_assert_int_eq(mkdir(tu_tmp_path("m"), 0700), 0);
+	const char *mpath = tu_tmp_path("m/tokenizer.json");
 	char *buf = malloc(len + 64);
 	const char *seed = getenv("K2_TOK_SEED");
 	uint64_t x = seed ? strtoull(seed, NULL, 0) : 12345;
@@ -1061,9 +1024,7 @@ START_TEST(test_mutated_files)
 			if (n < 2)
 				break;
 		}
-		f = fopen(mpath, "wb");
-		fwrite(buf, 1, n, f);
-		fclose(f);
+		tu_write_file(mpath, buf, n);
 		inf_tok *t = NULL;
 		k2_err err = {{0}};
 		if (inf_tok_load(mpath, &t, &err) == 0) {
@@ -1089,40 +1050,21 @@ END_TEST
 static Suite *suite(void)
 {
 	Suite *s = suite_create("tokenizer");
-	TCase *tc = tcase_create("deepseek-v3");
+	TCase *tc = tu_tcase(s, "deepseek-v3", 60);
 	tcase_add_unchecked_fixture(tc, ds_setup, ds_teardown);
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, test_encodings_jsonl);
-	tcase_add_test(tc, test_accessors);
-	tcase_add_test(tc, test_empty);
-	tcase_add_test(tc, test_invalid_utf8);
-	tcase_add_test(tc, test_random_bytes_roundtrip);
-	tcase_add_test(tc, test_long_run);
-	tcase_add_test(tc, test_added_token_in_middle);
-	tcase_add_test(tc, test_digit_groups);
-	tcase_add_test(tc, test_cjk_runs);
-	tcase_add_test(tc, test_stream_holds_back);
-	tcase_add_test(tc, test_throughput);
-	suite_add_tcase(s, tc);
-	TCase *tf = tcase_create("files");
-	tcase_add_checked_fixture(tf, tmp_setup, tmp_teardown);
-	tcase_set_timeout(tf, 60);
-	tcase_add_test(tf, test_bpe_merge_order);
-	tcase_add_test(tf, test_split_behaviors);
-	tcase_add_test(tf, test_byte_level_options);
-	tcase_add_test(tf, test_added_flags);
-	tcase_add_test(tf, test_corrupt_files);
-	tcase_add_test(tf, test_fast_and_slow_paths);
-	tcase_add_test(tf, test_mutated_files);
-	suite_add_tcase(s, tf);
+	TU_ADD_TESTS(tc, test_encodings_jsonl, test_accessors, test_empty, test_invalid_utf8,
+		     test_random_bytes_roundtrip, test_long_run, test_added_token_in_middle,
+		     test_digit_groups, test_cjk_runs, test_stream_holds_back, test_throughput);
+
+	tc = tu_tcase(s, "files", 60);
+	tcase_add_checked_fixture(tc, tu_tmpdir_setup, tu_tmpdir_teardown);
+	TU_ADD_TESTS(tc, test_bpe_merge_order, test_split_behaviors, test_byte_level_options,
+		     test_added_flags, test_corrupt_files, test_fast_and_slow_paths,
+		     test_mutated_files);
 	return s;
 }
 
 int main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return tu_run_suite(suite());
 }
