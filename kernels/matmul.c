@@ -1,13 +1,15 @@
 /* matmul.c — kern_matmul: splits a product into row tasks for the pool and
  * picks the instruction-set path (AVX-512 at batch 1 where the CPU has
  * F/BW/VL, AVX2+FMA+F16C where it has those, else the portable C path below,
- * which any C compiler builds), detected once at run time.
+ * which any C compiler builds), detected once at run time; and the drivers
+ * and scalar code the paths share (matmul_impl.h).
  *
  * Determinism: tasks are fixed row ranges chosen from the shape alone, and
  * every path computes each output element in an order that depends only on
  * (matrix, batch size, element), so the result is bit-identical whatever the
  * number of threads and whichever thread runs which task. */
 #include "kernels_impl.h"
+#include "matmul_impl.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -180,38 +182,46 @@ void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	free(xp_heap);
 }
 
-/* ---------------------------------------------------------------- portable path */
+/* ---------------------------------------------------------------- shared by the paths */
 
-/* Dequantizes W[r, k0 .. k0+n) into out[0 .. n). k0 is a multiple of KERN_KC. */
-static void dq_generic(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, float *out)
+void kern_rows_fused(const kern_mv_fn fn[4], const kern_mat *m, const float *x, uint32_t batch,
+		     float *y, uint32_t r0, uint32_t r1)
+{
+	for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
+		uint32_t nb = batch - b0 < 4 ? batch - b0 : 4;
+		fn[nb - 1](m, x + (size_t)b0 * m->cols, y + (size_t)b0 * m->rows, r0, r1);
+	}
+}
+
+void kern_dq_cols(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t k, uint32_t n, float *out)
 {
 	size_t base = (size_t)r * m->cols + k0;
 
 	switch (m->format) {
 	case K2_FORMAT_BF16: {
 		const uint16_t *w = (const uint16_t *)m->w + base;
-		for (uint32_t k = 0; k < n; k++)
+		for (; k < n; k++)
 			out[k] = kern_bf16(w[k]);
 		break;
 	}
 	case K2_FORMAT_FP8_B128: {
 		const uint8_t *w = (const uint8_t *)m->w + base;
 		const float *lut = kern_e4m3_lut();
-		for (uint32_t k = 0; k < n; k++)
+		for (; k < n; k++)
 			out[k] = lut[w[k]] * kern_fp8_scale(m, r, (k0 + k) / 128);
 		break;
 	}
 	case K2_FORMAT_INT8: {
 		const int8_t *w = (const int8_t *)m->w + base;
 		float s = ((const float *)m->s)[r];
-		for (uint32_t k = 0; k < n; k++)
+		for (; k < n; k++)
 			out[k] = (float)w[k] * s;
 		break;
 	}
 	case K2_FORMAT_INT4_G32: {
 		const uint8_t *w = (const uint8_t *)m->w + base / 2;
 		const uint16_t *s = (const uint16_t *)m->s + (size_t)r * (m->cols / 32) + k0 / 32;
-		for (uint32_t k = 0; k < n; k += 2) {
+		for (; k < n; k += 2) {
 			float sg = kern_bf16(s[k / 32]);
 			out[k] = (float)((int)(w[k / 2] & 15) - 8) * sg;
 			out[k + 1] = (float)((int)(w[k / 2] >> 4) - 8) * sg;
@@ -219,53 +229,41 @@ static void dq_generic(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, f
 		break;
 	}
 	case KERN_FORMAT_F32:
-		memcpy(out, (const float *)m->w + base, n * sizeof(*out));
+		memcpy(out + k, (const float *)m->w + base + k, (n - k) * sizeof(*out));
 		break;
 	}
 }
 
-/* Sum of 8 lanes in a fixed order. */
-static float hsum8_generic(const float *a)
+/* ---------------------------------------------------------------- portable path */
+
+/* A kern_dq_fn. */
+static void dq_generic(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, float *out)
 {
-	return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+	kern_dq_cols(m, r, k0, 0, n, out);
 }
 
-/* The portable tiled product: per element (b, r), eight lane sums over the
- * columns in steps of 8, summed, then the columns past the last multiple of 8. */
+/* A kern_tile_fn: per element (r, b), eight lane sums over the columns in steps
+ * of 8, then the rest. The sums live in a local array with a size_t index,
+ * which lets the compiler vectorize the lanes (no aliasing, no wrap-around). */
+static void tile_generic(const float *wbuf, const float *xb, size_t xs, uint32_t nr,
+			 uint32_t nb, uint32_t n, float acc[][KERN_TILE_BATCH][8],
+			 float tail[][KERN_TILE_BATCH])
+{
+	for (uint32_t r = 0; r < nr; r++)
+		for (uint32_t b = 0; b < nb; b++) {
+			const float *w = wbuf + (size_t)r * KERN_KC, *xr = xb + b * xs;
+			float a[8];
+			memcpy(a, acc[r][b], sizeof(a));
+			for (size_t k = 0; k + 8 <= n; k += 8)
+				for (int l = 0; l < 8; l++)
+					a[l] += w[k + l] * xr[k + l];
+			memcpy(acc[r][b], a, sizeof(a));
+		}
+	kern_tile_tail(wbuf, xb, xs, nr, nb, n, tail);
+}
+
 void kern_rows_generic(const kern_mat *m, const float *x, uint32_t batch,
 		       float *y, uint32_t r0, uint32_t r1)
 {
-	float wbuf[KERN_TILE_ROWS][KERN_KC];
-	float acc[KERN_TILE_ROWS][KERN_TILE_BATCH][8];
-	float tail[KERN_TILE_ROWS][KERN_TILE_BATCH];
-	const uint32_t cols = m->cols;
-
-	for (uint32_t rg = r0; rg < r1; rg += KERN_TILE_ROWS) {
-		uint32_t nr = r1 - rg < KERN_TILE_ROWS ? r1 - rg : KERN_TILE_ROWS;
-		for (uint32_t bs = 0; bs < batch; bs += KERN_TILE_BATCH) {
-			uint32_t nb = batch - bs < KERN_TILE_BATCH ? batch - bs : KERN_TILE_BATCH;
-			memset(acc, 0, sizeof(acc));
-			memset(tail, 0, sizeof(tail));
-			for (uint32_t k0 = 0; k0 < cols; k0 += KERN_KC) {
-				uint32_t n = cols - k0 < KERN_KC ? cols - k0 : KERN_KC;
-				uint32_t n8 = n & ~7u;
-				for (uint32_t r = 0; r < nr; r++)
-					dq_generic(m, rg + r, k0, n, wbuf[r]);
-				for (uint32_t r = 0; r < nr; r++)
-					for (uint32_t b = 0; b < nb; b++) {
-						const float *xb = x + (size_t)(bs + b) * cols + k0;
-						float *a = acc[r][b];
-						for (uint32_t k = 0; k < n8; k += 8)
-							for (int l = 0; l < 8; l++)
-								a[l] += wbuf[r][k + l] * xb[k + l];
-						for (uint32_t k = n8; k < n; k++)
-							tail[r][b] += wbuf[r][k] * xb[k];
-					}
-			}
-			for (uint32_t r = 0; r < nr; r++)
-				for (uint32_t b = 0; b < nb; b++)
-					y[(size_t)(bs + b) * m->rows + rg + r] =
-						hsum8_generic(acc[r][b]) + tail[r][b];
-		}
-	}
+	kern_rows_tiled(dq_generic, tile_generic, m, x, batch, y, r0, r1);
 }

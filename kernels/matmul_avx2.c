@@ -11,25 +11,17 @@
  * KERN_KC columns at a time into a small buffer and reused for every row of
  * X, 4 × 3 accumulators per register block. */
 #include "kernels_impl.h"
+#include "matmul_impl.h"
 
 #include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
-#include <immintrin.h>
+#include "matmul_x86.h"
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define AVX2_INLINE static inline __attribute__((target("avx2,fma,f16c"), always_inline))
-
-/* Sum of the 8 lanes in a fixed order. */
-AVX2_INLINE float hsum8(__m256 v)
-{
-	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_movehdup_ps(s));
-	return _mm_cvtss_f32(s);
-}
+#define AVX2 __attribute__((target(KERN_AVX2_TARGET)))
+#define AVX2_INLINE static inline __attribute__((target(KERN_AVX2_TARGET), always_inline))
 
 AVX2_INLINE __m256 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
 {
@@ -92,74 +84,50 @@ AVX2_INLINE __m256 ld_i4x8(const uint8_t *p, __m256i shifts)
 
 /* ---------------------------------------------------------------- batch 1 */
 
-AVX2 static void mv_f32(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+/* Eight weights of a bf16, int8 or f32 matrix from element i, as stored
+ * (int8 without its row scale). */
+AVX2_INLINE __m256 ld_w8(const kern_mat *m, const uint32_t F, size_t i)
+{
+	switch (F) {
+	case K2_FORMAT_BF16:
+		return ld_bf16x8((const uint16_t *)m->w + i);
+	case K2_FORMAT_INT8:
+		return ld_i8x8((const int8_t *)m->w + i);
+	default:
+		return _mm256_loadu_ps((const float *)m->w + i);
+	}
+}
+
+/* A bf16, int8 or f32 matrix (format F) at batch 1: four accumulators over 32
+ * columns a step, then 8 columns, then the rest one by one; int8's row scale
+ * applied to the sum. */
+AVX2_INLINE void mv_plain(const kern_mat *m, const float *x, float *y, uint32_t r0,
+			  uint32_t r1, const uint32_t F)
 {
 	const uint32_t cols = m->cols;
 
 	for (uint32_t r = r0; r < r1; r++) {
-		const float *w = (const float *)m->w + (size_t)r * cols;
+		const size_t row = (size_t)r * cols;
 		__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 		uint32_t k = 0;
 		for (; k + 32 <= cols; k += 32) {
-			a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
-			a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-			a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-			a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+			a0 = _mm256_fmadd_ps(ld_w8(m, F, row + k), _mm256_loadu_ps(x + k), a0);
+			a1 = _mm256_fmadd_ps(ld_w8(m, F, row + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+			a2 = _mm256_fmadd_ps(ld_w8(m, F, row + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+			a3 = _mm256_fmadd_ps(ld_w8(m, F, row + k + 24), _mm256_loadu_ps(x + k + 24), a3);
 		}
 		for (; k + 8 <= cols; k += 8)
-			a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
-		float s = hsum8(sum4(a0, a1, a2, a3));
+			a0 = _mm256_fmadd_ps(ld_w8(m, F, row + k), _mm256_loadu_ps(x + k), a0);
+		float s = kern_hsum8(sum4(a0, a1, a2, a3));
 		for (; k < cols; k++)
-			s += w[k] * x[k];
-		y[r] = s;
+			s += kern_w_fused(m, F, r, k) * x[k];
+		y[r] = F == K2_FORMAT_INT8 ? s * ((const float *)m->s)[r] : s;
 	}
 }
 
-AVX2 static void mv_bf16(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
-{
-	const uint32_t cols = m->cols;
-
-	for (uint32_t r = r0; r < r1; r++) {
-		const uint16_t *w = (const uint16_t *)m->w + (size_t)r * cols;
-		__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		uint32_t k = 0;
-		for (; k + 32 <= cols; k += 32) {
-			a0 = _mm256_fmadd_ps(ld_bf16x8(w + k), _mm256_loadu_ps(x + k), a0);
-			a1 = _mm256_fmadd_ps(ld_bf16x8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-			a2 = _mm256_fmadd_ps(ld_bf16x8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-			a3 = _mm256_fmadd_ps(ld_bf16x8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
-		}
-		for (; k + 8 <= cols; k += 8)
-			a0 = _mm256_fmadd_ps(ld_bf16x8(w + k), _mm256_loadu_ps(x + k), a0);
-		float s = hsum8(sum4(a0, a1, a2, a3));
-		for (; k < cols; k++)
-			s += kern_bf16(w[k]) * x[k];
-		y[r] = s;
-	}
-}
-
-AVX2 static void mv_i8(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
-{
-	const uint32_t cols = m->cols;
-
-	for (uint32_t r = r0; r < r1; r++) {
-		const int8_t *w = (const int8_t *)m->w + (size_t)r * cols;
-		__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		uint32_t k = 0;
-		for (; k + 32 <= cols; k += 32) {
-			a0 = _mm256_fmadd_ps(ld_i8x8(w + k), _mm256_loadu_ps(x + k), a0);
-			a1 = _mm256_fmadd_ps(ld_i8x8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-			a2 = _mm256_fmadd_ps(ld_i8x8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-			a3 = _mm256_fmadd_ps(ld_i8x8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
-		}
-		for (; k + 8 <= cols; k += 8)
-			a0 = _mm256_fmadd_ps(ld_i8x8(w + k), _mm256_loadu_ps(x + k), a0);
-		float s = hsum8(sum4(a0, a1, a2, a3));
-		for (; k < cols; k++)
-			s += (float)w[k] * x[k];
-		y[r] = s * ((const float *)m->s)[r];
-	}
-}
+KERN_MV_DEFINE(AVX2, mv_bf16, mv_plain, K2_FORMAT_BF16)
+KERN_MV_DEFINE(AVX2, mv_i8, mv_plain, K2_FORMAT_INT8)
+KERN_MV_DEFINE(AVX2, mv_f32, mv_plain, KERN_FORMAT_F32)
 
 AVX2 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
 {
@@ -197,7 +165,7 @@ AVX2 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0
 				tail += t * srow[cb];
 			}
 		}
-		y[r] = fp8_nan_seen(nan) ? NAN : hsum8(sum4(a0, a1, a2, a3)) + tail;
+		y[r] = fp8_nan_seen(nan) ? NAN : kern_hsum8(sum4(a0, a1, a2, a3)) + tail;
 	}
 }
 
@@ -249,41 +217,37 @@ AVX2 static void mv_i4(const kern_mat *m, const float *x, float *y, uint32_t r0,
 			default: a3 = _mm256_fmadd_ps(gs, sg, a3); break;
 			}
 		}
-		y[r] = hsum8(sum4(a0, a1, a2, a3));
+		y[r] = kern_hsum8(sum4(a0, a1, a2, a3));
 	}
 }
 
 /* ---------------------------------------------------------------- batch > 1 */
 
-/* Dequantizes W[r, k0 .. k0+n) into out[0 .. n), scales applied; k0 is a
- * multiple of KERN_KC. The same values as kern_mat_get. */
+/* A kern_dq_fn: vectors where they fit, kern_dq_cols for the rest. */
 AVX2 static void dq_row(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, float *out)
 {
 	const size_t base = (size_t)r * m->cols + k0;
-	uint32_t k = 0;
+	uint32_t k = 0; /* columns below k done with vectors */
 
 	switch (m->format) {
 	case K2_FORMAT_BF16: {
 		const uint16_t *w = (const uint16_t *)m->w + base;
 		for (; k + 8 <= n; k += 8)
 			_mm256_storeu_ps(out + k, ld_bf16x8(w + k));
-		for (; k < n; k++)
-			out[k] = kern_bf16(w[k]);
 		break;
 	}
 	case K2_FORMAT_INT8: {
 		const int8_t *w = (const int8_t *)m->w + base;
-		float s = ((const float *)m->s)[r];
-		__m256 sv = _mm256_set1_ps(s);
+		__m256 sv = _mm256_set1_ps(((const float *)m->s)[r]);
 		for (; k + 8 <= n; k += 8)
 			_mm256_storeu_ps(out + k, _mm256_mul_ps(ld_i8x8(w + k), sv));
-		for (; k < n; k++)
-			out[k] = (float)w[k] * s;
 		break;
 	}
 	case K2_FORMAT_FP8_B128: {
 		const uint8_t *w = (const uint8_t *)m->w + base;
 		__m128i nan = _mm_setzero_si128();
+		/* every block but the last is whole, so k stops short of n only
+		 * in the last */
 		for (uint32_t c = 0; c < n; c += 128) {
 			uint32_t c1 = c + 128 < n ? c + 128 : n;
 			float s = kern_fp8_scale(m, r, (k0 + c) / 128);
@@ -295,17 +259,11 @@ AVX2 static void dq_row(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, 
 			}
 			for (; k + 8 <= c1; k += 8)
 				_mm256_storeu_ps(out + k, _mm256_mul_ps(ld_fp8x8(w + k, &nan), sv));
-			for (; k < c1; k++)
-				out[k] = kern_e4m3_lut()[w[k]] * s;
 		}
 		if (fp8_nan_seen(nan)) /* rare: redo with the table, which has the NaNs */
-			for (k = 0; k < n; k++)
-				out[k] = kern_e4m3_lut()[w[k]] * kern_fp8_scale(m, r, (k0 + k) / 128);
+			k = 0;
 		break;
 	}
-	case KERN_FORMAT_F32:
-		memcpy(out, (const float *)m->w + base, n * sizeof(*out));
-		break;
 	case K2_FORMAT_INT4_G32: {
 		const uint8_t *w = (const uint8_t *)m->w + base / 2;
 		const uint16_t *s = (const uint16_t *)m->s + (size_t)r * (m->cols / 32) + k0 / 32;
@@ -319,6 +277,8 @@ AVX2 static void dq_row(const kern_mat *m, uint32_t r, uint32_t k0, uint32_t n, 
 		break;
 	}
 	}
+	if (k < n)
+		kern_dq_cols(m, r, k0, k, n, out);
 }
 
 /* Register block: NR weight rows (wbuf, stride KERN_KC) against NB rows of X
@@ -371,43 +331,16 @@ static const mk_fn mk_table[4][3] = {
 	{mk_3_1, mk_3_2, mk_3_3}, {mk_4_1, mk_4_2, mk_4_3},
 };
 
-AVX2 static void mm_tiled(const kern_mat *m, const float *x, uint32_t batch,
-			  float *y, uint32_t r0, uint32_t r1)
+/* A kern_tile_fn: register blocks of up to 3 rows of x. */
+AVX2 static void tile_avx2(const float *wbuf, const float *xb, size_t xs, uint32_t nr,
+			   uint32_t nb, uint32_t n, float acc[][KERN_TILE_BATCH][8],
+			   float tail[][KERN_TILE_BATCH])
 {
-	float wbuf[KERN_TILE_ROWS * KERN_KC] __attribute__((aligned(32)));
-	float acc[KERN_TILE_ROWS * KERN_TILE_BATCH * 8] __attribute__((aligned(32)));
-	float tail[KERN_TILE_ROWS][KERN_TILE_BATCH];
-	const uint32_t cols = m->cols;
-
-	for (uint32_t rg = r0; rg < r1; rg += KERN_TILE_ROWS) {
-		uint32_t nr = r1 - rg < KERN_TILE_ROWS ? r1 - rg : KERN_TILE_ROWS;
-		for (uint32_t bs = 0; bs < batch; bs += KERN_TILE_BATCH) {
-			uint32_t nbt = batch - bs < KERN_TILE_BATCH ? batch - bs : KERN_TILE_BATCH;
-			memset(acc, 0, sizeof(acc));
-			memset(tail, 0, sizeof(tail));
-			for (uint32_t k0 = 0; k0 < cols; k0 += KERN_KC) {
-				uint32_t n = cols - k0 < KERN_KC ? cols - k0 : KERN_KC;
-				uint32_t n8 = n & ~7u;
-				for (uint32_t r = 0; r < nr; r++)
-					dq_row(m, rg + r, k0, n, wbuf + r * KERN_KC);
-				for (uint32_t b = 0; b < nbt; b += 3) {
-					uint32_t nb = nbt - b < 3 ? nbt - b : 3;
-					mk_table[nr - 1][nb - 1](wbuf, x + (size_t)(bs + b) * cols + k0, cols,
-								 n8, acc + (size_t)b * 8);
-				}
-				for (uint32_t k = n8; k < n; k++)
-					for (uint32_t r = 0; r < nr; r++)
-						for (uint32_t b = 0; b < nbt; b++)
-							tail[r][b] += wbuf[r * KERN_KC + k] *
-								      x[(size_t)(bs + b) * cols + k0 + k];
-			}
-			for (uint32_t r = 0; r < nr; r++)
-				for (uint32_t b = 0; b < nbt; b++)
-					y[(size_t)(bs + b) * m->rows + rg + r] =
-						hsum8(_mm256_loadu_ps(acc + ((size_t)r * KERN_TILE_BATCH + b) * 8)) +
-						tail[r][b];
-		}
+	for (uint32_t b = 0; b < nb; b += 3) {
+		uint32_t n3 = nb - b < 3 ? nb - b : 3;
+		mk_table[nr - 1][n3 - 1](wbuf, xb + b * xs, xs, n & ~7u, acc[0][b]);
 	}
+	kern_tile_tail(wbuf, xb, xs, nr, nb, n, tail);
 }
 
 /* ---------------------------------------------------------------- batches 2 … 4 */
@@ -421,14 +354,6 @@ AVX2_INLINE void dq16(const kern_mat *m, const uint32_t F, uint32_t r, uint32_t 
 	const size_t i = (size_t)r * m->cols + k;
 
 	switch (F) {
-	case K2_FORMAT_BF16:
-		w[0] = ld_bf16x8((const uint16_t *)m->w + i);
-		w[1] = ld_bf16x8((const uint16_t *)m->w + i + 8);
-		break;
-	case K2_FORMAT_INT8:
-		w[0] = ld_i8x8((const int8_t *)m->w + i);
-		w[1] = ld_i8x8((const int8_t *)m->w + i + 8);
-		break;
 	case K2_FORMAT_FP8_B128: {
 		__m256 s = _mm256_set1_ps(kern_fp8_scale(m, r, k / 128) * 256.0f);
 		ld_fp8x16((const uint8_t *)m->w + i, &w[0], &w[1], nan);
@@ -444,8 +369,8 @@ AVX2_INLINE void dq16(const kern_mat *m, const uint32_t F, uint32_t r, uint32_t 
 		break;
 	}
 	default:
-		w[0] = _mm256_loadu_ps((const float *)m->w + i);
-		w[1] = _mm256_loadu_ps((const float *)m->w + i + 8);
+		w[0] = ld_w8(m, F, i);
+		w[1] = ld_w8(m, F, i + 8);
 		break;
 	}
 }
@@ -454,8 +379,8 @@ AVX2_INLINE void dq16(const kern_mat *m, const uint32_t F, uint32_t r, uint32_t 
  * vector dequantized once and multiplied into every row of x; per output,
  * two lane accumulators (even and odd vectors of 8), then 8 columns, then a
  * scalar tail. */
-AVX2_INLINE void mvb(const kern_mat *m, const uint32_t F, const float *x, const int B,
-		     float *y, uint32_t r0, uint32_t r1)
+AVX2_INLINE void mvb(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1,
+		     const uint32_t F, const int B)
 {
 	const uint32_t cols = m->cols, rows = m->rows;
 	const __m256i shifts = I4_SHIFTS();
@@ -478,9 +403,7 @@ AVX2_INLINE void mvb(const kern_mat *m, const uint32_t F, const float *x, const 
 			}
 		}
 		for (; k < cols; k++) { /* not int4: its cols are whole groups */
-			float wk = kern_mat_get(m, r, k);
-			if (F == K2_FORMAT_INT8)
-				wk = (float)((const int8_t *)m->w)[(size_t)r * cols + k];
+			float wk = kern_w_fused(m, F, r, k);
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++)
 				tail[b] += wk * x[(size_t)b * cols + k];
@@ -489,70 +412,33 @@ AVX2_INLINE void mvb(const kern_mat *m, const uint32_t F, const float *x, const 
 		const int row_nan = F == K2_FORMAT_FP8_B128 && fp8_nan_seen(nan);
 #pragma GCC unroll 4
 		for (int b = 0; b < B; b++) {
-			float v = hsum8(_mm256_add_ps(a[b][0], a[b][1])) + tail[b];
+			float v = kern_hsum8(_mm256_add_ps(a[b][0], a[b][1])) + tail[b];
 			y[(size_t)b * rows + r] = row_nan ? NAN : F == K2_FORMAT_INT8 ? v * s : v;
 		}
 	}
 }
 
-#define MVB(F, B)                                                                   \
-	AVX2 static void mvb_##F##_##B(const kern_mat *m, const float *x, float *y,  \
-				       uint32_t r0, uint32_t r1)                     \
-	{                                                                           \
-		mvb(m, F, x, B, y, r0, r1);                                         \
-	}
-#define MVB_FORMAT(F) MVB(F, 2) MVB(F, 3) MVB(F, 4)
+#define MVB_FORMAT(F)                              \
+	KERN_MV_DEFINE(AVX2, mvb_##F##_2, mvb, F, 2) \
+	KERN_MV_DEFINE(AVX2, mvb_##F##_3, mvb, F, 3) \
+	KERN_MV_DEFINE(AVX2, mvb_##F##_4, mvb, F, 4)
 MVB_FORMAT(1) MVB_FORMAT(2) MVB_FORMAT(3) MVB_FORMAT(4) MVB_FORMAT(100)
 #undef MVB_FORMAT
-#undef MVB
 
-typedef void (*mvb_fn)(const kern_mat *, const float *, float *, uint32_t, uint32_t);
-
-/* [format slot][B - 2]; slots: bf16, fp8, int8, int4, f32. */
-static const mvb_fn mvb_table[5][3] = {
-	{mvb_1_2, mvb_1_3, mvb_1_4},       {mvb_2_2, mvb_2_3, mvb_2_4},
-	{mvb_3_2, mvb_3_3, mvb_3_4},       {mvb_4_2, mvb_4_3, mvb_4_4},
-	{mvb_100_2, mvb_100_3, mvb_100_4},
+/* [kern_format_slot][batch - 1] */
+static const kern_mv_fn fused_avx2[KERN_FORMAT_SLOTS][4] = {
+	{mv_bf16, mvb_1_2, mvb_1_3, mvb_1_4},       {mv_fp8, mvb_2_2, mvb_2_3, mvb_2_4},
+	{mv_i8, mvb_3_2, mvb_3_3, mvb_3_4},         {mv_i4, mvb_4_2, mvb_4_3, mvb_4_4},
+	{mv_f32, mvb_100_2, mvb_100_3, mvb_100_4},
 };
 
 AVX2 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 			 float *y, uint32_t r0, uint32_t r1)
 {
-	if (batch > KERN_FUSED_BATCH) {
-		mm_tiled(m, x, batch, y, r0, r1);
-		return;
-	}
-	if (batch > 1) {
-		/* rows of x four at a time: the task's weights stay in cache between */
-		int slot = m->format == KERN_FORMAT_F32 ? 4 : (int)m->format - 1;
-		for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
-			uint32_t nb = batch - b0 < 4 ? batch - b0 : 4;
-			const float *xb = x + (size_t)b0 * m->cols;
-			float *yb = y + (size_t)b0 * m->rows;
-			if (nb == 1)
-				kern_rows_avx2(m, xb, 1, yb, r0, r1);
-			else
-				mvb_table[slot][nb - 2](m, xb, yb, r0, r1);
-		}
-		return;
-	}
-	switch (m->format) {
-	case K2_FORMAT_BF16:
-		mv_bf16(m, x, y, r0, r1);
-		break;
-	case K2_FORMAT_FP8_B128:
-		mv_fp8(m, x, y, r0, r1);
-		break;
-	case K2_FORMAT_INT8:
-		mv_i8(m, x, y, r0, r1);
-		break;
-	case K2_FORMAT_INT4_G32:
-		mv_i4(m, x, y, r0, r1);
-		break;
-	case KERN_FORMAT_F32:
-		mv_f32(m, x, y, r0, r1);
-		break;
-	}
+	if (batch > KERN_FUSED_BATCH)
+		kern_rows_tiled(dq_row, tile_avx2, m, x, batch, y, r0, r1);
+	else
+		kern_rows_fused(fused_avx2[kern_format_slot(m->format)], m, x, batch, y, r0, r1);
 }
 
 #else /* not x86-64 GCC/Clang: never called, kern_isa_best() is generic */

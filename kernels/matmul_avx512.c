@@ -10,27 +10,24 @@
  * element; column tails by masked loads instead of scalar code. Rows of x go
  * four at a time over a task's rows, whose weights stay in cache between. */
 #include "kernels_impl.h"
+#include "matmul_impl.h"
 
 #include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
-#include <immintrin.h>
+#include "matmul_x86.h"
 
-#define TGT "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
+#define TGT "avx512f,avx512bw,avx512vl," KERN_AVX2_TARGET
 #define A512 __attribute__((target(TGT)))
 #define A512_INLINE static inline __attribute__((target(TGT), always_inline))
 
-/* Sum of the 16 lanes in a fixed order. */
+/* Sum of the 16 lanes in a fixed order: the two halves, then kern_hsum8. */
 A512_INLINE float hsum16(__m512 v)
 {
-	__m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
-				 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-	__m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_movehdup_ps(s));
-	return _mm_cvtss_f32(s);
+	return kern_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
+					_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
 
 A512_INLINE __m512 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
@@ -75,82 +72,60 @@ A512_INLINE int fp8_nan_seen(__m256i nan)
 	return _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan, _mm256_set1_epi8(0x7f))) != 0;
 }
 
-A512 static void mv_f32(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+/* Sixteen weights of a bf16, int8 or f32 matrix (format f) from element i,
+ * as stored (int8 without its row scale). */
+A512_INLINE __m512 ld_w16(const kern_mat *m, uint32_t f, size_t i)
 {
-	const uint32_t cols = m->cols;
-
-	for (uint32_t r = r0; r < r1; r++) {
-		const float *w = (const float *)m->w + (size_t)r * cols;
-		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		uint32_t k = 0;
-		for (; k + 64 <= cols; k += 64) {
-			a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-			a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-			a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-			a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-		}
-		for (; k + 16 <= cols; k += 16)
-			a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-		if (k < cols) {
-			__mmask16 mk = m16(cols - k);
-			a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, w + k),
-					     _mm512_maskz_loadu_ps(mk, x + k), a1);
-		}
-		y[r] = hsum16(sum4(a0, a1, a2, a3));
+	switch (f) {
+	case K2_FORMAT_BF16:
+		return bf16x16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)m->w + i)));
+	case K2_FORMAT_INT8:
+		return i8x16(_mm_loadu_si128((const __m128i *)((const int8_t *)m->w + i)));
+	default:
+		return _mm512_loadu_ps((const float *)m->w + i);
 	}
 }
 
-A512 static void mv_bf16(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+/* The same for the lanes of mk, zeros in the others. */
+A512_INLINE __m512 ld_w16_masked(const kern_mat *m, uint32_t f, size_t i, __mmask16 mk)
 {
-	const uint32_t cols = m->cols;
-
-	for (uint32_t r = r0; r < r1; r++) {
-		const uint16_t *w = (const uint16_t *)m->w + (size_t)r * cols;
-		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		uint32_t k = 0;
-#define LDW(o) bf16x16(_mm256_loadu_si256((const __m256i *)(w + k + (o))))
-		for (; k + 64 <= cols; k += 64) {
-			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
-			a1 = _mm512_fmadd_ps(LDW(16), _mm512_loadu_ps(x + k + 16), a1);
-			a2 = _mm512_fmadd_ps(LDW(32), _mm512_loadu_ps(x + k + 32), a2);
-			a3 = _mm512_fmadd_ps(LDW(48), _mm512_loadu_ps(x + k + 48), a3);
-		}
-		for (; k + 16 <= cols; k += 16)
-			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
-#undef LDW
-		if (k < cols) {
-			__mmask16 mk = m16(cols - k);
-			a1 = _mm512_fmadd_ps(bf16x16(_mm256_maskz_loadu_epi16(mk, w + k)),
-					     _mm512_maskz_loadu_ps(mk, x + k), a1);
-		}
-		y[r] = hsum16(sum4(a0, a1, a2, a3));
+	switch (f) {
+	case K2_FORMAT_BF16:
+		return bf16x16(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)m->w + i));
+	case K2_FORMAT_INT8:
+		return i8x16(_mm_maskz_loadu_epi8(mk, (const int8_t *)m->w + i));
+	default:
+		return _mm512_maskz_loadu_ps(mk, (const float *)m->w + i);
 	}
 }
 
-A512 static void mv_i8(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
+/* A bf16, int8 or f32 matrix (format F) at batch 1: four accumulators over 64
+ * columns a step, then 16 columns, then the rest masked; int8's row scale
+ * applied to the sum. */
+A512_INLINE void mv_plain(const kern_mat *m, const float *x, float *y, uint32_t r0,
+			  uint32_t r1, const uint32_t F)
 {
 	const uint32_t cols = m->cols;
 
 	for (uint32_t r = r0; r < r1; r++) {
-		const int8_t *w = (const int8_t *)m->w + (size_t)r * cols;
+		const size_t row = (size_t)r * cols;
 		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 		uint32_t k = 0;
-#define LDW(o) i8x16(_mm_loadu_si128((const __m128i *)(w + k + (o))))
 		for (; k + 64 <= cols; k += 64) {
-			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
-			a1 = _mm512_fmadd_ps(LDW(16), _mm512_loadu_ps(x + k + 16), a1);
-			a2 = _mm512_fmadd_ps(LDW(32), _mm512_loadu_ps(x + k + 32), a2);
-			a3 = _mm512_fmadd_ps(LDW(48), _mm512_loadu_ps(x + k + 48), a3);
+			a0 = _mm512_fmadd_ps(ld_w16(m, F, row + k), _mm512_loadu_ps(x + k), a0);
+			a1 = _mm512_fmadd_ps(ld_w16(m, F, row + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+			a2 = _mm512_fmadd_ps(ld_w16(m, F, row + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+			a3 = _mm512_fmadd_ps(ld_w16(m, F, row + k + 48), _mm512_loadu_ps(x + k + 48), a3);
 		}
 		for (; k + 16 <= cols; k += 16)
-			a0 = _mm512_fmadd_ps(LDW(0), _mm512_loadu_ps(x + k), a0);
-#undef LDW
+			a0 = _mm512_fmadd_ps(ld_w16(m, F, row + k), _mm512_loadu_ps(x + k), a0);
 		if (k < cols) {
 			__mmask16 mk = m16(cols - k);
-			a1 = _mm512_fmadd_ps(i8x16(_mm_maskz_loadu_epi8(mk, w + k)),
+			a1 = _mm512_fmadd_ps(ld_w16_masked(m, F, row + k, mk),
 					     _mm512_maskz_loadu_ps(mk, x + k), a1);
 		}
-		y[r] = hsum16(sum4(a0, a1, a2, a3)) * ((const float *)m->s)[r];
+		float s = hsum16(sum4(a0, a1, a2, a3));
+		y[r] = F == K2_FORMAT_INT8 ? s * ((const float *)m->s)[r] : s;
 	}
 }
 
@@ -204,8 +179,8 @@ A512 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0
  * computes it, with no masking, offset or conversion. At batch 1 even groups
  * go to (a[0][0], a[0][1]) and odd ones to (a[1][0], a[1][1]); at batches
  * 2 … 4 each row of x has one pair (even and odd columns). */
-A512_INLINE void i4_rows(const kern_mat *m, const float *xp, const int B, float *y,
-			 uint32_t r0, uint32_t r1)
+A512_INLINE void i4_rows(const kern_mat *m, const float *xp, float *y, uint32_t r0,
+			 uint32_t r1, const int B)
 {
 	const uint32_t ng = m->cols / 32, rows = m->rows;
 	const size_t xs = m->cols;
@@ -263,20 +238,15 @@ A512_INLINE void i4_rows(const kern_mat *m, const float *xp, const int B, float 
 	}
 }
 
+KERN_MV_DEFINE(A512, i4_1, i4_rows, 1) KERN_MV_DEFINE(A512, i4_2, i4_rows, 2)
+KERN_MV_DEFINE(A512, i4_3, i4_rows, 3) KERN_MV_DEFINE(A512, i4_4, i4_rows, 4)
+
 A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, float *y,
 			      uint32_t r0, uint32_t r1)
 {
-	/* rows of x four at a time: the task's weights stay in cache between */
-	for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
-		const float *xb = xp + (size_t)b0 * m->cols;
-		float *yb = y + (size_t)b0 * m->rows;
-		switch (batch - b0 < 4 ? batch - b0 : 4) {
-		case 1: i4_rows(m, xb, 1, yb, r0, r1); break;
-		case 2: i4_rows(m, xb, 2, yb, r0, r1); break;
-		case 3: i4_rows(m, xb, 3, yb, r0, r1); break;
-		default: i4_rows(m, xb, 4, yb, r0, r1); break;
-		}
-	}
+	static const kern_mv_fn i4[4] = {i4_1, i4_2, i4_3, i4_4};
+
+	kern_rows_fused(i4, m, xp, batch, y, r0, r1);
 }
 
 /* ---------------------------------------------------------------- batches 2 … 4 */
@@ -284,8 +254,8 @@ A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch
 /* The other formats at batches 2 … 4 (more in fours): each weight vector
  * dequantized once in registers and multiplied into B rows of x, two accumulators per row of x
  * (fp8: two per block, folded into two with the block's scale). */
-A512_INLINE void mvb_plain(const kern_mat *m, const float *x, const int B, float *y,
-			   uint32_t r0, uint32_t r1)
+A512_INLINE void mvb_plain(const kern_mat *m, const float *x, float *y, uint32_t r0,
+			   uint32_t r1, const int B)
 {
 	const uint32_t cols = m->cols, rows = m->rows;
 
@@ -296,26 +266,8 @@ A512_INLINE void mvb_plain(const kern_mat *m, const float *x, const int B, float
 			a[b][0] = a[b][1] = _mm512_setzero_ps();
 		uint32_t k = 0;
 		for (; k + 32 <= cols; k += 32) {
-			switch (m->format) {
-			case K2_FORMAT_BF16: {
-				const uint16_t *w = (const uint16_t *)m->w + (size_t)r * cols + k;
-				w0 = bf16x16(_mm256_loadu_si256((const __m256i *)w));
-				w1 = bf16x16(_mm256_loadu_si256((const __m256i *)(w + 16)));
-				break;
-			}
-			case K2_FORMAT_INT8: {
-				const int8_t *w = (const int8_t *)m->w + (size_t)r * cols + k;
-				w0 = i8x16(_mm_loadu_si128((const __m128i *)w));
-				w1 = i8x16(_mm_loadu_si128((const __m128i *)(w + 16)));
-				break;
-			}
-			default: {
-				const float *w = (const float *)m->w + (size_t)r * cols + k;
-				w0 = _mm512_loadu_ps(w);
-				w1 = _mm512_loadu_ps(w + 16);
-				break;
-			}
-			}
+			w0 = ld_w16(m, m->format, (size_t)r * cols + k);
+			w1 = ld_w16(m, m->format, (size_t)r * cols + k + 16);
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++) {
 				a[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + (size_t)b * cols + k), a[b][0]);
@@ -325,17 +277,7 @@ A512_INLINE void mvb_plain(const kern_mat *m, const float *x, const int B, float
 		for (; k < cols; k += 16) {
 			uint32_t n = cols - k < 16 ? cols - k : 16;
 			__mmask16 mk = n == 16 ? 0xffff : m16(n);
-			switch (m->format) {
-			case K2_FORMAT_BF16:
-				w0 = bf16x16(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)m->w + (size_t)r * cols + k));
-				break;
-			case K2_FORMAT_INT8:
-				w0 = i8x16(_mm_maskz_loadu_epi8(mk, (const int8_t *)m->w + (size_t)r * cols + k));
-				break;
-			default:
-				w0 = _mm512_maskz_loadu_ps(mk, (const float *)m->w + (size_t)r * cols + k);
-				break;
-			}
+			w0 = ld_w16_masked(m, m->format, (size_t)r * cols + k, mk);
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++)
 				a[b][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mk, x + (size_t)b * cols + k),
@@ -350,8 +292,8 @@ A512_INLINE void mvb_plain(const kern_mat *m, const float *x, const int B, float
 	}
 }
 
-A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, const int B, float *y,
-			 uint32_t r0, uint32_t r1)
+A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0,
+			 uint32_t r1, const int B)
 {
 	const uint32_t cols = m->cols, rows = m->rows, ncb = (cols + 127) / 128;
 
@@ -405,53 +347,34 @@ A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, const int B, float *
 	}
 }
 
-#define MVB(NAME, FN, B)                                                               \
-	A512 static void NAME(const kern_mat *m, const float *x, float *y, uint32_t r0, \
-			      uint32_t r1)                                               \
-	{                                                                              \
-		FN(m, x, B, y, r0, r1);                                                \
-	}
-MVB(mvb_plain_2, mvb_plain, 2) MVB(mvb_plain_3, mvb_plain, 3) MVB(mvb_plain_4, mvb_plain, 4)
-MVB(mvb_fp8_2, mvb_fp8, 2) MVB(mvb_fp8_3, mvb_fp8, 3) MVB(mvb_fp8_4, mvb_fp8, 4)
-#undef MVB
+KERN_MV_DEFINE(A512, mv_bf16, mv_plain, K2_FORMAT_BF16)
+KERN_MV_DEFINE(A512, mv_i8, mv_plain, K2_FORMAT_INT8)
+KERN_MV_DEFINE(A512, mv_f32, mv_plain, KERN_FORMAT_F32)
+#define MVB_BATCHES(FN)                            \
+	KERN_MV_DEFINE(A512, FN##_2, FN, 2)        \
+	KERN_MV_DEFINE(A512, FN##_3, FN, 3)        \
+	KERN_MV_DEFINE(A512, FN##_4, FN, 4)
+MVB_BATCHES(mvb_plain) MVB_BATCHES(mvb_fp8)
+#undef MVB_BATCHES
+
+/* [kern_format_slot][batch - 1]; int4 goes through kern_rows_avx512_i4. */
+static const kern_mv_fn fused_avx512[KERN_FORMAT_SLOTS][4] = {
+	{mv_bf16, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mv_fp8, mvb_fp8_2, mvb_fp8_3, mvb_fp8_4},
+	{mv_i8, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{NULL, NULL, NULL, NULL},
+	{mv_f32, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+};
 
 A512 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 			   float *y, uint32_t r0, uint32_t r1)
 {
-	if (batch > KERN_FUSED_BATCH || m->format == K2_FORMAT_INT4_G32) {
-		/* int4 gets here only when kern_matmul could not rearrange x */
+	/* int4 gets here only when kern_matmul could not rearrange x */
+	if (batch > KERN_FUSED_BATCH || m->format == K2_FORMAT_INT4_G32)
 		kern_rows_avx2(m, x, batch, y, r0, r1);
-		return;
-	}
-	if (batch > 1) {
-		/* rows of x four at a time: the task's weights stay in cache between */
-		int fp8 = m->format == K2_FORMAT_FP8_B128;
-		for (uint32_t b0 = 0; b0 < batch; b0 += 4) {
-			const float *xb = x + (size_t)b0 * m->cols;
-			float *yb = y + (size_t)b0 * m->rows;
-			switch (batch - b0 < 4 ? batch - b0 : 4) {
-			case 1: kern_rows_avx512(m, xb, 1, yb, r0, r1); break;
-			case 2: (fp8 ? mvb_fp8_2 : mvb_plain_2)(m, xb, yb, r0, r1); break;
-			case 3: (fp8 ? mvb_fp8_3 : mvb_plain_3)(m, xb, yb, r0, r1); break;
-			default: (fp8 ? mvb_fp8_4 : mvb_plain_4)(m, xb, yb, r0, r1); break;
-			}
-		}
-		return;
-	}
-	switch (m->format) {
-	case K2_FORMAT_BF16:
-		mv_bf16(m, x, y, r0, r1);
-		break;
-	case K2_FORMAT_FP8_B128:
-		mv_fp8(m, x, y, r0, r1);
-		break;
-	case K2_FORMAT_INT8:
-		mv_i8(m, x, y, r0, r1);
-		break;
-	case KERN_FORMAT_F32:
-		mv_f32(m, x, y, r0, r1);
-		break;
-	}
+	else
+		kern_rows_fused(fused_avx512[kern_format_slot(m->format)], m, x, batch, y, r0,
+				r1);
 }
 
 #else /* not x86-64 GCC/Clang: never called, kern_isa_best() is generic */
