@@ -30,17 +30,8 @@ for b in "$bin/k2fs" "$bin/k2pack" "$bin/infer" "$cmpr"; do
 	[ -x "$b" ] || { echo "it_infer: FAIL: $b not built"; exit 1; }
 done
 
-work=$(mktemp -d /tmp/it_infer.XXXXXX)
-mounted=""
-cleanup() {
-	for m in $mounted; do fusermount3 -u "$m" 2>/dev/null; done
-	rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-fails=0
-fail() { echo "it_infer: FAIL: $*"; fails=$((fails + 1)); }
-
 . "$here/mounts.sh"
+mount_scratch it_infer
 
 # run_infer MODEL IDS OUT [options…]: infer with dump and trace into OUT.st/OUT.trace
 run_infer() {

@@ -56,17 +56,8 @@ done
 cmpr=$progs/prog_infer_cmp
 gcmp=$progs/prog_gpu_cmp
 
-work=$(mktemp -d /tmp/it_infer_cuda.XXXXXX)
-mounted=""
-cleanup() {
-	for m in $mounted; do fusermount3 -u "$m" 2>/dev/null; done
-	rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-fails=0
-fail() { echo "it_infer_cuda: FAIL: $*"; fails=$((fails + 1)); }
-
 . "$here/mounts.sh"
+mount_scratch it_infer_cuda
 
 # cuda MODEL IDS OUT [options…]: infer --backend cuda with dump, trace, stats into OUT.*
 cuda() {

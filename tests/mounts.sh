@@ -1,6 +1,22 @@
 # tests/mounts.sh — sourced by the integration scripts that mount packs
-# (it_infer.sh, it_infer_cuda.sh). Expects $bin (k2fs there), $work (a
-# scratch folder), $mounted (a list, initially "") and fail() from the caller.
+# (it_infer.sh, it_infer_cuda.sh). Expects $bin (k2fs there) from the caller;
+# mount_scratch sets up the rest.
+
+# mount_scratch NAME: $work (a scratch folder), $mounted (mounts still up),
+# $fails and fail() (a line "NAME: FAIL: …", counted), and a trap that
+# unmounts what is still mounted and removes $work on exit.
+mount_scratch() {
+	scratch_name=$1
+	work=$(mktemp -d "/tmp/$1.XXXXXX")
+	mounted=""
+	fails=0
+	trap mount_cleanup EXIT INT TERM
+}
+mount_cleanup() {
+	for m in $mounted; do fusermount3 -u "$m" 2>/dev/null; done
+	rm -rf "$work"
+}
+fail() { echo "$scratch_name: FAIL: $*"; fails=$((fails + 1)); }
 
 # mount_pack PACK DIR: mounts PACK on DIR and waits for config.json to appear.
 mount_pack() {
