@@ -310,10 +310,7 @@ static int q_push(inf_cache *c, const struct job *j)
 static void run_job(inf_cache *c, struct job *j)
 {
 	if (j->hint) {
-		char path[4096];
-		snprintf(path, sizeof(path), "%s/experts/%03" PRIu32, c->dir, j->layer);
-		/* A hint: k2fs takes it, a plain directory may refuse it. */
-		(void)setxattr(path, "user.k2.prefetch", j->hint, strlen(j->hint), 0);
+		inf_prefetch_hint_send(c->dir, j->layer, j->hint);
 		free(j->hint);
 		return;
 	}
@@ -376,14 +373,10 @@ void inf_cache_prefetch(inf_cache *c, uint32_t layer, const int32_t *experts, ui
 {
 	if (!c || c->n_th == 0 || n == 0 || layer >= c->cfg.num_hidden_layers)
 		return;
-	size_t hl = (size_t)n * 8 + 1;
+	size_t hl = (size_t)n * 12 + 1;
 	char *hint = malloc(hl);
-	if (hint) {
-		size_t o = 0;
-		for (uint32_t i = 0; i < n; i++)
-			o += (size_t)snprintf(hint + o, hl - o, "%s%" PRId32, i ? "," : "",
-					      experts[i]);
-	}
+	if (hint)
+		inf_prefetch_hint_text(hint, hl, experts, n);
 	pthread_mutex_lock(&c->lock);
 	if (hint) {
 		struct job j = {.layer = layer, .hint = hint};

@@ -111,9 +111,18 @@ int inf_gpu_create(inf_engine *e, k2_err *err)
 	DEVICE_BUFS(ALLOC_DEV)
 	PINNED_BUFS(ALLOC_PIN)
 	g->route_h = malloc(2 * sizeof(int32_t) * B * k);
-	if (!g->route_h)
+	g->start = malloc(sizeof(uint32_t) * (E + 1));
+	g->used = malloc(sizeof(uint32_t) * E);
+	g->miss = malloc(sizeof(uint32_t) * E);
+	g->miss_rows = malloc(sizeof(uint32_t) * E);
+	g->state = malloc(E);
+	g->on_cpu = malloc(E);
+	g->miss_ram = malloc(E);
+	g->plan = malloc(E);
+	g->hint = malloc((size_t)12 * E + 1);
+	if (!g->route_h || !g->start || !g->used || !g->miss || !g->miss_rows || !g->state ||
+	    !g->on_cpu || !g->miss_ram || !g->plan || !g->hint)
 		return k2_err_set(err, -ENOMEM, "out of memory");
-	(void)E;
 	if (m->n_moe_layers) {
 		const inf_policy_ops *pol = inf_policy_find(e->opts.policy);
 		if (!pol)
@@ -162,6 +171,15 @@ void inf_gpu_destroy(inf_gpu *g)
 	}
 	kcu_ctx_destroy(g->ctx);
 	free(g->route_h);
+	free(g->start);
+	free(g->used);
+	free(g->miss);
+	free(g->miss_rows);
+	free(g->state);
+	free(g->on_cpu);
+	free(g->miss_ram);
+	free(g->plan);
+	free(g->hint);
 	free(g->xn_h);
 	free(g->cx);
 	free(g->cy);

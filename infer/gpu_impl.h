@@ -3,9 +3,9 @@
  * cache's policy over kcu_cache slots (gpu_cache.c), the cost model that sends
  * a missed expert to the CPU or to the copy engine (gpu_offload.c), and the
  * forward pass (gpu_forward.c, gpu_moe.c). Every op comes from
- * kernels/backend_cuda.h; no CUDA header is included. Without CUDA the kcu_*
- * stubs make inf_gpu_create fail with a clear message, so these files build
- * everywhere. Everything here runs on the engine's thread only. */
+ * kernels/backend_cuda.h; no CUDA header is included. In a build without
+ * CUDA every kcu_* call returns -ENOTSUP, so inf_gpu_create fails with a
+ * clear message and these files build everywhere. Everything here runs on the engine's thread only. */
 #ifndef K2_INFER_GPU_IMPL_H
 #define K2_INFER_GPU_IMPL_H
 
@@ -160,6 +160,10 @@ struct inf_gpu {
 	float *cpu_out_h;         /* [k·B, H] outputs of CPU experts */
 	/* host */
 	int32_t *route_h;         /* [B·k] indices then weights, as downloaded */
+	/* a MoE layer's bookkeeping (gpu_moe.c), [E] each, start [E + 1] */
+	uint32_t *start, *used, *miss, *miss_rows;
+	uint8_t *state, *on_cpu, *miss_ram, *plan;
+	char *hint;               /* [12·E + 1] a user.k2.prefetch value */
 	float *xn_h;              /* [B, H] (--cpu-experts) */
 	float *cx, *cg, *cu, *cy; /* [B, H], [B, I], [B, I], [B, H] CPU expert scratch */
 	kcu_router_params rp;

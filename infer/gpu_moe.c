@@ -149,13 +149,10 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 	inf_prefetch_account(e, layer, routes0, n);
 
 	/* group (token, j) rows by expert, experts ascending */
-	uint32_t *start = calloc((size_t)E + 1, sizeof(uint32_t));
-	uint32_t *used = malloc(sizeof(uint32_t) * E), *miss_rows = malloc(sizeof(uint32_t) * E);
-	uint8_t *state = malloc(E), *on_cpu = calloc(E, 1), *miss_ram = malloc(E);
-	if (!start || !used || !miss_rows || !state || !on_cpu || !miss_ram) {
-		rc = k2_err_set(err, -ENOMEM, "out of memory");
-		goto out;
-	}
+	uint32_t *start = g->start, *used = g->used, *miss = g->miss, *miss_rows = g->miss_rows;
+	uint8_t *state = g->state, *on_cpu = g->on_cpu, *miss_ram = g->miss_ram;
+	memset(start, 0, sizeof(uint32_t) * (E + 1));
+	memset(on_cpu, 0, E);
 	for (uint32_t i = 0; i < n * k; i++)
 		start[idx[i] + 1]++;
 	for (uint32_t x = 0; x < E; x++) {
@@ -187,11 +184,6 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 
 	/* where each expert is; the misses' share for the CPU; loads started */
 	uint32_t n_miss = 0;
-	uint32_t *miss = malloc(sizeof(uint32_t) * (n_used ? n_used : 1));
-	if (!miss) {
-		rc = k2_err_set(err, -ENOMEM, "out of memory");
-		goto out;
-	}
 	for (uint32_t u = 0; u < n_used; u++) {
 		const uint32_t x = used[u];
 		state[x] = (uint8_t)gpu_cache_state(g->cache, layer, x);
@@ -204,19 +196,13 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 		}
 	}
 	if (g->cpu_experts && n_miss) {
-		uint8_t *plan = calloc(n_miss, 1);
-		if (!plan) {
-			free(miss);
-			rc = k2_err_set(err, -ENOMEM, "out of memory");
-			goto out;
-		}
+		uint8_t *plan = g->plan;
 		const double busy = gpu_cache_loading(g->cache) * g->off.upload_s /
 				    (g->io_threads ? g->io_threads : 1);
 		gpu_offload_plan(&g->off, miss_rows, miss_ram, n_miss, busy, (uint32_t)g->io_threads,
 				 plan);
 		for (uint32_t i = 0; i < n_miss; i++)
 			on_cpu[miss[i]] = plan[i];
-		free(plan);
 	}
 	for (uint32_t i = 0; i < n_miss; i++) {
 		const uint32_t x = miss[i];
@@ -228,12 +214,10 @@ int gpu_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 			break; /* no slot free now: the rest load as slots are released */
 		if (rc < 0) {
 			*err = tmp;
-			free(miss);
 			goto out;
 		}
 		gpu_cache_pin(g->cache, layer, x);
 	}
-	free(miss);
 
 	for (int pass = 0; pass < 4; pass++)
 		for (uint32_t u = 0; u < n_used; u++) {
@@ -268,23 +252,9 @@ fail_op:
 		   kcu_ctx_error(g->ctx));
 out:
 	if (rc < 0) /* unpin what this layer pinned; the slots stay valid */
-		for (uint32_t u = 0; used && u < n_used; u++)
+		for (uint32_t u = 0; u < n_used; u++)
 			gpu_cache_unpin(g->cache, layer, used[u]);
-	free(start);
-	free(used);
-	free(miss_rows);
-	free(state);
-	free(on_cpu);
-	free(miss_ram);
 	return rc;
-}
-
-static uint32_t next_moe_layer(const inf_model *m, uint32_t layer)
-{
-	for (uint32_t l = layer + 1; l < m->cfg.num_hidden_layers; l++)
-		if (m->layers[l].moe)
-			return l;
-	return UINT32_MAX;
 }
 
 int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n, k2_err *err)
@@ -294,7 +264,7 @@ int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n, k2_err *
 	inf_gpu *g = e->gpu;
 	if (e->opts.prefetch != INF_PREFETCH_ROUTER || !g->cache)
 		return 0;
-	const uint32_t next = next_moe_layer(m, layer);
+	const uint32_t next = inf_next_moe_layer(m, layer);
 	if (next == UINT32_MAX)
 		return 0;
 	const gpu_layer *gl = &g->w.layers[next];
@@ -314,14 +284,9 @@ int gpu_prefetch_after_layer(inf_engine *e, uint32_t layer, uint32_t n, k2_err *
 	memset(pred, 0, sizeof(int32_t) * E);
 	for (uint32_t i = 0; i < n * k; i++)
 		pred[g->route_h[i]] = 1;
-	uint32_t cnt = 0;
-	for (uint32_t x = 0; x < E; x++)
-		if (pred[x])
-			e->pf_list[cnt++] = (int32_t)x;
-	e->pf_has[next] = 1;
-	e->pf.predicted += cnt;
-	e->pf.hints++;
-	inf_prefetch_hint(m->dir, next, e->pf_list, cnt);
+	const uint32_t cnt = inf_prefetch_collect(e, next);
+	inf_prefetch_hint_text(g->hint, (size_t)12 * E + 1, e->pf_list, cnt);
+	inf_prefetch_hint_send(m->dir, next, g->hint);
 	for (uint32_t i = 0; i < cnt; i++)
 		if (gpu_cache_request(g->cache, next, (uint32_t)e->pf_list[i], 1, &tmp) == -ENOSPC)
 			break; /* the cache is full of pinned, loading or unused prefetched experts */

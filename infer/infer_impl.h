@@ -133,9 +133,16 @@ void inf_gpu_stats_get(inf_gpu *g, inf_cache_stats *cs, inf_gpu_stats *gs);
  * the RAM, else a quarter of it. 0 on error (err set). */
 uint32_t inf_ram_cache_slots(const inf_model *m, uint32_t count, uint64_t bytes,
 			     k2_err *err);
-/* Sends `experts` as one user.k2.prefetch hint on experts/LLL of the model
+/* prefetch.c, shared by both backends: the next MoE layer after `layer`
+ * (UINT32_MAX when none); after the predicted flags of `layer` (e->pf_pred)
+ * are set, lists them in e->pf_list, counts the prediction and returns how
+ * many; a user.k2.prefetch hint "3,17,…" written into buf (returns its
+ * length; 12 bytes an expert suffice) and sent on experts/LLL of the model
  * directory (errors ignored: a plain directory may refuse it). */
-void inf_prefetch_hint(const char *dir, uint32_t layer, const int32_t *experts, uint32_t n);
+uint32_t inf_next_moe_layer(const inf_model *m, uint32_t layer);
+uint32_t inf_prefetch_collect(inf_engine *e, uint32_t layer);
+size_t inf_prefetch_hint_text(char *buf, size_t cap, const int32_t *experts, uint32_t n);
+void inf_prefetch_hint_send(const char *dir, uint32_t layer, const char *hint);
 
 /* Whole-cache scratch helpers. */
 void *inf_alloc(size_t bytes);  /* 64-byte aligned, zeroed; NULL on failure */

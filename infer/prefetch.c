@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/xattr.h>
 
-static uint32_t next_moe_layer(const inf_model *m, uint32_t layer)
+uint32_t inf_next_moe_layer(const inf_model *m, uint32_t layer)
 {
 	for (uint32_t l = layer + 1; l < m->cfg.num_hidden_layers; l++)
 		if (m->layers[l].moe)
@@ -27,7 +27,7 @@ void inf_prefetch_after_layer(inf_engine *e, uint32_t layer, const float *x, uin
 	const k2_model_config *c = &m->cfg;
 	if (e->opts.prefetch != INF_PREFETCH_ROUTER || !e->cache)
 		return;
-	const uint32_t next = next_moe_layer(m, layer);
+	const uint32_t next = inf_next_moe_layer(m, layer);
 	if (next == UINT32_MAX)
 		return;
 	const inf_layer *ly = &m->layers[next];
@@ -50,14 +50,21 @@ void inf_prefetch_after_layer(inf_engine *e, uint32_t layer, const float *x, uin
 		for (uint32_t j = 0; j < k; j++)
 			pred[idx[j]] = 1;
 	}
+	inf_cache_prefetch(e->cache, next, e->pf_list, inf_prefetch_collect(e, next));
+}
+
+uint32_t inf_prefetch_collect(inf_engine *e, uint32_t layer)
+{
+	const uint32_t E = e->m->cfg.n_routed_experts;
+	const int32_t *pred = e->pf_pred + (size_t)layer * E;
 	uint32_t cnt = 0;
-	for (uint32_t x2 = 0; x2 < E; x2++)
-		if (pred[x2])
-			e->pf_list[cnt++] = (int32_t)x2;
-	e->pf_has[next] = 1;
+	for (uint32_t x = 0; x < E; x++)
+		if (pred[x])
+			e->pf_list[cnt++] = (int32_t)x;
+	e->pf_has[layer] = 1;
 	e->pf.predicted += cnt;
 	e->pf.hints++;
-	inf_cache_prefetch(e->cache, next, e->pf_list, cnt);
+	return cnt;
 }
 
 void inf_prefetch_account(inf_engine *e, uint32_t layer, const int32_t *routes, uint32_t n)
@@ -88,15 +95,20 @@ void inf_prefetch_account(inf_engine *e, uint32_t layer, const int32_t *routes, 
 	e->pf_has[layer] = 0;
 }
 
-void inf_prefetch_hint(const char *dir, uint32_t layer, const int32_t *experts, uint32_t n)
+size_t inf_prefetch_hint_text(char *buf, size_t cap, const int32_t *experts, uint32_t n)
 {
-	char path[4096], hint[8192];
 	size_t o = 0;
-	if (n == 0)
-		return;
-	for (uint32_t i = 0; i < n && o + 12 < sizeof(hint); i++)
-		o += (size_t)snprintf(hint + o, sizeof(hint) - o, "%s%" PRId32, i ? "," : "",
-				      experts[i]);
+	if (cap)
+		buf[0] = 0;
+	for (uint32_t i = 0; i < n && o + 12 < cap; i++)
+		o += (size_t)snprintf(buf + o, cap - o, "%s%" PRId32, i ? "," : "", experts[i]);
+	return o;
+}
+
+void inf_prefetch_hint_send(const char *dir, uint32_t layer, const char *hint)
+{
+	char path[4096];
 	snprintf(path, sizeof(path), "%s/experts/%03" PRIu32, dir, layer);
-	(void)setxattr(path, "user.k2.prefetch", hint, o, 0);
+	/* k2fs takes it; a plain directory may refuse it */
+	(void)setxattr(path, "user.k2.prefetch", hint, strlen(hint), 0);
 }
