@@ -32,6 +32,12 @@ enum slot_state {
 	SLOT_FAILED,      /* the load failed; err/msg say why */
 };
 
+/* The events only I/O threads wait for (`used`, `copied`) block the thread
+ * instead of spinning on it: four spinning I/O threads would take cores from
+ * the CPU experts (--cpu-experts). `ready`, waited for by the engine on its
+ * critical path, spins. */
+#define IO_EVENT_FLAGS (cudaEventDisableTiming | cudaEventBlockingSync)
+
 struct cache_slot {
 	uint8_t *dev;
 	int state;                /* enum slot_state */
@@ -381,13 +387,13 @@ extern "C" int kcu_cache_create(kcu_ctx *ctx, const kcu_cache_opts *opts, kcu_ca
 		c->slots[i].dev = c->dev_base + slot_bytes * i;
 		CACHE_TRY(cudaEventCreateWithFlags(&c->slots[i].ready, cudaEventDisableTiming),
 			  "slot event");
-		CACHE_TRY(cudaEventCreateWithFlags(&c->slots[i].used, cudaEventDisableTiming),
+		CACHE_TRY(cudaEventCreateWithFlags(&c->slots[i].used, IO_EVENT_FLAGS),
 			  "slot event");
 	}
 	for (uint32_t i = 0; i < n_stage; i++) {
 		CACHE_TRY(cudaHostAlloc((void **)&c->stages[i].host, stage_bytes,
 					cudaHostAllocPortable), "pinned staging buffer (cudaHostAlloc)");
-		CACHE_TRY(cudaEventCreateWithFlags(&c->stages[i].copied, cudaEventDisableTiming),
+		CACHE_TRY(cudaEventCreateWithFlags(&c->stages[i].copied, IO_EVENT_FLAGS),
 			  "staging event");
 		c->free_ring[i] = i;
 	}
@@ -564,7 +570,9 @@ extern "C" int kcu_cache_poll(kcu_cache *c, uint32_t slot)
 	default: {
 		cudaError_t e = cudaEventQuery(s->ready);
 		rc = e == cudaSuccess ? 1 : e == cudaErrorNotReady ? 0 : -EIO;
-		if (e != cudaSuccess && e != cudaErrorNotReady)
+		/* the runtime keeps even "not ready" as this thread's last error,
+		 * which the next launch check (KCU_CHECK_LAUNCH) would report */
+		if (e != cudaSuccess)
 			(void)cudaGetLastError();
 		break;
 	}

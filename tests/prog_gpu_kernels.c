@@ -1604,7 +1604,44 @@ static void bench_upload(void)
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: prog_gpu_kernels [--seed N] [--quick] [--no-bench] [--bench-only] "
-		    "[--tmp DIR] [--verbose]\n");
+		    "[--only GROUPS] [--tmp DIR] [--verbose]\n"
+		    "  --only GROUPS  comma-separated groups of checks to run, of: matmul, expert,\n"
+		    "                 elementwise, rope, router, mla, cache (default: all)\n");
+}
+
+/* The groups of checks, in the order they run. */
+static const struct {
+	const char *name;
+	void (*run)(void);
+} check_groups[] = {
+	{"matmul", test_matmul},   {"expert", test_expert_ffn}, {"elementwise", test_elementwise},
+	{"rope", test_rope},       {"router", test_router},     {"mla", test_mla_cache_write},
+	{"mla", test_mla},         {"cache", test_cache},
+};
+#define N_CHECK_GROUPS (sizeof(check_groups) / sizeof(check_groups[0]))
+
+/* Walks a comma-separated list: the length of the item at *p, and *p moved
+ * past it and its comma. */
+static size_t list_next(const char **p)
+{
+	const char *end = strchr(*p, ',');
+	const size_t len = end ? (size_t)(end - *p) : strlen(*p);
+	*p += len + (end != NULL);
+	return len;
+}
+
+/* Whether NAME is an item of the comma-separated LIST (NULL: every group). */
+static int group_selected(const char *list, const char *name)
+{
+	if (!list)
+		return 1;
+	for (const char *p = list; *p;) {
+		const char *item = p;
+		const size_t len = list_next(&p);
+		if (len == strlen(name) && strncmp(item, name, len) == 0)
+			return 1;
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -1613,6 +1650,7 @@ int main(int argc, char **argv)
 	uint64_t seed = 0;
 	setvbuf(stdout, NULL, _IOLBF, 0); /* a log cut by a timeout keeps its lines */
 	int have_seed = 0;
+	const char *only = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--quick") == 0)
 			quick = 1;
@@ -1625,12 +1663,27 @@ int main(int argc, char **argv)
 		else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
 			seed = strtoull(argv[++i], NULL, 0);
 			have_seed = 1;
+		} else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+			only = argv[++i];
 		} else if (strcmp(argv[i], "--tmp") == 0 && i + 1 < argc)
 			tmp_dir = argv[++i];
 		else if (strcmp(argv[i], "--help") == 0) {
 			usage(stdout);
 			return 0;
 		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	for (const char *p = only ? only : ""; *p;) {
+		const char *item = p;
+		const size_t len = list_next(&p);
+		size_t g = 0;
+		while (g < N_CHECK_GROUPS && (strlen(check_groups[g].name) != len ||
+					      strncmp(item, check_groups[g].name, len) != 0))
+			g++;
+		if (g == N_CHECK_GROUPS) {
+			fprintf(stderr, "prog_gpu_kernels: --only: unknown group '%.*s'\n", (int)len, item);
 			usage(stderr);
 			return 2;
 		}
@@ -1669,14 +1722,9 @@ int main(int argc, char **argv)
 
 	const double t0 = k2_now();
 	if (checks) {
-		test_matmul();
-		test_expert_ffn();
-		test_elementwise();
-		test_rope();
-		test_router();
-		test_mla_cache_write();
-		test_mla();
-		test_cache();
+		for (size_t g = 0; g < N_CHECK_GROUPS; g++)
+			if (group_selected(only, check_groups[g].name))
+				check_groups[g].run();
 		printf("== checks: %.1f s\n", k2_now() - t0);
 		printf("%-30s %6s %6s %10s %8s  %s\n", "family", "cases", "fails", "worst", "tol", "");
 		int cases = 0;

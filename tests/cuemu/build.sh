@@ -35,7 +35,8 @@ if ! nm "$b/libinfer.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
 	echo "cuemu: $b/libinfer.a was built without the CUDA backend (NVCC=, e.g. make asan): skipped"
 	exit 77
 fi
-out=$b/cuemu
+# CUEMU_OUT=DIR: where the objects and programs go (default: $b/cuemu).
+out=${CUEMU_OUT:-$b/cuemu}
 mkdir -p "$out"
 
 pkgs="fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson"
@@ -43,11 +44,11 @@ objs=""
 src=${CUEMU_SRC:-kernels}
 for cu in "$src"/*.cu; do
 	name=$(basename "$cu" .cu)
-	# kernel launches k<<<g, b, s, st>>>(args) -> cuemu::launch([&] { k(args); }, g, b, s, st);
+	# kernel launches k<<<g, b, s, st>>>(args) -> cuemu::launch([=] { k(args); }, g, b, s, st);
 	# extern __shared__ T name[]; -> T *name = (T *)cuemu::dyn_smem();
 	perl -0777 -pe '
 		s/extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\]\s*;/$1 *$2 = ($1 *)cuemu::dyn_smem();/g;
-		s/(\w+(?:<[^<>;()]*>)?)<<<(.*?)>>>\s*(\((?:[^()]++|(?3))*\))/cuemu::launch([&] { $1$3; }, $2)/gs;
+		s/(\w+(?:<[^<>;()]*>)?)<<<(.*?)>>>\s*(\((?:[^()]++|(?3))*\))/cuemu::launch([=] { $1$3; }, $2)/gs;
 	' "$cu" > "$out/$name.cc"
 	# rebuild only what changed (the .cc is rewritten each time; compare it)
 	if [ ! -f "$out/$name.o" ] || ! cmp -s "$out/$name.cc" "$out/$name.cc.built" ||
@@ -59,14 +60,16 @@ for cu in "$src"/*.cu; do
 	fi
 	objs="$objs $out/$name.o"
 done
-g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/cuemu.cc -o "$out/cuemu_rt.o"
+g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/cuemu.cc -o "$out/cuemu_simt.o"
+g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/runtime.cc -o "$out/cuemu_runtime.o"
+rt="$out/cuemu_simt.o $out/cuemu_runtime.o"
 cc -std=gnu11 -O2 -g -Wall -Wextra -pthread -D_FILE_OFFSET_BITS=64 -DK2_HAVE_CUDA=1 \
 	-Ilayout -Ikernels $(pkg-config --cflags $pkgs) \
 	-c tests/prog_gpu_kernels.c -o "$out/prog_gpu_kernels.o"
 libs="$(pkg-config --libs $pkgs) -lm -pthread ${CUEMU_LDFLAGS:-}"
-g++ -o "$out/prog_gpu_kernels" "$out/prog_gpu_kernels.o" $objs "$out/cuemu_rt.o" \
+g++ -o "$out/prog_gpu_kernels" "$out/prog_gpu_kernels.o" $objs $rt \
 	"$b/libkernels.a" "$b/liblayout.a" $libs
 # infer's objects were built with -DK2_HAVE_CUDA=1 where nvcc exists (here and in
 # CI); the emulated objects come first, so libkernels.a's CUDA members are unused.
 g++ -o "$out/infer" "$b/obj/infer/main.o" "$b/libtools.a" "$b/libinfer.a" $objs \
-	"$out/cuemu_rt.o" "$b/libkernels.a" "$b/liblayout.a" $libs
+	$rt "$b/libkernels.a" "$b/liblayout.a" $libs

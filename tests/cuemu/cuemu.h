@@ -3,18 +3,26 @@
  * (own stack, hand-written x86-64 switch) on the calling thread, __syncthreads / __syncwarp / warp shuffles
  * are barriers between them, blocks run one after the other (so a `static`
  * variable is the block's shared memory), and the CUDA runtime and cuBLAS calls
- * the backend makes are replaced by synchronous host versions (cuemu.cc).
+ * the backend makes are replaced by host versions (runtime.cc) whose streams
+ * really are asynchronous: work queued on a stream runs only when the host
+ * makes it (a synchronize, a copy into pageable memory, a free) or another
+ * stream waits for it, and then in stream order (see runtime.cc).
  *
  * Included (g++ -include) before a copy of a .cu file of kernels/ whose kernel
- * launches `k<<<g, b, s, st>>>(args)` were rewritten by tests/cuemu/run.sh into
- * `cuemu::launch([&] { k(args); }, g, b, s, st)`.
+ * launches `k<<<g, b, s, st>>>(args)` were rewritten by tests/cuemu/build.sh into
+ * `cuemu::launch([=] { k(args); }, g, b, s, st)`: the arguments are copied at
+ * the launch, as CUDA copies kernel parameters.
  *
  * What it checks: indexing, bounds, barriers and shuffles (lanes run one after
  * the other between barriers, so a missing barrier shows), shared-memory use,
- * the host code around the launches, the cache's threads. What it cannot: speed,
- * the sm_89+ intrinsic paths (the portable #else branches run instead), memory
- * ordering between real concurrent threads of a GPU. A test tool only: nothing
- * of the build links it. */
+ * the host code around the launches, the cache's threads, and the ordering of
+ * work between streams, events and the host (a kernel that reads a slot
+ * without waiting for its copy, a copy that overwrites what queued kernels
+ * still read, a staging buffer refilled before its copy ran, a result read
+ * before its stream was synchronized). What it cannot: speed, the sm_89+
+ * intrinsic paths (the portable #else branches run instead), memory ordering
+ * between real concurrent threads of a GPU. A test tool only: nothing of the
+ * build links it. */
 #ifndef K2_CUEMU_H
 #define K2_CUEMU_H
 
@@ -45,13 +53,22 @@ void *dyn_smem();                 /* the launch's dynamic shared memory */
 float shfl_xor_f(float v, int lane_mask);
 int shfl_xor_i(int v, int lane_mask);
 
+/* Runs a kernel's grid now, block after block (cuemu.cc). */
 void launch_fn(const std::function<void()> &body, dim3 grid, dim3 block, size_t smem);
+/* Aborts on a launch configuration a GPU would refuse. */
+void check_launch(dim3 grid, dim3 block, size_t smem);
+/* Queues a kernel's grid on a stream (runtime.cc; 0 is the null stream). */
+void enqueue_launch(std::function<void()> body, dim3 grid, dim3 block, size_t smem,
+		    cudaStream_t stream);
 
-template <class F> inline void launch(F f, dim3 g, dim3 b) { launch_fn(f, g, b, 0); }
-template <class F> inline void launch(F f, dim3 g, dim3 b, size_t s) { launch_fn(f, g, b, s); }
-template <class F> inline void launch(F f, dim3 g, dim3 b, size_t s, cudaStream_t)
+template <class F> inline void launch(F f, dim3 g, dim3 b) { enqueue_launch(f, g, b, 0, 0); }
+template <class F> inline void launch(F f, dim3 g, dim3 b, size_t s)
 {
-	launch_fn(f, g, b, s);
+	enqueue_launch(f, g, b, s, 0);
+}
+template <class F> inline void launch(F f, dim3 g, dim3 b, size_t s, cudaStream_t st)
+{
+	enqueue_launch(f, g, b, s, st);
 }
 
 inline float shfl_xor(float v, int m) { return shfl_xor_f(v, m); }
