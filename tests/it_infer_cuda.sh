@@ -6,7 +6,9 @@
 #      keeps float32 activations below INF_GPU_GEMM_MIN_BATCH) and all 16
 #      greedy ids; a cache of 4 (and of 1) expert with --prefetch router gives
 #      bit-identical dumps and the same routing trace as the full cache, also
-#      when no load ever polls as landed (CUEMU_NOTREADY);
+#      when no load ever polls as landed (CUEMU_NOTREADY) and when copies run
+#      the moment they are queued (CUEMU_ORDER=copies-early), which an engine
+#      planted to release a slot before queueing its kernels must fail;
 #      --cpu-experts with a 4-expert cache computes some experts on the CPU
 #      (--stats says how many), same ids, error < 1e-4;
 #   2. the bf16 fixture re-packed --experts int4 against the int4 reference;
@@ -16,8 +18,8 @@
 #      copy of a mount give one line naming the file and exit 1.
 #
 # Where no GPU is, the engine runs on the CPU SIMT emulator of tests/cuemu
-# (build/cuemu/infer, built here; slow, correct, synchronous — asynchrony is
-# checked by tools/gpu-check.sh on a GPU). K2_CUDA_INFER=PATH runs another
+# (build/cuemu/infer, built here; slow; its streams run late or copies early,
+# never at once — real concurrency and speed are for tools/gpu-check.sh on a GPU). K2_CUDA_INFER=PATH runs another
 # binary (bin/infer on a GPU machine). Exit 77 when neither /dev/fuse nor the
 # CUDA headers are usable.
 set -u
@@ -68,6 +70,39 @@ cuda() {
 }
 stat_of() { grep -o "\"$1\":[0-9.eE+-]*" "$2" | head -1 | cut -d: -f2; }
 
+# plant_release_early MODEL IDS: the same check must catch an engine that
+# releases an expert's slot (gpu_cache_end) before queueing the kernels that
+# read it; built from a copy of infer/gpu_moe.c with the two calls swapped.
+plant_release_early() {
+	p=$work/plant
+	mkdir -p "$p/out"
+	perl -0pe 's/(\trc = kcu_expert_ffn\([^;]*;\n)(\tgpu_cache_end\(g->cache, layer, x\);\n)/$2$1/' \
+		"$root/infer/gpu_moe.c" > "$p/gpu_moe.c"
+	if cmp -s "$root/infer/gpu_moe.c" "$p/gpu_moe.c"; then
+		fail "plant release-early no longer applies to infer/gpu_moe.c (update it_infer_cuda.sh)"
+		return
+	fi
+	cp "$build/cuemu/"*.o "$build/cuemu/"*.cc.built "$p/out/" 2>/dev/null
+	# shellcheck disable=SC2046
+	if ! cc -std=gnu11 -O2 -DK2_HAVE_CUDA=1 -D_FILE_OFFSET_BITS=64 -I"$root/layout" -I"$root/kernels" \
+		-I"$root/infer" -I"$root/tools/lib" $(pkg-config --cflags jansson libpcre2-8) \
+		-c "$p/gpu_moe.c" -o "$p/gpu_moe.o" >"$p/build.log" 2>&1 ||
+	   ! CUEMU_BUILD=$build CUEMU_OUT="$p/out" CUEMU_INFER_OBJS="$p/gpu_moe.o" \
+		sh "$root/tests/cuemu/build.sh" >>"$p/build.log" 2>&1; then
+		fail "plant release-early does not build: $(tail -3 "$p/build.log")"
+		return
+	fi
+	real_infer=$infer
+	infer=$p/out/infer
+	CUEMU_ORDER=copies-early cuda "$1" "$2" "$p/run" --expert-cache 1experts --prefetch router
+	infer=$real_infer
+	if [ -f "$p/run.st" ] && "$gcmp" --identical "$work/bf16.st" "$p/run.st" >/dev/null; then
+		fail "plant release-early: outputs identical to the full cache (the check cannot fail)"
+	else
+		echo "   plant release-early (slot released before its kernels are queued): caught"
+	fi
+}
+
 # 1. fixtures
 for f in bf16 fp8; do
 	ref=$fx/k2-tiny-$f/reference.safetensors
@@ -105,6 +140,17 @@ for f in bf16 fp8; do
 			echo "   3-expert cache, prefetch, loads never polled ready: identical"
 		else
 			fail "$f: with loads never polled ready: $(cat "$work/$f-nr.stderr")"
+		fi
+		# copies run the moment they are queued, kernels late: a slot reloaded
+		# while queued kernels still read it would give other outputs
+		if CUEMU_ORDER=copies-early cuda "$work/mnt-$f" "$ids" "$work/$f-ce" --expert-cache 1experts \
+			--prefetch router && "$gcmp" --identical "$work/$f.st" "$work/$f-ce.st" >/dev/null; then
+			echo "   1-expert cache, prefetch, copies early: identical"
+		else
+			fail "$f: with copies early: outputs differ from the full cache $(cat "$work/$f-ce.stderr")"
+		fi
+		if [ "$f" = bf16 ]; then
+			plant_release_early "$work/mnt-$f" "$ids"
 		fi
 	fi
 	if cuda "$work/mnt-$f" "$ids" "$work/$f-cpu" --expert-cache 4experts --cpu-experts; then

@@ -71,5 +71,8 @@ g++ -o "$out/prog_gpu_kernels" "$out/prog_gpu_kernels.o" $objs $rt \
 	"$b/libkernels.a" "$b/liblayout.a" $libs
 # infer's objects were built with -DK2_HAVE_CUDA=1 where nvcc exists (here and in
 # CI); the emulated objects come first, so libkernels.a's CUDA members are unused.
-g++ -o "$out/infer" "$b/obj/infer/main.o" "$b/libtools.a" "$b/libinfer.a" $objs \
+# CUEMU_INFER_OBJS: objects linked ahead of libinfer.a, replacing its members of
+# the same name (a test's planted copy of one engine file).
+# shellcheck disable=SC2086
+g++ -o "$out/infer" "$b/obj/infer/main.o" ${CUEMU_INFER_OBJS:-} "$b/libtools.a" "$b/libinfer.a" $objs \
 	$rt "$b/libkernels.a" "$b/liblayout.a" $libs
