@@ -78,10 +78,12 @@ static __device__ __forceinline__ float byte_as_f(uint32_t m, int k)
 	return __uint_as_float(__byte_perm(m, 0x4B000000u, 0x7540u | (unsigned)k));
 }
 
-/* Two e4m3 values (low byte first) to two floats. */
+/* Two e4m3 values (low byte first) to two floats: the hardware conversion on
+ * sm_89+ (K2_CUEMU_FP8_CVT: the emulator runs that branch, through the host
+ * version of the same intrinsic), the bit placement below elsewhere. */
 static __device__ __forceinline__ float2 e4m3x2_to_f2(uint32_t pair)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890) || defined(K2_CUEMU_FP8_CVT)
 	__half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(pair & 0xffffu), __NV_E4M3);
 	return __half22float2(__half2(hr));
 #else

@@ -3,7 +3,8 @@
 # SIMT emulator of tests/cuemu (whose streams run late, as a GPU's may):
 #   1. every check of tests/prog_gpu_kernels (each CUDA kernel against its
 #      plain C reference, outputs poisoned; the expert cache's loads);
-#   2. ordering bugs planted one at a time into a copy of kernels/cuda_cache.cu
+#   2. the fp8 products again through the sm_89+ conversion branch;
+#   3. ordering bugs planted one at a time into a copy of kernels/cuda_cache.cu
 #      must each make the expert and cache checks fail — so those checks can
 #      fail, and the emulator's streams really are asynchronous:
 #        used     the copy into a slot does not wait for the kernels still
@@ -46,7 +47,20 @@ else
 	fail "prog_gpu_kernels on the emulator"
 fi
 
-# 2. planted ordering bugs: NAME PERL-SUBSTITUTION (applied to cuda_cache.cu)
+# 2. the sm_89+ branch of the fp8 conversion (the one an H100/H200 runs), through
+# the host version of the same intrinsic
+d=$work/fp8cvt
+mkdir -p "$d"
+if CUEMU_CFLAGS=-DK2_CUEMU_FP8_CVT CUEMU_BUILD=$build CUEMU_OUT="$d" sh tests/cuemu/build.sh \
+	> "$d/build.log" 2>&1 &&
+   "$d/prog_gpu_kernels" --quick --no-bench --only matmul,expert > "$d/run.log" 2>&1; then
+	echo "it_cuemu: ok: sm_89+ fp8 conversion: $(grep -c 'fp8.* ok$' "$d/run.log") fp8 families pass"
+else
+	grep -E 'FAIL' "$d/run.log" "$d/build.log" | head -5
+	fail "the sm_89+ fp8 conversion branch"
+fi
+
+# 3. planted ordering bugs: NAME PERL-SUBSTITUTION (applied to cuda_cache.cu)
 plant() {
 	name=$1 subst=$2
 	d=$work/$name

@@ -41,6 +41,10 @@ logdir=$(cd "$logdir" && pwd)
 budget=${K2_GPU_BUDGET:-285}
 t0=$(date +%s)
 work=${K2_GPU_WORK:-/tmp/k2-gpu-check}
+# a run killed before its cleanup (a rerun on a warm machine) left its mounts,
+# maybe with their daemon gone (mountpoint(1) then fails: read /proc/mounts)
+awk -v w="$work/mnt/" 'index($2, w) == 1 { print $2 }' /proc/mounts 2>/dev/null |
+	while read -r m; do umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null; done
 rm -rf "$work"
 mkdir -p "$work/logs" "$work/mnt" || exit 2
 results=$work/results.txt

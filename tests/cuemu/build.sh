@@ -36,6 +36,8 @@ if ! nm "$b/libinfer.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
 	exit 77
 fi
 # CUEMU_OUT=DIR: where the objects and programs go (default: $b/cuemu).
+# CUEMU_CFLAGS: extra flags for the emulated .cu files (-DK2_CUEMU_FP8_CVT: the
+# sm_89+ fp8 conversion branch); give such a build its own CUEMU_OUT.
 out=${CUEMU_OUT:-$b/cuemu}
 mkdir -p "$out"
 
@@ -54,7 +56,9 @@ for cu in "$src"/*.cu; do
 	if [ ! -f "$out/$name.o" ] || ! cmp -s "$out/$name.cc" "$out/$name.cc.built" ||
 	   [ tests/cuemu/cuemu.h -nt "$out/$name.o" ] || [ "$src/cuda_common.cuh" -nt "$out/$name.o" ] ||
 	   [ kernels/backend_cuda.h -nt "$out/$name.o" ]; then
-		g++ -std=c++17 -O1 -g -Wall -Wno-unused-function -Wno-unknown-pragmas -include tests/cuemu/cuemu.h \
+		# shellcheck disable=SC2086
+		g++ -std=c++17 -O1 -g -Wall -Wno-unused-function -Wno-unknown-pragmas ${CUEMU_CFLAGS:-} \
+			-include tests/cuemu/cuemu.h \
 			-I"$cuda/include" -Itests/cuemu -I"$src" -Ilayout -Ikernels -c "$out/$name.cc" -o "$out/$name.o"
 		cp "$out/$name.cc" "$out/$name.cc.built"
 	fi
