@@ -2,7 +2,8 @@
 # it_cuemu.sh — the CUDA backend's kernel checks where no GPU is, on the CPU
 # SIMT emulator of tests/cuemu (whose streams run late, as a GPU's may):
 #   1. every check of tests/prog_gpu_kernels (each CUDA kernel against its
-#      plain C reference, outputs poisoned; the expert cache's loads);
+#      plain C reference, outputs poisoned; the expert cache's loads), then
+#      again with the blocks of each launch in reverse and copies early;
 #   2. the fp8 products again through the sm_89+ conversion branch;
 #   3. ordering bugs planted one at a time into a copy of kernels/cuda_cache.cu
 #      must each make the expert and cache checks fail — so those checks can
@@ -45,6 +46,16 @@ else
 	grep -E 'FAIL|^@@' "$work/checks.log"
 	tail -3 "$work/checks.log"
 	fail "prog_gpu_kernels on the emulator"
+fi
+
+# and again with the other orders: blocks last first (a block reading what
+# another block of its launch writes), copies at once with kernels late
+if CUEMU_BLOCKS=reverse CUEMU_ORDER=copies-early "$emu/prog_gpu_kernels" --quick --no-bench \
+	> "$work/checks2.log" 2>&1; then
+	echo "it_cuemu: ok: the same, blocks in reverse, copies early"
+else
+	grep -E 'FAIL|^@@' "$work/checks2.log"
+	fail "prog_gpu_kernels on the emulator, blocks in reverse, copies early"
 fi
 
 # 2. the sm_89+ branch of the fp8 conversion (the one an H100/H200 runs), through

@@ -1,6 +1,7 @@
-/* cuemu.cc — the runtime of the CPU SIMT emulator (cuemu.h): the coroutine
- * scheduler that runs one block at a time with one coroutine (own stack) per CUDA thread,
- * block and warp barriers (a barrier some live lanes never reach is reported
+/* cuemu.cc — the SIMT half of the CPU emulator (cuemu.h): the coroutine
+ * scheduler that runs one block at a time, in block order (CUEMU_BLOCKS=reverse:
+ * the last first), with one coroutine (own stack) per CUDA thread, block and
+ * warp barriers (a barrier some live lanes never reach is reported
  * and aborts) and warp shuffles through a per-warp slot array. The CUDA
  * runtime and cuBLAS calls, streams and events are in runtime.cc. */
 #include "cuemu.h"
@@ -199,16 +200,25 @@ void launch_fn(const std::function<void()> &fn, dim3 grid, dim3 block, size_t sm
 	block_dim = block;
 	grid_dim = grid;
 	body = &fn;
-	for (unsigned bz = 0; bz < grid.z; bz++)
-		for (unsigned by = 0; by < grid.y; by++)
-			for (unsigned bx = 0; bx < grid.x; bx++) {
-				for (unsigned i = 0; i < n; i++) {
-					cos[i].pos.bid = make_uint3(bx, by, bz);
-					cos[i].pos.tid = make_uint3(i % block.x, (i / block.x) % block.y,
-								    i / (block.x * block.y));
-				}
-				run_block(n);
-			}
+	/* CUEMU_BLOCKS=reverse: the last block first, so that a block reading what
+	 * another block of the same launch writes (a race on a GPU) shows whichever
+	 * way round it depends */
+	static const bool reverse = [] {
+		const char *v = getenv("CUEMU_BLOCKS");
+		return v && strcmp(v, "reverse") == 0;
+	}();
+	const uint64_t n_blocks = (uint64_t)grid.x * grid.y * grid.z;
+	for (uint64_t k = 0; k < n_blocks; k++) {
+		const uint64_t b = reverse ? n_blocks - 1 - k : k;
+		const unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y),
+			       bz = (unsigned)(b / ((uint64_t)grid.x * grid.y));
+		for (unsigned i = 0; i < n; i++) {
+			cos[i].pos.bid = make_uint3(bx, by, bz);
+			cos[i].pos.tid = make_uint3(i % block.x, (i / block.x) % block.y,
+						    i / (block.x * block.y));
+		}
+		run_block(n);
+	}
 	cur = NULL;
 	running = NULL;
 }

@@ -2,7 +2,8 @@
  * CPU, for machines without a GPU: every CUDA thread of a block is a coroutine
  * (own stack, hand-written x86-64 switch) on the calling thread, __syncthreads / __syncwarp / warp shuffles
  * are barriers between them, blocks run one after the other (so a `static`
- * variable is the block's shared memory), and the CUDA runtime and cuBLAS calls
+ * variable is the block's shared memory; CUEMU_BLOCKS=reverse runs the last
+ * first), and the CUDA runtime and cuBLAS calls
  * the backend makes are replaced by host versions (runtime.cc) whose streams
  * really are asynchronous: work queued on a stream runs only when the host
  * makes it (a synchronize, a copy into pageable memory, a free) or another
@@ -19,9 +20,11 @@
  * work between streams, events and the host (a kernel that reads a slot
  * without waiting for its copy, a copy that overwrites what queued kernels
  * still read, a staging buffer refilled before its copy ran, a result read
- * before its stream was synchronized). What it cannot: speed, the sm_89+
- * intrinsic paths (the portable #else branches run instead), memory ordering
- * between real concurrent threads of a GPU. A test tool only: nothing of the
+ * before its stream was synchronized), and, with CUEMU_BLOCKS=reverse, blocks
+ * of one launch that depend on each other. What it cannot: speed, the PTX of
+ * the sm_80+ paths (ld_stream's asm; the fp8 conversion's runs through the
+ * intrinsic's host version with -DK2_CUEMU_FP8_CVT), memory ordering between
+ * real concurrent threads of a GPU. A test tool only: nothing of the
  * build links it. */
 #ifndef K2_CUEMU_H
 #define K2_CUEMU_H
