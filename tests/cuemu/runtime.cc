@@ -231,47 +231,44 @@ cudaError_t cudaFuncSetAttribute(const void *, enum cudaFuncAttribute, int v)
 
 /* ------------------------------------------------------------ memory */
 
-cudaError_t cudaMalloc(void **p, size_t n)
+/* cudaMalloc and cudaHostAlloc: ALIGN-aligned memory, recorded in `mem`. */
+static cudaError_t track_alloc(std::map<uintptr_t, size_t> &mem, size_t align, void **p, size_t n)
 {
-	*p = aligned_alloc(256, (n + 255) & ~(size_t)255);
+	*p = aligned_alloc(align, (n + align - 1) & ~(align - 1));
 	if (!*p)
 		return refuse(cudaErrorMemoryAllocation);
-	memset(*p, 0xa5, n); /* device memory starts with garbage */
 	std::lock_guard<std::recursive_mutex> lock(dev_mu);
-	device_mem[(uintptr_t)*p] = n;
+	mem[(uintptr_t)*p] = n;
 	return cudaSuccess;
 }
-cudaError_t cudaFree(void *p)
+
+/* cudaFree and cudaFreeHost: both let every stream's queued work run first
+ * (they synchronize the device on a GPU too). */
+static cudaError_t untrack_free(std::map<uintptr_t, size_t> &mem, void *p)
 {
 	if (!p)
 		return cudaSuccess;
 	std::lock_guard<std::recursive_mutex> lock(dev_mu);
-	if (!device_mem.erase((uintptr_t)p))
-		return refuse(cudaErrorInvalidValue);
-	drain_all(); /* cudaFree synchronizes the device */
-	free(p);
-	return cudaSuccess;
-}
-cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int)
-{
-	*p = aligned_alloc(4096, (n + 4095) & ~(size_t)4095);
-	if (!*p)
-		return refuse(cudaErrorMemoryAllocation);
-	std::lock_guard<std::recursive_mutex> lock(dev_mu);
-	pinned_mem[(uintptr_t)*p] = n;
-	return cudaSuccess;
-}
-cudaError_t cudaFreeHost(void *p)
-{
-	if (!p)
-		return cudaSuccess;
-	std::lock_guard<std::recursive_mutex> lock(dev_mu);
-	if (!pinned_mem.erase((uintptr_t)p))
+	if (!mem.erase((uintptr_t)p))
 		return refuse(cudaErrorInvalidValue);
 	drain_all();
 	free(p);
 	return cudaSuccess;
 }
+
+cudaError_t cudaMalloc(void **p, size_t n)
+{
+	cudaError_t e = track_alloc(device_mem, 256, p, n);
+	if (e == cudaSuccess)
+		memset(*p, 0xa5, n); /* device memory starts with garbage */
+	return e;
+}
+cudaError_t cudaFree(void *p) { return untrack_free(device_mem, p); }
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int)
+{
+	return track_alloc(pinned_mem, 4096, p, n);
+}
+cudaError_t cudaFreeHost(void *p) { return untrack_free(pinned_mem, p); }
 
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, enum cudaMemcpyKind kind,
 			    cudaStream_t stream)
