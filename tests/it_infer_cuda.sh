@@ -20,8 +20,8 @@
 # Where no GPU is, the engine runs on the CPU SIMT emulator of tests/cuemu
 # (build/cuemu/infer, built here; slow; its streams run late, or copies early,
 # one operation at a time: real concurrency and speed are for tools/gpu-check.sh
-# on a GPU). K2_CUDA_INFER=PATH runs another binary (bin/infer on a GPU machine). Exit 77 when neither /dev/fuse nor the
-# CUDA headers are usable.
+# on a GPU). K2_CUDA_INFER=PATH runs another binary (bin/infer on a GPU machine).
+# Exit 77 when neither /dev/fuse nor the CUDA headers are usable.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$here/..
