@@ -36,7 +36,7 @@ if ! nm "$b/libinfer.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
 	exit 77
 fi
 # CUEMU_OUT=DIR: where the objects and programs go (default: $b/cuemu).
-# CUEMU_CFLAGS: extra flags for the emulated .cu files (-DK2_CUEMU_FP8_CVT: the
+# CUEMU_CFLAGS: extra flags for the emulated .cu files and runtime.cc (-DK2_CUEMU_FP8_CVT: the
 # sm_89+ fp8 conversion branch); give such a build its own CUEMU_OUT.
 out=${CUEMU_OUT:-$b/cuemu}
 mkdir -p "$out"
@@ -65,7 +65,8 @@ for cu in "$src"/*.cu; do
 	objs="$objs $out/$name.o"
 done
 g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/cuemu.cc -o "$out/cuemu_simt.o"
-g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/runtime.cc -o "$out/cuemu_runtime.o"
+# shellcheck disable=SC2086
+g++ -std=c++17 -O1 -g -Wall ${CUEMU_CFLAGS:-} -I"$cuda/include" -c tests/cuemu/runtime.cc -o "$out/cuemu_runtime.o"
 rt="$out/cuemu_simt.o $out/cuemu_runtime.o"
 cc -std=gnu11 -O2 -g -Wall -Wextra -pthread -D_FILE_OFFSET_BITS=64 -DK2_HAVE_CUDA=1 \
 	-Ilayout -Ikernels $(pkg-config --cflags $pkgs) \
