@@ -64,7 +64,11 @@ for cu in "$src"/*.cu; do
 	fi
 	objs="$objs $out/$name.o"
 done
-g++ -std=c++17 -O1 -g -Wall -I"$cuda/include" -c tests/cuemu/cuemu.cc -o "$out/cuemu_simt.o"
+# the coroutine scheduler takes ThreadSanitizer's flags alone (it tells TSan
+# of its fibers); ASan stays out of its stack switches
+simt_flags=""
+case "${CUEMU_CFLAGS:-}" in *-fsanitize=thread*) simt_flags=-fsanitize=thread ;; esac
+g++ -std=c++17 -O1 -g -Wall $simt_flags -I"$cuda/include" -c tests/cuemu/cuemu.cc -o "$out/cuemu_simt.o"
 # shellcheck disable=SC2086
 g++ -std=c++17 -O1 -g -Wall ${CUEMU_CFLAGS:-} -I"$cuda/include" -c tests/cuemu/runtime.cc -o "$out/cuemu_runtime.o"
 rt="$out/cuemu_simt.o $out/cuemu_runtime.o"

@@ -14,6 +14,16 @@
 #include <mutex>
 #include <vector>
 
+/* Under ThreadSanitizer every coroutine is a TSan fiber, and each switch
+ * orders the two sides, so lanes of a block are not reported as racing while
+ * the host threads around the launches (the expert cache's) are still checked. */
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define CUEMU_TSAN 1
+#else
+#define CUEMU_TSAN 0
+#endif
+
 namespace cuemu {
 
 thread_pos *cur;
@@ -40,7 +50,8 @@ struct co {
 	void *sp;
 	thread_pos pos;
 	int state;
-	char *stack;
+	char *stack;              /* made once; the coroutine then runs block after block */
+	void *fiber;              /* its TSan fiber (CUEMU_TSAN) */
 };
 
 static const size_t STACK = 64 << 10;
@@ -61,17 +72,37 @@ static void fatal(const char *what)
 	abort();
 }
 
-static void co_entry()
-{
-	(*body)();
-	running->state = DONE;
-	cuemu_switch(&running->sp, sched_sp); /* never resumed */
-	abort();
-}
+#if CUEMU_TSAN
+static void *sched_fiber;
+#endif
 
+/* From the running coroutine back to the scheduler. */
 static void yield()
 {
+#if CUEMU_TSAN
+	__tsan_switch_to_fiber(sched_fiber, 0);
+#endif
 	cuemu_switch(&running->sp, sched_sp);
+}
+
+/* From the scheduler (on whichever host thread runs the launch) into c. */
+static void resume(co &c)
+{
+#if CUEMU_TSAN
+	sched_fiber = __tsan_get_current_fiber();
+	__tsan_switch_to_fiber(c.fiber, 0);
+#endif
+	cuemu_switch(&sched_sp, c.sp);
+}
+
+/* A coroutine's whole life: the kernel body once per block it is given. */
+static void co_entry()
+{
+	for (;;) {
+		(*body)();
+		running->state = DONE;
+		yield();
+	}
 }
 
 void syncthreads()
@@ -120,18 +151,23 @@ static void run_block(unsigned n)
 {
 	for (unsigned i = 0; i < n; i++) {
 		co &c = cos[i];
-		if (!c.stack && !(c.stack = (char *)aligned_alloc(64, STACK)))
-			fatal("out of memory for stacks");
-		/* a fresh stack that cuemu_switch "returns" into co_entry from: six
-		 * saved registers, then the return address; at entry rsp ≡ 8 (mod 16)
-		 * as after a call */
-		uintptr_t top = ((uintptr_t)c.stack + STACK) & ~(uintptr_t)15;
-		void **sp = (void **)(top - 16);
-		sp[1] = NULL;
-		sp[0] = (void *)co_entry;
-		for (int r = 0; r < 6; r++)
-			*--sp = NULL;
-		c.sp = sp;
+		if (!c.stack) {
+			if (!(c.stack = (char *)aligned_alloc(64, STACK)))
+				fatal("out of memory for stacks");
+			/* a fresh stack that cuemu_switch "returns" into co_entry from:
+			 * six saved registers, then the return address; at entry
+			 * rsp ≡ 8 (mod 16) as after a call */
+			uintptr_t top = ((uintptr_t)c.stack + STACK) & ~(uintptr_t)15;
+			void **sp = (void **)(top - 16);
+			sp[1] = NULL;
+			sp[0] = (void *)co_entry;
+			for (int r = 0; r < 6; r++)
+				*--sp = NULL;
+			c.sp = sp;
+#if CUEMU_TSAN
+			c.fiber = __tsan_create_fiber(0);
+#endif
+		}
 		c.state = RUN;
 	}
 	for (;;) {
@@ -140,7 +176,7 @@ static void run_block(unsigned n)
 				continue;
 			running = &cos[i];
 			cur = &cos[i].pos;
-			cuemu_switch(&sched_sp, cos[i].sp);
+			resume(cos[i]);
 		}
 		unsigned live = 0, at_block = 0;
 		for (unsigned i = 0; i < n; i++) {
