@@ -140,18 +140,23 @@ int inf_moe_forward(inf_engine *e, uint32_t layer, const float *xn, uint32_t n, 
 	inf_prefetch_account(e, layer, routes0, n);
 
 	/* Experts used, ordered: resident first, then in flight, then absent;
-	 * within each by index. */
-	uint32_t *count = s->slot_list; /* [E] reused as counts */
+	 * within each by index. Each expert's state is read once: background
+	 * loads change it meanwhile, and an expert read as absent in one pass and
+	 * in flight in the next would be left out. */
+	uint32_t *count = s->slot_list; /* [E] reused as counts, then states + 1 */
 	memset(count, 0, sizeof(uint32_t) * E);
 	for (uint32_t t = 0; t < n; t++)
 		for (uint32_t j = 0; j < k; j++)
-			count[routes0[((size_t)t * L + layer) * k + j]]++;
+			count[routes0[((size_t)t * L + layer) * k + j]] = 1;
 	uint32_t order[4096], n_used = 0;
 	if (E > 4096)
 		return k2_err_set(err, -EINVAL, "%s/config.json: more than 4096 experts", m->dir);
-	for (int want = 2; want >= 0; want--)
+	for (uint32_t x = 0; x < E; x++)
+		if (count[x])
+			count[x] = 1 + (uint32_t)inf_cache_state(e->cache, layer, x);
+	for (uint32_t want = 3; want >= 1; want--)
 		for (uint32_t x = 0; x < E; x++)
-			if (count[x] && inf_cache_state(e->cache, layer, x) == want)
+			if (count[x] == want)
 				order[n_used++] = x;
 
 	for (uint32_t u = 0; u < n_used; u++) {
