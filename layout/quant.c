@@ -1,7 +1,7 @@
 /* quant.c — reference (plain C, exact) number conversions and quantizers:
  * bf16 <-> f32, float8 e4m3fn <-> f32, and the expert formats of FORMAT.md §2.2
  * (fp8 block-128, int8 per row, int4 group-32). The quantizers follow the rules
- * the fixtures were made with (../shared/fixtures/mkref.py, i.e. DeepSeek-V3's
+ * the fixtures were made with (tests/fixtures/mkref.py, i.e. DeepSeek-V3's
  * fp8 blocks and compressed-tensors' minmax int4) operation for operation in
  * float32, so they reproduce them bit for bit. */
 #include "layout.h"

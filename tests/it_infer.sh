@@ -19,7 +19,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${K2_BIN:-$here/../bin}
 progs=${K2_TESTPROGS:-$here/../build/tests/prog}
-fx=${K2_FIXTURES:-$here/../../shared/fixtures}
+fx=${K2_FIXTURES:-$here/fixtures}
 cmpr=$progs/prog_infer_cmp
 
 if [ ! -c /dev/fuse ] || [ ! -r /dev/fuse ] || [ ! -w /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
@@ -154,7 +154,7 @@ else
 fi
 
 # 3b. text in, text out: a k2gen model with the DeepSeek-V3 tokenizer in the mount
-tokdir=${K2_TOKENIZERS:-$here/../../shared/tokenizers}/deepseek-v3
+tokdir=${K2_TOKENIZERS:-$here/fixtures/tokenizers}/deepseek-v3
 if [ -x "$bin/k2gen" ] && [ -f "$tokdir/tokenizer.json" ]; then
 	line=$(head -1 "$tokdir/encodings.jsonl")
 	text=$(echo "$line" | sed 's/^{"text": "\([^"]*\)".*/\1/')

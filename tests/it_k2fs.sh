@@ -17,7 +17,7 @@
 # Exits 77 (skipped) when /dev/fuse cannot be used here.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-: "${K2_BIN:=$here/../bin}" "${K2_FIXTURES:=$here/../../shared/fixtures}"
+: "${K2_BIN:=$here/../bin}" "${K2_FIXTURES:=$here/fixtures}"
 : "${K2_TESTPROGS:=$here/../build/tests/prog}"
 client="$K2_TESTPROGS/prog_k2fs_client"
 

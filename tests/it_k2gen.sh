@@ -97,7 +97,7 @@ gen --preset tiny --seed 3 "$T/p16" && gen --preset tiny --seed 3 --format fp8 "
 }
 
 # --- another config through --set, with a tokenizer
-TOK=${K2_TOKENIZERS:-$(dirname "$0")/../../shared/tokenizers}/deepseek-v3
+TOK=${K2_TOKENIZERS:-$(dirname "$0")/fixtures/tokenizers}/deepseek-v3
 tokopt=""
 [ -f "$TOK/tokenizer.json" ] && tokopt="--tokenizer $TOK"
 gen --preset tiny --layers 3 --set q_lora_rank=null --set n_group=4 --set topk_group=2 \

@@ -12,7 +12,7 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 : "${K2_BIN:=$here/../bin}"
-F=${K2_FIXTURES:-$here/../../shared/fixtures}
+F=${K2_FIXTURES:-$here/fixtures}
 [ -d "$F/k2-tiny-bf16/model" ] || { echo "skip: fixtures not found at $F"; exit 77; }
 for p in k2pack k2inspect; do
 	[ -x "$K2_BIN/$p" ] || { echo "FAIL: $K2_BIN/$p missing"; exit 1; }

@@ -3,7 +3,7 @@
 # Expects $here (the tests folder) and $name (the script's name, which starts
 # every line these helpers print). Defaults K2_BIN, K2_FIXTURES and
 # K2_TESTPROGS, and sets $client.
-: "${K2_BIN:=$here/../bin}" "${K2_FIXTURES:=$here/../../shared/fixtures}"
+: "${K2_BIN:=$here/../bin}" "${K2_FIXTURES:=$here/fixtures}"
 : "${K2_TESTPROGS:=$here/../build/tests/prog}"
 client="$K2_TESTPROGS/prog_k2fs_client"
 

@@ -8,8 +8,8 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 : "${K2_BIN:=$here/../bin}" "${K2_TESTS:=$here/../build/tests}"
 export K2_BIN K2_TESTS
-export K2_FIXTURES="${K2_FIXTURES:-$here/../../shared/fixtures}"
-export K2_TOKENIZERS="${K2_TOKENIZERS:-$here/../../shared/tokenizers}"
+export K2_FIXTURES="${K2_FIXTURES:-$here/fixtures}"
+export K2_TOKENIZERS="${K2_TOKENIZERS:-$here/fixtures/tokenizers}"
 export CK_FORK=yes
 pass=0 fail=0 skip=0 failed=""
 for t in "$K2_TESTS"/test_*; do

@@ -23,7 +23,7 @@
 static const char *tokenizers(void)
 {
 	const char *f = getenv("K2_TOKENIZERS");
-	return f && *f ? f : "../shared/tokenizers";
+	return f && *f ? f : "tests/fixtures/tokenizers";
 }
 
 static double now(void)

@@ -27,11 +27,12 @@
 
 /* ---------------------------------------------------------------- fixtures */
 
-/* The fixture checkpoints' folder: $K2_FIXTURES, else ../shared/fixtures. */
+/* The fixture checkpoints' folder: $K2_FIXTURES, else tests/fixtures (relative
+ * to the repository root, where make test runs the suites). */
 static inline const char *tu_fixtures(void)
 {
 	const char *f = getenv("K2_FIXTURES");
-	return f && *f ? f : "../shared/fixtures";
+	return f && *f ? f : "tests/fixtures";
 }
 
 /* Writes the model folder of fixture `name` (k2-tiny-bf16 …) into buf[n]. */

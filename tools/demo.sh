@@ -9,7 +9,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${K2_BIN:-$here/bin}
 work=${K2_DEMO_DIR:-/tmp/k2-demo}
-tok=${K2_TOKENIZER_DIR:-$here/../shared/tokenizers/deepseek-v3}
+tok=${K2_TOKENIZER_DIR:-${K2_TOKENIZERS:-$here/tests/fixtures/tokenizers}/deepseek-v3}
 mnt=$work/mnt
 pid=""
 

@@ -3,10 +3,11 @@
 # GPU machine, in under 5 minutes; prints one table at the end.
 #
 # Build here first (this machine has nvcc but no GPU): sh tools/gpu-bundle.sh
-# puts the binaries (fuse3, liburing … linked static) and the fixtures in .gpu/,
-# which travels with the working tree: run(command="sh tools/gpu-check.sh
-# $OUT/gpu", carry=[".gpu"], timeout_s=360). Without .gpu/ the script uses bin/
-# and build/tests/prog/ of this checkout.
+# puts the binaries (fuse3, liburing … linked static) in .gpu/, which travels
+# with the working tree: run(command="sh tools/gpu-check.sh $OUT/gpu",
+# carry=[".gpu"], timeout_s=360). Without .gpu/ the script uses bin/ and
+# build/tests/prog/ of this checkout. The fixtures are read from
+# $K2_FIXTURES, else tests/fixtures/ of the working tree.
 #
 # Steps (each under `timeout`, all within K2_GPU_BUDGET seconds, default 285):
 #   0. the machine: nvidia-smi, kernel, where libcublas.so.13 is
@@ -56,12 +57,11 @@ g=$here/.gpu
 if [ -d "$g/bin" ]; then
 	bin=$g/bin
 	prog=$g/bin
-	fixtures=$g/fixtures
 else
 	bin=$here/bin
 	prog=$here/build/tests/prog
-	fixtures=${K2_FIXTURES:-$here/../shared/fixtures}
 fi
+fixtures=${K2_FIXTURES:-$here/tests/fixtures}
 export PATH="$bin:$PATH"
 export LD_LIBRARY_PATH="$g/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 

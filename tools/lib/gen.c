@@ -1,6 +1,6 @@
 /* gen.c — synthetic DeepSeek-V3-family checkpoints (bin/k2gen's engine).
  *
- * The tensor list is the one ../shared/fixtures/mkref.py make_weights builds
+ * The tensor list is the one tests/fixtures/mkref.py make_weights builds
  * (q_proj instead of q_a/q_b when q_lora_rank is null), in the same order, with
  * the same value distributions: normal with std fan_in^-0.5, embeddings std 1,
  * norms 1 + 0.1·N(0,1), e_score_correction_bias 0.05·N(0,1) kept float32, the

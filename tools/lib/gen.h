@@ -2,7 +2,7 @@
  * DeepSeek-V3-family checkpoint in the hub's own format (config.json in
  * Kimi-K2's style, safetensors with hub tensor names, sharded with
  * model.safetensors.index.json above a size) with random weights drawn like
- * ../shared/fixtures/mkref.py does. Every value is a pure function of (seed,
+ * tests/fixtures/mkref.py does. Every value is a pure function of (seed,
  * tensor name, element index), so output is identical for a seed whatever the
  * thread count, and large checkpoints are generated in parallel. */
 #ifndef K2_GEN_H
