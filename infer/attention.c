@@ -1,19 +1,13 @@
-/* attention.c — Multi-head Latent Attention (MLA) of DeepSeek-V3 with YaRN
- * RoPE and the compressed KV cache, as transformers' DeepseekV3Attention
- * computes it in float32:
+/* attention.c — the attention half of a decoder layer: Multi-head Latent
+ * Attention (MLA) of DeepSeek-V3 with YaRN RoPE over the compressed KV cache,
+ * as transformers' DeepseekV3Attention computes it, on the backend's ops:
  *
- *   q     = q_b(rmsnorm(q_a(x), q_a_layernorm, 1e-6))   or q_proj(x); per head [nope | rope]
- *   ckv   = kv_a_proj_with_mqa(x) = [c' (R) | k_pe (rope)]
- *   c     = rmsnorm(c', kv_a_layernorm, 1e-6)        -> cached per layer and position
- *   k_pe  = rope(k_pe) (one head, shared)             -> cached per layer and position
- *   [k_nope | v] per head = kv_b_proj(c)
- *   out   = o_proj(softmax((q_nope·k_nope + q_pe·k_pe)·scale, causal) · v)
+ *   q     = q_b(rmsnorm(q_a(x), q_a_layernorm))   or q_proj(x); per head [nope | rope]
+ *   kv_a  = kv_a_proj_with_mqa(x) = [c' (R) | k_pe (rope)]
+ *   rope(q_pe); cache: c = rmsnorm(c', kv_a_layernorm), rope(k_pe)  (mla_cache_write)
+ *   out   = o_proj(attention(q, cache))                              (mla_attn)
  *
- * A batch of tokens (the prompt) expands k_nope/v from the cached c block by
- * block with kv_b_proj and folds the softmax online; one token (decode)
- * absorbs kv_b into the query and the output instead (q_c = W_knᵀ q_nope,
- * scores against c directly, out = W_v Σ p·c), so it never expands the cache.
- * Both are exact in float32 up to rounding. */
+ * and the YaRN parameters the rotations use (inf_rope_params). */
 #include "infer_impl.h"
 
 #include <math.h>
@@ -86,205 +80,36 @@ void inf_rope_params(const k2_model_config *c, float *inv_freq, float *attn_fact
 	}
 }
 
-/* cos/sin of pos·inv_freq[i] (float32 angle as torch forms it), × mscale. */
-static void rope_cs(uint32_t half, const float *inv_freq, float mscale, uint32_t pos,
-		    float *cs, float *sn)
-{
-	for (uint32_t i = 0; i < half; i++) {
-		float ang = inv_freq[i] * (float)pos;
-		cs[i] = (float)cos((double)ang) * mscale;
-		sn[i] = (float)sin((double)ang) * mscale;
-	}
-}
-
-/* Rotates x [2·half] with precomputed cos/sin; output in HF's de-interleaved
- * order (first the even elements rotated, then the odd ones). */
-static void rope_rotate(float *x, uint32_t half, const float *cs, const float *sn)
-{
-	float tmp[2 * 512];
-	memcpy(tmp, x, sizeof(float) * 2 * half);
-	for (uint32_t i = 0; i < half; i++) {
-		float a = tmp[2 * i], b = tmp[2 * i + 1];
-		x[i] = a * cs[i] - b * sn[i];
-		x[i + half] = b * cs[i] + a * sn[i];
-	}
-}
-
-void inf_rope_apply(float *x, uint32_t d, const float *inv_freq, float mscale, uint32_t pos)
-{
-	float cs[512], sn[512];
-	uint32_t half = d / 2;
-	if (half > 512)
-		return; /* the model loader rejects qk_rope_head_dim > 1024 */
-	rope_cs(half, inv_freq, mscale, pos, cs, sn);
-	rope_rotate(x, half, cs, sn);
-}
-
-/* Batch attention over cached positions [0, pos+n) for queries q [n, nh·qk]
- * at positions pos…pos+n-1; writes attn [n, nh·v]. Keys are expanded from the
- * cached c block by block (kv_b_proj), each head's scores and weighted values
- * are products (kern_matmul) and the softmax is folded online across blocks:
- *   s = Q_h K_hᵀ·scale (causal),  m' = max(m, max s),  l' = l·e^(m-m') + Σ e^(s-m'),
- *   o' = o·e^(m-m') + e^(s-m') V_h,  out = o / l. */
-static void attend_batch(inf_engine *e, uint32_t layer, uint32_t n)
+int inf_attn_forward(inf_engine *e, uint32_t l, uint32_t n, float *out, k2_err *err)
 {
 	const inf_model *m = e->m;
 	const k2_model_config *c = &m->cfg;
-	const inf_layer *ly = &m->layers[layer];
+	const kern_backend_ops *B = e->ops;
+	kern_backend *be = e->be;
+	const inf_blayer *bl = &e->w.layers[l];
 	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
-	const uint32_t rope = c->qk_rope_head_dim, vd = c->v_head_dim, R = c->kv_lora_rank;
-	const uint32_t qk = nope + rope, kvw = nope + vd;
-	const float scale = m->attn_scale;
-	inf_scratch *s = &e->s;
-	const float *kc = e->kv_c + (size_t)layer * e->max_ctx * R;
-	const float *kp = e->kv_pe + (size_t)layer * e->max_ctx * rope;
-	const uint32_t total = e->pos + n;
-
-	/* queries per head: qT [nh, n, qk] */
-	for (uint32_t t = 0; t < n; t++)
-		for (uint32_t h = 0; h < nh; h++)
-			memcpy(s->qT + ((size_t)h * n + t) * qk, s->q + ((size_t)t * nh + h) * qk,
-			       sizeof(float) * qk);
-	for (uint32_t i = 0; i < n * nh; i++) {
-		s->acc_m[i] = -INFINITY;
-		s->acc_l[i] = 0;
-	}
-	memset(s->attn, 0, sizeof(float) * n * nh * vd);
-	for (uint32_t k0 = 0; k0 < total; k0 += INF_KVBLK) {
-		const uint32_t nb = total - k0 < INF_KVBLK ? total - k0 : INF_KVBLK;
-		const uint32_t t0 = k0 > e->pos ? k0 - e->pos : 0; /* first query seeing the block */
-		const uint32_t nq = n - t0;
-		kern_matmul(&ly->kv_b, kc + (size_t)k0 * R, nb, s->kvblk);
-		for (uint32_t h = 0; h < nh; h++) {
-			for (uint32_t j = 0; j < nb; j++) {
-				const float *kv = s->kvblk + ((size_t)j * nh + h) * kvw;
-				memcpy(s->kh + (size_t)j * qk, kv, sizeof(float) * nope);
-				memcpy(s->kh + (size_t)j * qk + nope, kp + (size_t)(k0 + j) * rope,
-				       sizeof(float) * rope);
-				for (uint32_t r = 0; r < vd; r++)
-					s->vth[(size_t)r * nb + j] = kv[nope + r];
-			}
-			const kern_mat km = {.format = KERN_FORMAT_F32, .rows = nb, .cols = qk, .w = s->kh};
-			const kern_mat vm = {.format = KERN_FORMAT_F32, .rows = vd, .cols = nb, .w = s->vth};
-			kern_matmul(&km, s->qT + ((size_t)h * n + t0) * qk, nq, s->sblk);
-			for (uint32_t i = 0; i < nq; i++) {
-				const uint32_t t = t0 + i, qpos = e->pos + t;
-				const uint32_t valid = qpos + 1 - k0 < nb ? qpos + 1 - k0 : nb;
-				float *row = s->sblk + (size_t)i * nb;
-				float mx = -INFINITY;
-				for (uint32_t j = 0; j < valid; j++) {
-					row[j] *= scale;
-					if (row[j] > mx)
-						mx = row[j];
-				}
-				float *am = &s->acc_m[t * nh + h], *al = &s->acc_l[t * nh + h];
-				const float mnew = *am > mx ? *am : mx;
-				s->corr[i] = *am == -INFINITY ? 0.0f : expf(*am - mnew);
-				float sum = 0;
-				for (uint32_t j = 0; j < nb; j++) {
-					row[j] = j < valid ? expf(row[j] - mnew) : 0.0f;
-					sum += row[j];
-				}
-				*al = *al * s->corr[i] + sum;
-				*am = mnew;
-			}
-			kern_matmul(&vm, s->sblk, nq, s->oblk);
-			for (uint32_t i = 0; i < nq; i++) {
-				float *o = s->attn + ((size_t)(t0 + i) * nh + h) * vd;
-				const float *ob = s->oblk + (size_t)i * vd;
-				for (uint32_t r = 0; r < vd; r++)
-					o[r] = o[r] * s->corr[i] + ob[r];
-			}
-		}
-	}
-	for (uint32_t t = 0; t < n; t++)
-		for (uint32_t h = 0; h < nh; h++) {
-			float inv = 1.0f / s->acc_l[t * nh + h];
-			float *o = s->attn + ((size_t)t * nh + h) * vd;
-			for (uint32_t r = 0; r < vd; r++)
-				o[r] *= inv;
-		}
-}
-
-/* One query at position e->pos with kv_b absorbed; writes attn [nh·v]:
- *   q_c[h] = W_kn[h]ᵀ q_nope[h]                       (kn_t[h], per head)
- *   s[h, j] = (q_c[h]·c_j + q_pe[h]·k_pe_j)·scale     (the cache as a matrix, batch nh)
- *   o_c[h] = Σ_j softmax(s[h])_j c_j
- *   out[h] = W_v[h] o_c[h]                            (wv[h], per head) */
-static void attend_one(inf_engine *e, uint32_t layer)
-{
-	const inf_model *m = e->m;
-	const k2_model_config *c = &m->cfg;
-	const inf_layer *ly = &m->layers[layer];
-	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
-	const uint32_t rope = c->qk_rope_head_dim, vd = c->v_head_dim, R = c->kv_lora_rank;
-	const uint32_t qk = nope + rope;
-	const float scale = m->attn_scale;
-	inf_scratch *s = &e->s;
-	const float *kc = e->kv_c + (size_t)layer * e->max_ctx * R;
-	const float *kp = e->kv_pe + (size_t)layer * e->max_ctx * rope;
-	const uint32_t total = e->pos + 1;
-
-	for (uint32_t h = 0; h < nh; h++) {
-		kern_matmul(&ly->kn_t[h], s->q + (size_t)h * qk, 1, s->qc + (size_t)h * R);
-		memcpy(s->qpe + (size_t)h * rope, s->q + (size_t)h * qk + nope, sizeof(float) * rope);
-	}
-	const kern_mat cm = {.format = KERN_FORMAT_F32, .rows = total, .cols = R, .w = kc};
-	const kern_mat pm = {.format = KERN_FORMAT_F32, .rows = total, .cols = rope, .w = kp};
-	kern_matmul(&cm, s->qc, nh, s->scores);
-	kern_matmul(&pm, s->qpe, nh, s->scores2);
-	for (uint32_t h = 0; h < nh; h++) {
-		float *sc = s->scores + (size_t)h * total;
-		const float *s2 = s->scores2 + (size_t)h * total;
-		for (uint32_t j = 0; j < total; j++)
-			sc[j] = (sc[j] + s2[j]) * scale;
-		kern_softmax(sc, total);
-		float *oc = s->oc + (size_t)h * R;
-		memset(oc, 0, sizeof(float) * R);
-		for (uint32_t j = 0; j < total; j++)
-			kern_axpy(oc, sc[j], kc + (size_t)j * R, R);
-		kern_matmul(&ly->wv[h], oc, 1, s->attn + (size_t)h * vd);
-	}
-}
-
-int inf_attn_forward(inf_engine *e, uint32_t layer, const float *xn, uint32_t n, float *out)
-{
-	const inf_model *m = e->m;
-	const k2_model_config *c = &m->cfg;
-	const inf_layer *ly = &m->layers[layer];
-	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
-	const uint32_t rope = c->qk_rope_head_dim, R = c->kv_lora_rank, half = rope / 2;
-	const uint32_t qk = nope + rope;
-	inf_scratch *s = &e->s;
-	float cs[512], sn[512];
-
+	const uint32_t rope = c->qk_rope_head_dim, R = c->kv_lora_rank, qk = nope + rope;
+	float *ckv = e->ckv + (size_t)l * e->max_ctx * R;
+	float *kpe = e->kpe + (size_t)l * e->max_ctx * rope;
+	int rc;
+#define TRY(call, what) \
+	if ((rc = (call)) < 0) \
+		return inf_op_failed(e, rc, what, l, err);
 	if (c->q_lora_rank) {
-		const uint32_t Q = c->q_lora_rank;
-		kern_matmul(&ly->q_a, xn, n, s->qa);
-		for (uint32_t t = 0; t < n; t++)
-			kern_rmsnorm(s->qa + (size_t)t * Q, s->qa + (size_t)t * Q, ly->q_a_norm, Q,
-				     1e-6f);
-		kern_matmul(&ly->q_b, s->qa, n, s->q);
+		TRY(B->matmul(be, &bl->q_a, e->xn, n, e->qa, 0), "q_a_proj");
+		TRY(B->rmsnorm(be, e->qa, e->qa, bl->q_a_norm, n, c->q_lora_rank, INF_LORA_NORM_EPS),
+		    "q_a_layernorm");
+		TRY(B->matmul(be, &bl->q_b, e->qa, n, e->q, 0), "q_b_proj");
 	} else
-		kern_matmul(&ly->q_proj, xn, n, s->q);
-	kern_matmul(&ly->kv_a, xn, n, s->ckv);
-
-	float *kc = e->kv_c + (size_t)layer * e->max_ctx * R;
-	float *kp = e->kv_pe + (size_t)layer * e->max_ctx * rope;
-	for (uint32_t t = 0; t < n; t++) {
-		const uint32_t pos = e->pos + t;
-		const float *ck = s->ckv + (size_t)t * (R + rope);
-		rope_cs(half, m->rope_inv_freq, m->rope_mscale, pos, cs, sn);
-		kern_rmsnorm(kc + (size_t)pos * R, ck, ly->kv_a_norm, R, 1e-6f);
-		memcpy(kp + (size_t)pos * rope, ck + R, sizeof(float) * rope);
-		rope_rotate(kp + (size_t)pos * rope, half, cs, sn);
-		for (uint32_t h = 0; h < nh; h++)
-			rope_rotate(s->q + ((size_t)t * nh + h) * qk + nope, half, cs, sn);
-	}
-	if (n == 1)
-		attend_one(e, layer);
-	else
-		attend_batch(e, layer, n);
-	kern_matmul(&ly->o_proj, s->attn, n, out);
+		TRY(B->matmul(be, &bl->q_proj, e->xn, n, e->q, 0), "q_proj");
+	TRY(B->matmul(be, &bl->kv_a, e->xn, n, e->kva, 0), "kv_a_proj_with_mqa");
+	TRY(B->rope(be, e->q, n, nh, nh * qk, qk, nope, rope, e->pos, e->w.inv_freq, m->rope_mscale),
+	    "rope of q");
+	TRY(B->mla_cache_write(be, &e->md, e->kva, n, e->pos, bl->kv_a_norm, INF_LORA_NORM_EPS,
+			       e->w.inv_freq, m->rope_mscale, ckv, kpe), "KV cache write");
+	TRY(B->mla_attn(be, bl->attn, e->q, ckv, kpe, n, e->pos, m->attn_scale, e->attn),
+	    "attention");
+	TRY(B->matmul(be, &bl->o_proj, e->attn, n, out, 0), "o_proj");
+#undef TRY
 	return 0;
 }

@@ -1,50 +1,45 @@
-/* forward.c — the engine: KV cache, scratch, and the plain forward pass of
- * DeepseekV3ForCausalLM, one clear sequence of steps per layer:
+/* forward.c — the engine: its state on the backend, and the forward pass of
+ * DeepseekV3ForCausalLM, written once for every backend as one sequence of
+ * steps per layer:
  *
  *   x = embed[ids]
  *   per layer l:  xn = rmsnorm(x, input_layernorm)      x += attn(xn)      (attention.c)
  *                 xn = rmsnorm(x, post_attention_layernorm)
  *                 x += mlp(xn) or moe(xn)                                   (moe.c)
  *                 prefetch: predict the next MoE layer's experts from x     (prefetch.c)
- *   logits = lm_head(rmsnorm(x, norm))
+ *   logits = lm_head(rmsnorm(x, norm))  → host
  *
  * A batch of tokens (the prompt) goes through every matrix as one product of
- * batch n, in chunks of at most max_batch tokens; decode runs one token. */
+ * batch n, in chunks of at most max_batch tokens; decode runs one token. The
+ * host waits on the backend only for each MoE layer's routing (and, with
+ * --prefetch router, the prediction) and for the logits. */
 #include "infer_impl.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-static uint32_t max3(uint32_t a, uint32_t b, uint32_t c)
-{
-	uint32_t m = a > b ? a : b;
-	return m > c ? m : c;
-}
+/* Prompt tokens per forward chunk when the options give none. */
+#define INF_DEFAULT_BATCH 256u
+/* Positions of the KV cache when the options give none. */
+#define INF_DEFAULT_CTX 4096u
+/* RAM-tier readers with --prefetch router when the options give none. */
+#define INF_DEFAULT_READERS 2
 
-uint32_t inf_ram_cache_slots(const inf_model *m, uint32_t count, uint64_t bytes,
-			     k2_err *err)
+static uint32_t max2(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+uint32_t inf_ram_tier_slots(const inf_model *m, uint32_t count, uint64_t bytes, k2_err *err)
 {
-	const k2_model_config *c = &m->cfg;
-	uint64_t all = (uint64_t)m->n_moe_layers * c->n_routed_experts;
+	const uint64_t all = (uint64_t)m->n_moe_layers * m->cfg.n_routed_experts;
 	if (count)
 		return count < all ? count : (uint32_t)all;
-	uint32_t first = 0;
-	while (first < c->num_hidden_layers && !m->layers[first].moe)
-		first++;
-	char rel[64], path[4096];
-	inf_expert_path(rel, sizeof(rel), first, 0);
-	snprintf(path, sizeof(path), "%s/%s", m->dir, rel);
-	struct stat st;
-	if (stat(path, &st) < 0) {
-		int e = errno;
-		k2_err_set(err, -e, "%s: %s", path, e == ENOENT ? "missing" : strerror(e));
+	const uint64_t one = m->expert_image_bytes;
+	if (!one) {
+		k2_err_set(err, -EINVAL, "%s: no expert images to size the expert tier by", m->dir);
 		return 0;
 	}
-	uint64_t one = st.st_size > 0 ? (uint64_t)st.st_size : 1;
 	uint64_t n;
 	if (bytes)
 		n = bytes / one;
@@ -58,6 +53,84 @@ uint32_t inf_ram_cache_slots(const inf_model *m, uint32_t count, uint64_t bytes,
 	return n < all ? (uint32_t)n : (uint32_t)all;
 }
 
+/* Device-tier capacity: the count asked, or bytes (0: half the backend's free
+ * memory) / image size; at least 1, at most every expert. */
+static int device_tier_slots(inf_engine *e, uint32_t *out, k2_err *err)
+{
+	const inf_model *m = e->m;
+	const uint64_t all = (uint64_t)m->n_moe_layers * m->cfg.n_routed_experts;
+	uint64_t n = e->opts.cache_experts;
+	if (n == 0) {
+		uint64_t budget = e->opts.cache_bytes;
+		if (budget == 0) {
+			kern_backend_info info;
+			int rc = e->ops->info(e->be, &info);
+			if (rc < 0)
+				return k2_err_set(err, rc, "expert cache: cannot ask the %s backend its "
+						  "free memory: %s (give --expert-cache)", e->ops->name,
+						  e->ops->error(e->be));
+			budget = info.mem_free / 2;
+		}
+		n = m->expert_image_bytes ? budget / m->expert_image_bytes : 0;
+	}
+	if (n > all)
+		n = all;
+	*out = n < 1 ? 1 : (uint32_t)n;
+	return 0;
+}
+
+/* The expert directory of the engine's options; with a device tier and
+ * --cpu-experts, a RAM tier and the CPU backend that computes from it. */
+static int experts_create(inf_engine *e, k2_err *err)
+{
+	const inf_model *m = e->m;
+	const inf_engine_opts *o = &e->opts;
+	const inf_policy_ops *pol = inf_policy_find(o->policy);
+	int rc;
+	if (!pol)
+		return k2_err_set(err, -EINVAL, "unknown cache policy '%s' (lru, lfu)", o->policy);
+	inf_experts_opts xo = {.be = e->be, .policy = pol};
+	if (e->ops->slots_create) {
+		if ((rc = device_tier_slots(e, &xo.device_slots, err)) < 0)
+			return rc;
+		xo.device_io_threads = o->io_threads;
+		if (o->cpu_experts &&
+		    !(xo.ram_slots = inf_ram_tier_slots(m, 0, o->cpu_cache_bytes, err)))
+			return -EINVAL;
+	} else {
+		if (o->cpu_experts)
+			return k2_err_set(err, -EINVAL, "--cpu-experts: the %s backend computes every "
+					  "expert on the CPU already", e->ops->name);
+		if (!(xo.ram_slots = inf_ram_tier_slots(m, o->cache_experts, o->cache_bytes, err)))
+			return -EINVAL;
+		if (o->prefetch == INF_PREFETCH_ROUTER)
+			xo.io_threads = o->io_threads > 0 ? o->io_threads : INF_DEFAULT_READERS;
+	}
+	if ((rc = inf_experts_create(m->dir, &m->cfg, &xo, &e->experts, err)) < 0)
+		return rc;
+	e->tier = inf_experts_compute_tier(e->experts);
+	if (o->cpu_experts) {
+		if ((rc = kern_backend_open("cpu", 0, &e->cpu, err)) < 0)
+			return rc;
+		return inf_offload_calibrate(e, err);
+	}
+	return 0;
+}
+
+/* Activations in backend memory: name, bytes. */
+#define BACKEND_BUFS(X) \
+	X(ids, sizeof(int32_t) * B) X(x, F * B * H) X(xn, F * B * H) X(y, F * B * H) \
+	X(qa, F * B * max2(c->q_lora_rank, R + rope)) X(q, F * B * nh * qk) \
+	X(kva, F * B * (R + rope)) X(attn, F * B * nh * vd) X(ckv, F * L * P * R) \
+	X(kpe, F * L * P * rope) X(mlp_g, F * B * I) X(mlp_u, F * B * I) \
+	X(logits, F * B * max2(c->vocab_size, E)) X(route, 2 * sizeof(int32_t) * B * k) \
+	X(xk, F * k * B * H) X(moe_out, F * k * B * H) X(rows_d, sizeof(int32_t) * B * k) \
+	X(wsel_d, F * B * k)
+/* Host memory the backend copies from. */
+#define STAGING_BUFS(X) X(rows_h, sizeof(int32_t) * B * k) X(wsel_h, F * B * k)
+/* Host memory of --cpu-experts. */
+#define CPU_EXPERT_BUFS(X) X(cpu_out, F * k * B * H) X(xk_h, F * k * B * H)
+
 int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, k2_err *err)
 {
 	const k2_model_config *c = &m->cfg;
@@ -68,92 +141,69 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 		return k2_err_set(err, -ENOMEM, "out of memory");
 	e->m = m;
 	e->opts = *o;
-	e->max_ctx = o->max_ctx ? o->max_ctx : 4096;
-	e->max_batch = o->max_batch ? o->max_batch : 256;
+	e->max_ctx = o->max_ctx ? o->max_ctx : INF_DEFAULT_CTX;
+	e->max_batch = o->max_batch ? o->max_batch : INF_DEFAULT_BATCH;
 	if (e->max_batch > e->max_ctx)
 		e->max_batch = e->max_ctx;
-	if (o->backend == INF_BACKEND_CUDA && e->max_batch > 65535)
-		e->max_batch = 65535; /* kcu_embed, kcu_mla_attn_full: ≤ 65535 tokens a call */
-	const uint32_t B = e->max_batch, H = c->hidden_size, L = c->num_hidden_layers;
-	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
+	if ((rc = kern_backend_open(o->backend, o->device, &e->be, err)) < 0)
+		goto fail;
+	e->ops = e->be->ops;
+	inf_router_params(c, &e->rp);
+	e->md = (kern_mla_dims){.n_heads = c->num_attention_heads, .kv_lora = c->kv_lora_rank,
+				.nope = c->qk_nope_head_dim, .rope = c->qk_rope_head_dim,
+				.v = c->v_head_dim};
+	const size_t F = sizeof(float);
+	const uint32_t B = e->max_batch, P = e->max_ctx, H = c->hidden_size;
+	const uint32_t L = c->num_hidden_layers, nh = c->num_attention_heads;
 	const uint32_t rope = c->qk_rope_head_dim, vd = c->v_head_dim, R = c->kv_lora_rank;
-	const uint32_t E = c->n_routed_experts, k = c->num_experts_per_tok ? c->num_experts_per_tok : 1;
-	const uint32_t I = max3(c->intermediate_size, c->moe_intermediate_size * c->n_shared_experts,
-				c->moe_intermediate_size);
-	inf_scratch *s = &e->s;
-	/* on CUDA the KV cache and the attention scratch live on the device */
-	const uint32_t P = o->backend == INF_BACKEND_CUDA ? 1 : e->max_ctx;
-	e->kv_c = inf_alloc(sizeof(float) * L * P * R);
-	e->kv_pe = inf_alloc(sizeof(float) * L * P * rope);
-	s->x = inf_alloc(sizeof(float) * B * H);
-	s->xn = inf_alloc(sizeof(float) * B * H);
-	s->y = inf_alloc(sizeof(float) * B * H);
-	s->y2 = inf_alloc(sizeof(float) * B * H);
-	s->qa = inf_alloc(sizeof(float) * B * (c->q_lora_rank > R + rope ? c->q_lora_rank : R + rope));
-	s->q = inf_alloc(sizeof(float) * B * nh * (nope + rope));
-	s->ckv = inf_alloc(sizeof(float) * B * (R + rope));
-	s->attn = inf_alloc(sizeof(float) * B * nh * vd);
-	s->kvblk = inf_alloc(sizeof(float) * INF_KVBLK * nh * (nope + vd));
-	s->qT = inf_alloc(sizeof(float) * B * nh * (nope + rope));
-	s->kh = inf_alloc(sizeof(float) * INF_KVBLK * (nope + rope));
-	s->vth = inf_alloc(sizeof(float) * INF_KVBLK * vd);
-	s->sblk = inf_alloc(sizeof(float) * B * INF_KVBLK);
-	s->oblk = inf_alloc(sizeof(float) * B * vd);
-	s->corr = inf_alloc(sizeof(float) * B);
-	s->acc_m = inf_alloc(sizeof(float) * B * nh);
-	s->acc_l = inf_alloc(sizeof(float) * B * nh);
-	s->qc = inf_alloc(sizeof(float) * nh * R);
-	s->oc = inf_alloc(sizeof(float) * nh * R);
-	s->rowbuf = inf_alloc(sizeof(float) * (R > H ? R : H));
-	s->scores = inf_alloc(sizeof(float) * nh * P);
-	s->scores2 = inf_alloc(sizeof(float) * nh * P);
-	s->qpe = inf_alloc(sizeof(float) * nh * rope);
-	s->mlp_g = inf_alloc(sizeof(float) * B * I);
-	s->mlp_u = inf_alloc(sizeof(float) * B * I);
-	s->moe_x = inf_alloc(sizeof(float) * B * H);
-	s->moe_y = inf_alloc(sizeof(float) * B * H);
-	s->moe_out = inf_alloc(sizeof(float) * B * k * H);
-	s->router_logits = inf_alloc(sizeof(float) * L * B * (E ? E : 1));
-	s->route_w = inf_alloc(sizeof(float) * L * B * k);
-	s->route_scratch = inf_alloc(sizeof(float) * 2 * (E ? E : 1));
-	s->pf_x = inf_alloc(sizeof(float) * B * H);
-	s->pf_logits = inf_alloc(sizeof(float) * B * (E ? E : 1));
-	s->tok_list = inf_alloc(sizeof(uint32_t) * B * k);
-	s->slot_list = inf_alloc(sizeof(uint32_t) * (B * k > E ? B * k : E));
-	e->pf_pred = inf_alloc(sizeof(int32_t) * L * (E ? E : 1));
-	e->pf_list = inf_alloc(sizeof(int32_t) * (E ? E : 1));
-	e->pf_has = inf_alloc(L);
-	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
-		       s->attn, s->kvblk, s->qT, s->kh, s->vth, s->sblk, s->oblk, s->corr, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
-		       s->scores, s->scores2, s->qpe, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
-		       s->router_logits, s->route_w, s->route_scratch, s->pf_x, s->pf_logits,
-		       s->tok_list, s->slot_list, e->pf_pred, e->pf_list, e->pf_has};
-	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-		if (!all[i]) {
-			rc = k2_err_set(err, -ENOMEM,
-					"out of memory for the KV cache of %u positions and batch %u",
-					e->max_ctx, B);
-			goto fail;
-		}
-	if (o->backend == INF_BACKEND_CUDA) {
-		if ((rc = inf_gpu_create(e, err)) < 0)
-			goto fail;
-	} else if (m->n_moe_layers) {
-		const inf_policy_ops *pol = inf_policy_find(o->policy);
-		if (!pol) {
-			rc = k2_err_set(err, -EINVAL, "unknown cache policy '%s' (lru, lfu)",
-					o->policy);
-			goto fail;
-		}
-		uint32_t slots = inf_ram_cache_slots(m, o->cache_experts, o->cache_bytes, err);
-		if (!slots) {
-			rc = -ENOENT;
-			goto fail;
-		}
-		int io = o->prefetch == INF_PREFETCH_ROUTER ? (o->io_threads > 0 ? o->io_threads : 2) : 0;
-		if ((rc = inf_cache_create(m->dir, c, slots, pol, io, &e->cache, err)) < 0)
-			goto fail;
+	const uint32_t qk = c->qk_nope_head_dim + rope;
+	const uint32_t E = c->n_routed_experts ? c->n_routed_experts : 1;
+	const uint32_t k = c->num_experts_per_tok ? c->num_experts_per_tok : 1;
+	const uint32_t I = max2(max2(c->intermediate_size, c->moe_intermediate_size),
+				c->moe_intermediate_size * c->n_shared_experts);
+	if ((rc = inf_bweights_import(e->be, m, &e->w, err)) < 0)
+		goto fail;
+	e->st.dense_backend_bytes = e->w.bytes;
+	kern_backend_info info;
+	if (e->ops->info(e->be, &info) == 0)
+		snprintf(e->st.device, sizeof(e->st.device), "%s", info.device);
+#define ALLOC(buf, bytes, how, where) \
+	if ((rc = e->ops->how(e->be, (bytes), (void **)&e->buf)) < 0) { \
+		rc = k2_err_set(err, rc, "%s: %s (%zu bytes) for a context of %u positions and " \
+				"batch %u: %s", where, #buf, (size_t)(bytes), P, B, \
+				e->ops->error(e->be)); \
+		goto fail; \
 	}
+#define ALLOC_BACKEND(buf, bytes) ALLOC(buf, bytes, alloc, e->ops->name)
+#define ALLOC_HOST(buf, bytes) ALLOC(buf, bytes, host_alloc, "host memory")
+	BACKEND_BUFS(ALLOC_BACKEND)
+	STAGING_BUFS(ALLOC_HOST)
+	if (o->cpu_experts) {
+		CPU_EXPERT_BUFS(ALLOC_HOST)
+	}
+	e->route_h = malloc(2 * sizeof(int32_t) * B * k);
+	e->router_logits = malloc(F * L * B * E);
+	e->route_w = malloc(F * L * B * k);
+	e->start = malloc(sizeof(uint32_t) * (E + 1));
+	e->used = malloc(sizeof(uint32_t) * E);
+	e->miss = malloc(sizeof(uint32_t) * E);
+	e->miss_rows = malloc(sizeof(uint32_t) * E);
+	e->state = malloc(E);
+	e->on_cpu = malloc(E);
+	e->miss_ram = malloc(E);
+	e->plan = malloc(E);
+	e->pinned = calloc(E, 1);
+	e->pf_pred = calloc((size_t)L * E, sizeof(int32_t));
+	e->pf_list = malloc(sizeof(int32_t) * E);
+	e->pf_has = calloc(L, 1);
+	if (!e->route_h || !e->router_logits || !e->route_w || !e->start || !e->used ||
+	    !e->miss || !e->miss_rows || !e->state || !e->on_cpu || !e->miss_ram || !e->plan ||
+	    !e->pinned || !e->pf_pred || !e->pf_list || !e->pf_has) {
+		rc = k2_err_set(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	if (m->n_moe_layers && (rc = experts_create(e, err)) < 0)
+		goto fail;
 	*out = e;
 	return 0;
 fail:
@@ -165,61 +215,80 @@ void inf_engine_destroy(inf_engine *e)
 {
 	if (!e)
 		return;
-	inf_gpu_destroy(e->gpu);
-	inf_cache_destroy(e->cache);
-	inf_scratch *s = &e->s;
-	void *all[] = {e->kv_c, e->kv_pe, s->x, s->xn, s->y, s->y2, s->qa, s->q, s->ckv,
-		       s->attn, s->kvblk, s->qT, s->kh, s->vth, s->sblk, s->oblk, s->corr, s->acc_m, s->acc_l, s->qc, s->oc, s->rowbuf,
-		       s->scores, s->scores2, s->qpe, s->mlp_g, s->mlp_u, s->moe_x, s->moe_y, s->moe_out,
-		       s->router_logits, s->route_w, s->route_scratch, s->pf_x, s->pf_logits,
-		       s->tok_list, s->slot_list, e->pf_pred, e->pf_list, e->pf_has, e->routes};
-	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-		free(all[i]);
+	inf_experts_destroy(e->experts);
+	kern_backend_close(e->cpu);
+	if (e->be) {
+#define FREE_BACKEND(buf, bytes) e->ops->free(e->be, e->buf);
+#define FREE_HOST(buf, bytes) e->ops->host_free(e->be, e->buf);
+		/* (the size expressions vanish in these expansions) */
+		BACKEND_BUFS(FREE_BACKEND)
+		STAGING_BUFS(FREE_HOST)
+		CPU_EXPERT_BUFS(FREE_HOST)
+		inf_bweights_release(e->be, &e->w);
+		kern_backend_close(e->be);
+	}
+	free(e->route_h);
+	free(e->router_logits);
+	free(e->route_w);
+	free(e->start);
+	free(e->used);
+	free(e->miss);
+	free(e->miss_rows);
+	free(e->state);
+	free(e->on_cpu);
+	free(e->miss_ram);
+	free(e->plan);
+	free(e->pinned);
+	free(e->pf_pred);
+	free(e->pf_list);
+	free(e->pf_has);
+	free(e->routes);
 	free(e);
 }
 
-/* Runs one chunk of n ≤ max_batch tokens at e->pos. */
+/* One chunk of n ≤ max_batch tokens at e->pos; logits [n or 1, V] downloaded
+ * when non-NULL. */
 static int forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
 			 int all_logits, k2_err *err)
 {
 	const inf_model *m = e->m;
 	const k2_model_config *c = &m->cfg;
-	const uint32_t H = c->hidden_size;
-	inf_scratch *s = &e->s;
+	const kern_backend_ops *B = e->ops;
+	kern_backend *be = e->be;
+	const uint32_t H = c->hidden_size, V = c->vocab_size;
+	const float eps = c->rms_norm_eps;
 	int rc;
-
-	for (uint32_t t = 0; t < n; t++)
-		kern_mat_row(&m->embed, (uint32_t)ids[t], s->x + (size_t)t * H);
+	if ((rc = B->upload(be, e->ids, ids, sizeof(int32_t) * n)) < 0 ||
+	    (rc = B->embed(be, &e->w.embed, e->ids, n, e->x)) < 0)
+		return k2_err_set(err, rc, "embedding on the %s backend: %s", B->name, B->error(be));
 	for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
-		const inf_layer *ly = &m->layers[l];
-		for (uint32_t t = 0; t < n; t++)
-			kern_rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, ly->attn_norm, H,
-				     c->rms_norm_eps);
-		if ((rc = inf_attn_forward(e, l, s->xn, n, s->y)) < 0)
-			return k2_err_set(err, rc, "layer %u: attention failed", l);
-		for (size_t i = 0; i < (size_t)n * H; i++)
-			s->x[i] += s->y[i];
-		for (uint32_t t = 0; t < n; t++)
-			kern_rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, ly->mlp_norm, H,
-				     c->rms_norm_eps);
-		if (ly->moe)
-			rc = inf_moe_forward(e, l, s->xn, n, s->y, err);
-		else
-			rc = inf_mlp_forward(e, ly, s->xn, n, s->y);
+		const inf_blayer *bl = &e->w.layers[l];
+		if ((rc = B->rmsnorm(be, e->xn, e->x, bl->attn_norm, n, H, eps)) < 0)
+			return inf_op_failed(e, rc, "input_layernorm", l, err);
+		if ((rc = inf_attn_forward(e, l, n, e->y, err)) < 0)
+			return rc;
+		if ((rc = B->add(be, e->x, e->y, (size_t)n * H)) < 0 ||
+		    (rc = B->rmsnorm(be, e->xn, e->x, bl->mlp_norm, n, H, eps)) < 0)
+			return inf_op_failed(e, rc, "residual / post_attention_layernorm", l, err);
+		rc = m->layers[l].moe ? inf_moe_forward(e, l, n, e->y, err)
+				      : inf_mlp_forward(e, l, n, e->y, 0, err);
 		if (rc < 0)
 			return rc;
-		for (size_t i = 0; i < (size_t)n * H; i++)
-			s->x[i] += s->y[i];
-		inf_prefetch_after_layer(e, l, s->x, n);
+		if ((rc = B->add(be, e->x, e->y, (size_t)n * H)) < 0)
+			return inf_op_failed(e, rc, "residual", l, err);
+		if ((rc = inf_prefetch_after_layer(e, l, n, err)) < 0)
+			return rc;
 	}
 	e->pos += n;
 	e->routes_n += n;
-	uint32_t first = all_logits ? 0 : n - 1;
-	for (uint32_t t = first; t < n; t++)
-		kern_rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, m->final_norm, H,
-			     c->rms_norm_eps);
-	if (logits)
-		kern_matmul(&m->lm_head, s->xn + (size_t)first * H, n - first, logits);
+	if (!logits)
+		return 0;
+	const uint32_t first = all_logits ? 0 : n - 1;
+	if ((rc = B->rmsnorm(be, e->xn, e->x + (size_t)first * H, e->w.final_norm, n - first, H,
+			     eps)) < 0 ||
+	    (rc = B->matmul(be, &e->w.lm_head, e->xn, n - first, e->logits, 0)) < 0 ||
+	    (rc = B->download(be, logits, e->logits, sizeof(float) * (size_t)(n - first) * V)) < 0)
+		return k2_err_set(err, rc, "lm_head on the %s backend: %s", B->name, B->error(be));
 	return 0;
 }
 
@@ -256,8 +325,7 @@ int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *log
 			lo = logits + (size_t)t0 * V;
 		else if (last)
 			lo = logits;
-		int rc = e->gpu ? inf_gpu_forward_chunk(e, ids + t0, cn, lo, all_logits, err)
-				: forward_chunk(e, ids + t0, cn, lo, all_logits, err);
+		int rc = forward_chunk(e, ids + t0, cn, lo, all_logits, err);
 		if (rc < 0)
 			return rc;
 	}
@@ -282,34 +350,44 @@ const float *inf_engine_router_logits(const inf_engine *e, uint32_t layer)
 {
 	if (layer >= e->m->cfg.num_hidden_layers || !e->m->layers[layer].moe)
 		return NULL;
-	return e->s.router_logits + (size_t)layer * e->max_batch * e->m->cfg.n_routed_experts;
+	return e->router_logits + (size_t)layer * e->max_batch * e->m->cfg.n_routed_experts;
 }
 
 const float *inf_engine_route_weights(const inf_engine *e, uint32_t layer)
 {
 	if (layer >= e->m->cfg.num_hidden_layers || !e->m->layers[layer].moe)
 		return NULL;
-	return e->s.route_w + (size_t)layer * e->max_batch * e->m->cfg.num_experts_per_tok;
+	return e->route_w + (size_t)layer * e->max_batch * e->m->cfg.num_experts_per_tok;
 }
 
-void inf_engine_stats(inf_engine *e, inf_cache_stats *cache, inf_prefetch_stats *pf)
+void inf_engine_stats(inf_engine *e, inf_tier_stats *cache, inf_prefetch_stats *pf)
 {
-	if (cache) {
-		if (e->gpu)
-			inf_gpu_stats_get(e->gpu, cache, NULL);
-		else
-			inf_cache_get_stats(e->cache, cache);
-	}
+	if (cache)
+		inf_experts_stats(e->experts, e->tier, cache);
 	if (pf)
 		*pf = e->pf;
 }
 
-void inf_engine_gpu_stats(inf_engine *e, inf_gpu_stats *out)
+void inf_engine_tier_stats(inf_engine *e, int tier, inf_tier_stats *out)
 {
-	memset(out, 0, sizeof(*out));
-	if (e->gpu)
-		inf_gpu_stats_get(e->gpu, NULL, out);
+	inf_experts_stats(e->experts, tier, out);
 }
 
-inf_cache *inf_engine_cache(inf_engine *e) { return e->cache; }
+void inf_engine_device_stats(inf_engine *e, inf_device_stats *out)
+{
+	*out = e->st;
+	if (e->experts && inf_experts_has_tier(e->experts, INF_TIER_DEVICE)) {
+		inf_tier_stats ts;
+		inf_experts_stats(e->experts, INF_TIER_DEVICE, &ts);
+		out->uploads = ts.loads;
+		out->upload_bytes = ts.bytes_read + ts.bytes_moved;
+		out->upload_wait_s = ts.wait_s;
+	}
+	if (e->cpu) {
+		out->est_upload_s = e->off.upload_s;
+		out->est_cpu_row_s = e->off.cpu_row_s;
+	}
+}
+
+inf_experts *inf_engine_experts(inf_engine *e) { return e->experts; }
 uint64_t inf_engine_expert_bytes_used(const inf_engine *e) { return e->expert_bytes_used; }

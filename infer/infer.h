@@ -1,17 +1,23 @@
 /* infer.h — the public interface of infer/: the inference engine for the
- * DeepSeek-V3 / Kimi-K2 architecture (DeepseekV3ForCausalLM) on the CPU.
+ * DeepSeek-V3 / Kimi-K2 architecture (DeepseekV3ForCausalLM). The forward pass
+ * is written once over the op table of kernels/backend.h and runs on whichever
+ * backend the engine is given (the plain C one, or CUDA).
  *
  * It reads a model only through a directory laid out like the k2fs mount:
  * config.json, dense/<hub tensor name> (raw bytes in their stored dtype, with
  * xattrs user.k2.dtype / user.k2.shape) and experts/<LLL>/<EEE> (expert
  * images, layout/FORMAT.md §2). It never opens a pack and knows no codec.
  *
- * Objects: inf_model (config + dense weights, read once), inf_cache (the
- * engine's own expert cache over RAM slots with a replacement policy and
- * background I/O threads), inf_engine (one generation: KV cache, scratch,
- * routing, prefetch), inf_sampler. Every function that can fail returns 0 or
- * -errno and writes one line into a k2_err naming the file or tensor. Nothing
- * here exits or aborts on bad input. Destructors accept NULL. */
+ * Objects: inf_model (config + dense weights, read once into host memory),
+ * inf_experts (the expert directory: which expert lives in which tier — the
+ * backend's device slots, RAM, or only the mount — with one replacement
+ * policy interface for every tier, background readers and the movers between
+ * tiers), inf_engine (one generation: the weights on the backend, KV cache,
+ * routing, prefetch), inf_sampler.
+ *
+ * Errors: every function that can fail returns 0 or -errno and writes one line
+ * into a k2_err naming the file, tensor or op. Nothing here exits or aborts on
+ * bad input. Destructors accept NULL. */
 #ifndef K2_INFER_H
 #define K2_INFER_H
 
@@ -19,6 +25,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "kernels.h"
 #include "layout.h"
 
@@ -59,34 +66,35 @@ float inf_model_attn_scale(const inf_model *m);
  * scale (qk_head^-0.5 · mscale(factor, mscale_all_dim)²). */
 void inf_rope_params(const k2_model_config *c, float *inv_freq, float *attn_factor,
 		     float *softmax_scale);
-/* Rotates one rope vector x [d] at position pos in place: interleaved pairs
- * (x[2i], x[2i+1]) rotated by pos·inv_freq[i], written in HF's
- * de-interleaved order (out[i], out[i+d/2]), times mscale. */
-void inf_rope_apply(float *x, uint32_t d, const float *inv_freq, float mscale,
-		    uint32_t pos);
+/* The router parameters of config.json (kern_router_params; n_group 0 reads
+ * as one group). */
+void inf_router_params(const k2_model_config *c, kern_router_params *p);
 
-/* ---------------------------------------------------------------- routing */
+/* ---------------------------------------------------------------- expert images */
 
-/* The DeepSeek-V3 noaux_tc router for one token: logits [E] (x·gateᵀ),
- * bias [E] (e_score_correction_bias, may be NULL). Writes the top_k expert
- * indices (by descending biased score) into idx and their weights (sigmoid
- * scores, normalized when norm_topk_prob, × routed_scaling_factor) into w.
- * scratch needs 2·E floats. Returns 0 or -EINVAL (bad config values). */
-int inf_route(const k2_model_config *c, const float *logits, const float *bias,
-	      float *scratch, int32_t *idx, float *w);
-
-/* ---------------------------------------------------------------- expert cache */
-
-/* One resident expert: its image parsed, products ready for kern_matmul. */
+/* One expert image in some tier's memory: its parsed header and the three
+ * products, gate [I, H], up [I, H], down [H, I], pointing into the image. */
 typedef struct inf_expert {
 	uint32_t layer, expert;
 	k2x_layout lay;
-	kern_mat gate, up, down; /* [I,H], [I,H], [H,I] pointing into the slot */
+	kern_mat mat[3];     /* gate, up, down */
 } inf_expert;
 
-/* Replacement policy behind one small interface: a policy sees slots (0 …
- * n_slots-1) and the key each holds (layer · n_experts + expert, < n_keys). All
- * calls happen under the cache's lock. */
+/* The path of expert (layer, expert) under dir, "DIR/experts/LLL/EEE" (dir
+ * NULL: the relative "experts/LLL/EEE"). Returns 0 or -ENAMETOOLONG. */
+int inf_expert_path(char *buf, size_t n, const char *dir, uint32_t layer, uint32_t expert);
+/* Reads and checks one expert image whole into *buf (grown to fit, 4096-aligned,
+ * owned by the caller) and fills out. Returns 0 or -errno with a message naming
+ * the file: missing, not the size of an image, a header that disagrees with
+ * config.json or with its own path. */
+int inf_expert_read(const char *dir, const k2_model_config *cfg, uint32_t layer,
+		    uint32_t expert, void **buf, size_t *cap, inf_expert *out, k2_err *err);
+
+/* ---------------------------------------------------------------- expert directory */
+
+/* Replacement policy behind one small interface, one instance per tier: a
+ * policy sees slots (0 … n_slots-1) and the key each holds (layer · n_experts
+ * + expert, < n_keys). Calls happen under the directory's lock. */
 typedef struct inf_policy_ops {
 	const char *name;
 	void *(*create)(uint32_t n_slots, uint32_t n_keys);
@@ -100,83 +108,129 @@ typedef struct inf_policy_ops {
 
 extern const inf_policy_ops inf_policy_lru;
 extern const inf_policy_ops inf_policy_lfu;
-/* "lru" or "lfu"; NULL when unknown. */
+/* "lru" or "lfu" (NULL: lru); NULL when unknown. */
 const inf_policy_ops *inf_policy_find(const char *name);
 
-typedef struct inf_cache inf_cache;
+/* The tiers, fastest first. The device tier is the backend's slots (present
+ * only on a backend with device memory); the RAM tier is host memory; below
+ * both is the mount. Experts are computed from the compute tier: the device
+ * tier where there is one, else RAM. */
+enum inf_tier { INF_TIER_DEVICE = 0, INF_TIER_RAM = 1 };
+#define INF_TIERS 2
+/* "device", "ram" */
+const char *inf_tier_name(int tier);
 
-typedef struct inf_cache_stats {
-	uint64_t hits;        /* found resident (or being loaded by a prefetch) */
-	uint64_t misses;      /* loaded on demand by the compute thread */
-	uint64_t inflight;    /* of the hits: waited for a background load */
-	uint64_t loads;       /* files read (demand + prefetch) */
+typedef struct inf_tier_stats {
+	uint64_t hits;        /* found ready (or loading after a prefetch) when acquired */
+	uint64_t misses;      /* loaded on demand */
+	uint64_t inflight;    /* of the hits: waited for a load in flight */
+	uint64_t loads;       /* loads into this tier (demand + prefetch) */
 	uint64_t prefetch_loads, prefetch_dropped;
 	uint64_t prefetch_unused;  /* prefetched, evicted or passed over before use */
 	uint64_t evictions;
-	uint64_t bytes_read;  /* expert bytes read from the mount */
-	double wait_s;        /* compute thread time spent waiting for experts */
+	uint64_t bytes_read;  /* bytes read from the mount into this tier */
+	uint64_t bytes_moved; /* bytes copied in from the RAM tier */
+	double wait_s;        /* time the engine's thread waited for this tier's loads */
 	uint32_t slots;       /* capacity in experts */
 	uint64_t slot_bytes;  /* bytes of one expert image */
-} inf_cache_stats;
+} inf_tier_stats;
 
-/* Creates a cache of `n_slots` experts over model dir `dir` (slots allocated on
- * first use). io_threads background loaders (0 = none: prefetch requests are
- * then ignored). */
-int inf_cache_create(const char *dir, const k2_model_config *cfg, uint32_t n_slots,
-		     const inf_policy_ops *policy, int io_threads, inf_cache **out,
-		     k2_err *err);
-void inf_cache_destroy(inf_cache *c);
+typedef struct inf_experts inf_experts;
 
-/* Returns the expert, resident and pinned until inf_cache_release: from the
- * cache (hit), after waiting for a background load in flight, or read now
- * (miss). Fails with -errno and a message naming the file when the file is
- * missing, of the wrong size, or its header disagrees with config.json. */
-int inf_cache_acquire(inf_cache *c, uint32_t layer, uint32_t expert,
-		      const inf_expert **out, k2_err *err);
-void inf_cache_release(inf_cache *c, const inf_expert *e);
-/* 2 resident, 1 being loaded, 0 absent (no side effects). */
-int inf_cache_state(inf_cache *c, uint32_t layer, uint32_t expert);
-/* Sends `hint` ("3,17,…") as user.k2.prefetch on experts/LLL (errors ignored:
- * a plain directory may refuse it) and queues background loads of those
- * experts (best effort: a full cache drops them). */
-void inf_cache_prefetch(inf_cache *c, uint32_t layer, const int32_t *experts, uint32_t n);
-/* Marks the experts of `layer` as used up (a prefetched expert not used by
- * then may be evicted by later prefetches). */
-void inf_cache_layer_done(inf_cache *c, uint32_t layer);
-void inf_cache_get_stats(inf_cache *c, inf_cache_stats *out);
-/* Blocks until the background queue is empty (tests, benchmarks). */
-void inf_cache_drain(inf_cache *c);
+typedef struct inf_experts_opts {
+	uint32_t ram_slots;       /* RAM tier capacity in experts (0: no RAM tier) */
+	uint32_t device_slots;    /* device tier capacity (0: none) */
+	kern_backend *be;         /* the device tier's backend (its slot entries) */
+	const inf_policy_ops *policy;  /* every tier's policy (NULL: LRU) */
+	int io_threads;           /* RAM-tier background readers (0: none; requests and
+	                             prefetches into RAM are then ignored) */
+	int device_io_threads;    /* the device slots' readers (0 = 4) */
+} inf_experts_opts;
 
-/* Reads and parses one expert file into buf (for tests and tools): returns 0
- * or -errno. *buf is malloc'd (4096-aligned), owned by the caller. */
-int inf_expert_load(const char *dir, const k2_model_config *cfg, uint32_t layer,
-		    uint32_t expert, void **buf, size_t *cap, inf_expert *out,
-		    k2_err *err);
-/* experts/LLL/EEE relative path of an expert ("experts/001/017"). */
-void inf_expert_path(char *buf, size_t n, uint32_t layer, uint32_t expert);
+/* Creates the directory over model dir `dir`. The device tier reads each MoE
+ * layer's image layout from its experts/LLL/000 and checks it against
+ * config.json (slots are sized from it); RAM slots are allocated on first
+ * use. Returns 0 or -errno with a message. */
+int inf_experts_create(const char *dir, const k2_model_config *cfg,
+		       const inf_experts_opts *o, inf_experts **out, k2_err *err);
+void inf_experts_destroy(inf_experts *d);
+int inf_experts_has_tier(const inf_experts *d, int tier);
+int inf_experts_compute_tier(const inf_experts *d);
+
+/* 2 ready, 1 loading, 0 absent in `tier` (no side effects but settling a
+ * device load that has landed). */
+int inf_experts_state(inf_experts *d, int tier, uint32_t layer, uint32_t expert);
+/* Starts loading an absent expert into `tier` without waiting. Device: from
+ * its RAM copy when that is ready, else from the mount; -ENOSPC when every
+ * slot is pinned, loading or (for a prefetch) holds an unused prefetch. RAM:
+ * queued to the readers, a demand ahead of the prefetches (ignored without
+ * readers). A demand request counts the miss. Returns 0 or -errno with a
+ * message naming the file. */
+int inf_experts_request(inf_experts *d, int tier, uint32_t layer, uint32_t expert,
+			int prefetch, k2_err *err);
+/* Demand requests for the n experts of `layer` a layer is about to use, in
+ * that order: device loads start now, each pinned (pinned[i] = 1) so that the
+ * next does not evict it, until no slot is free (the rest load when acquired);
+ * RAM loads are queued to the readers ahead of prefetches, in that order, and
+ * not pinned (a reader claims its slot later: pinning there could leave no
+ * slot for the engine's own demand). Returns 0 or -errno with a message. */
+int inf_experts_request_loads(inf_experts *d, int tier, uint32_t layer,
+			      const uint32_t *experts, uint32_t n, uint8_t *pinned, k2_err *err);
+/* Keeps an expert that is ready or loading in `tier` from being evicted until
+ * inf_experts_unpin (or its acquire / release). */
+void inf_experts_pin(inf_experts *d, int tier, uint32_t layer, uint32_t expert);
+void inf_experts_unpin(inf_experts *d, int tier, uint32_t layer, uint32_t expert);
+/* The expert in `tier`, ready for ops (device: ops issued from now on see its
+ * data) and pinned until inf_experts_release: from the tier (a hit), after
+ * waiting for its load, or loaded now (a miss). Fails with -errno and a message
+ * naming the file when it is missing, of the wrong size, or its header
+ * disagrees with config.json. */
+int inf_experts_acquire(inf_experts *d, int tier, uint32_t layer, uint32_t expert,
+			const inf_expert **out, k2_err *err);
+/* The ops issued so far are the last to read e (device); unpins it. */
+void inf_experts_release(inf_experts *d, int tier, const inf_expert *e);
+/* Sends `experts` as user.k2.prefetch on experts/LLL (errors ignored: a plain
+ * directory may refuse it) and starts background loads of them into the
+ * compute tier (best effort: a busy tier drops them). */
+void inf_experts_prefetch(inf_experts *d, uint32_t layer, const int32_t *experts, uint32_t n);
+/* The experts of `layer` are used up: a prefetch of it not used by now counts
+ * as unused and may be evicted by later prefetches. */
+void inf_experts_layer_done(inf_experts *d, uint32_t layer);
+/* Blocks until the RAM readers' queue is empty (tests, benchmarks). */
+void inf_experts_drain(inf_experts *d);
+void inf_experts_stats(inf_experts *d, int tier, inf_tier_stats *out);
+/* Seconds a device-slot reader spent per load, averaged over the loads ended
+ * since the last call (0 when none). */
+double inf_experts_take_read_s(inf_experts *d);
+/* Zeroes the counters (after a calibration). */
+void inf_experts_reset_stats(inf_experts *d);
+/* Loads in flight in `tier` now. */
+uint32_t inf_experts_loading(inf_experts *d, int tier);
+/* An expert the engine computed outside `tier` (--cpu-experts) counts as its
+ * miss. */
+void inf_experts_count_miss(inf_experts *d, int tier);
+/* Image bytes of the experts of `layer` (0 for a dense layer or unknown). */
+uint64_t inf_experts_image_bytes(const inf_experts *d, uint32_t layer);
 
 /* ---------------------------------------------------------------- engine */
 
 enum inf_prefetch_mode { INF_PREFETCH_NONE = 0, INF_PREFETCH_ROUTER = 1 };
-enum inf_backend { INF_BACKEND_CPU = 0, INF_BACKEND_CUDA = 1 };
-
-/* 1 when this build has the CUDA backend and a CUDA device answers. */
-int inf_cuda_available(void);
 
 typedef struct inf_engine_opts {
 	uint32_t max_ctx;        /* positions the KV cache holds */
 	uint32_t max_batch;      /* prompt chunk (0 = 256) */
-	uint32_t cache_experts;  /* expert cache capacity (0 = default) */
+	const char *backend;     /* kern_backend_open's name (NULL: "cpu") */
+	int device;              /* the backend's device index */
+	uint32_t cache_experts;  /* compute-tier capacity in experts (0 = default) */
 	uint64_t cache_bytes;    /* or in bytes (used when cache_experts = 0) */
 	const char *policy;      /* "lru" (default) or "lfu" */
 	int prefetch;            /* enum inf_prefetch_mode */
-	int io_threads;          /* background loaders (0 = 2; CUDA: staging readers, 0 = 4) */
-	int backend;             /* enum inf_backend */
-	int device;              /* CUDA device index */
-	/* CUDA: compute a missed expert on the CPU from a RAM copy when the cost
-	 * model (gpu_offload.c) says that ends sooner than uploading it */
+	int io_threads;          /* readers (0: RAM tier 2 with prefetch, device slots 4) */
+	/* a backend with device memory: compute a missed expert on the CPU from
+	 * its RAM copy when the cost model (offload.c) says that ends sooner than
+	 * uploading it */
 	int cpu_experts;
-	uint64_t cpu_cache_bytes; /* RAM cache for those (0 = the CPU default) */
+	uint64_t cpu_cache_bytes; /* RAM tier for those (0 = the RAM default) */
 } inf_engine_opts;
 
 typedef struct inf_engine inf_engine;
@@ -188,7 +242,8 @@ void inf_engine_destroy(inf_engine *e);
 /* Runs tokens ids[0..n) at positions pos … pos+n-1 (the next free positions),
  * appending them to the KV cache. logits: [n, vocab] when all_logits, else
  * [vocab] for the last token. Token ids are checked against the vocabulary.
- * Returns 0 or -errno (an expert file that cannot be used, context full). */
+ * Returns 0 or -errno (an expert file that cannot be used, context full, a
+ * backend op that failed). */
 int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
 		       int all_logits, k2_err *err);
 /* Positions filled so far. */
@@ -200,8 +255,7 @@ void inf_engine_reset(inf_engine *e);
  * routes[(i · num_hidden_layers + l) · top_k + j] is the j-th expert in top-k
  * order (-1 for dense layers). Valid until the next forward. */
 const int32_t *inf_engine_routes(const inf_engine *e, uint32_t *n_tokens);
-/* Router outputs of the last forward (for tests; CPU backend only — on CUDA
- * they stay on the device and these hold nothing): logits [n, E] and weights
+/* Router outputs of the last forward's last chunk: logits [n, E] and weights
  * [n, top_k] of layer l, or NULL for a dense layer. */
 const float *inf_engine_router_logits(const inf_engine *e, uint32_t layer);
 const float *inf_engine_route_weights(const inf_engine *e, uint32_t layer);
@@ -213,23 +267,25 @@ typedef struct inf_prefetch_stats {
 	uint64_t hints;       /* setxattr calls */
 } inf_prefetch_stats;
 
-/* CUDA backend counters (all zero on the CPU backend). */
-typedef struct inf_gpu_stats {
-	uint64_t gpu_experts;     /* expert applications computed on the GPU */
-	uint64_t cpu_experts;     /* … on the CPU (--cpu-experts; GPU-cache misses) */
-	uint64_t uploads, upload_bytes;   /* expert images copied to the device */
-	double upload_wait_s;     /* host time blocked on a load (kcu_cache_begin_use) */
+/* Where experts were computed, and the offload cost model's rates. */
+typedef struct inf_device_stats {
+	uint64_t backend_experts; /* expert applications computed by the backend */
+	uint64_t cpu_experts;     /* … on the CPU from RAM (--cpu-experts, device misses) */
+	uint64_t uploads, upload_bytes;   /* images copied into device slots */
+	double upload_wait_s;     /* host time blocked on a device load */
 	double cpu_compute_s;     /* host time computing CPU experts */
-	/* the cost model's rates when the run ended (0 without --cpu-experts) */
-	double est_upload_s;      /* seconds an I/O thread takes to stage one expert */
-	double est_cpu_row_s;     /* seconds to compute one expert for one token on the CPU */
-	uint64_t dense_device_bytes;  /* dense weights on the device */
-	char device[128];         /* the device's name */
-} inf_gpu_stats;
+	double est_upload_s;      /* cost model: seconds a reader takes to stage one expert */
+	double est_cpu_row_s;     /* cost model: seconds to compute one expert for one token */
+	uint64_t dense_backend_bytes;  /* dense weights held in backend memory */
+	char device[256];         /* what ran the ops */
+} inf_device_stats;
 
-void inf_engine_stats(inf_engine *e, inf_cache_stats *cache, inf_prefetch_stats *pf);
-void inf_engine_gpu_stats(inf_engine *e, inf_gpu_stats *out);
-inf_cache *inf_engine_cache(inf_engine *e);
+/* The compute tier's counters (cache; zeroes without MoE layers) and the
+ * prefetch counters. */
+void inf_engine_stats(inf_engine *e, inf_tier_stats *cache, inf_prefetch_stats *pf);
+void inf_engine_tier_stats(inf_engine *e, int tier, inf_tier_stats *out);
+void inf_engine_device_stats(inf_engine *e, inf_device_stats *out);
+inf_experts *inf_engine_experts(inf_engine *e);
 /* Expert bytes (images) the routed experts of the last forward used. */
 uint64_t inf_engine_expert_bytes_used(const inf_engine *e);
 
@@ -270,10 +326,13 @@ typedef struct inf_run_stats {
 	uint32_t prompt_tokens, generated;
 	uint64_t dense_bytes;            /* read once at start */
 	uint64_t dense_bytes_per_token, expert_bytes_touched;
-	inf_cache_stats cache;
+	inf_tier_stats cache;            /* the compute tier */
+	inf_tier_stats tiers[INF_TIERS];
+	int has_tier[INF_TIERS];
 	inf_prefetch_stats prefetch;
-	const char *backend;             /* "cpu" or "cuda" */
-	inf_gpu_stats gpu;               /* with backend "cuda" */
+	const char *backend;             /* the backend's name */
+	int device_backend;              /* it has device memory: dev holds its figures */
+	inf_device_stats dev;
 } inf_run_stats;
 char *inf_stats_json(const inf_run_stats *s);
 

@@ -22,22 +22,23 @@ static const char usage_text[] =
 	"  --prompt TEXT        prompt text (needs DIR/tokenizer.json)\n"
 	"  --tokens IDS         prompt as comma-separated token ids\n"
 	"  -n N                 tokens to generate (default 32)\n"
-	"  --backend cpu|cuda   compute backend (default: cuda when a CUDA device answers,\n"
-	"                       else cpu); cuda keeps dense weights, the KV cache and an\n"
-	"                       expert cache of fixed slots on the GPU\n"
-	"  --device N           CUDA device (default 0)\n"
-	"  --cpu-experts        cuda: compute a missed expert on the CPU from its RAM copy\n"
-	"                       when a cost model of measured upload and CPU rates says it\n"
-	"                       ends sooner than uploading it\n"
-	"  --cpu-cache SIZE     RAM for those copies (default as the cpu expert cache)\n"
+	"  --backend NAME       compute backend (the names are listed below; default: the\n"
+	"                       GPU backend when a device answers, else cpu); a GPU backend\n"
+	"                       keeps dense weights, the KV cache and a device tier of\n"
+	"                       expert slots on the GPU\n"
+	"  --device N           the backend's device index (default 0)\n"
+	"  --cpu-experts        GPU backends: compute a missed expert on the CPU from its RAM\n"
+	"                       copy when a cost model of measured upload and CPU rates says\n"
+	"                       it ends sooner than uploading it\n"
+	"  --cpu-cache SIZE     RAM tier for those copies (default as the cpu backend's)\n"
 	"  --threads N          kernel threads (default: online cores)\n"
 	"  --expert-cache SIZE  expert cache: bytes (K/M/G) or a count like 4experts\n"
 	"                       (default cpu: every expert if they fit in half the RAM,\n"
-	"                       else a quarter of the RAM; cuda: half the free GPU memory)\n"
+	"                       else a quarter of the RAM; GPU: half the free GPU memory)\n"
 	"  --policy lru|lfu     cache replacement policy (default lru)\n"
 	"  --prefetch none|router  router-driven prefetch of the next layer's experts\n"
-	"  --io-threads N       background expert loaders (cpu: with --prefetch router,\n"
-	"                       default 2; cuda: staging readers, default 4)\n"
+	"  --io-threads N       background expert readers (cpu: with --prefetch router,\n"
+	"                       default 2; GPU: staging readers, default 4)\n"
 	"  --batch N            prompt tokens per forward chunk (default 256)\n"
 	"  --temperature T      0 = greedy (default); else sampling\n"
 	"  --top-p P            nucleus sampling mass (default 1)\n"
@@ -47,7 +48,16 @@ static const char usage_text[] =
 	"  --dump-logits FILE   safetensors: logits [T,V], step_logits [N,V], ids [N]\n"
 	"  --stats              one JSON line of statistics on stderr\n"
 	"  --tokenize TEXT      print the ids of TEXT, comma-separated, and exit\n"
-	"  --help               this text\n";
+	"  --help               this text\n"
+	"\n"
+	"Expert tiers, with --stats: the compute tier's counters in \"expert_cache\",\n"
+	"every tier's (device slots, RAM) in \"tiers\".\n";
+
+static void usage(FILE *to)
+{
+	k2cli_usage(to, usage_text);
+	fprintf(to, "Backends in this build: %s.\n", kern_backend_names());
+}
 
 struct opts {
 	const char *model, *prompt, *tokens, *tokenize, *trace, *dump, *backend;
@@ -86,7 +96,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			k2cli_usage(stdout, usage_text);
+			usage(stdout);
 			exit(0);
 		}
 #define OPT(name) ((v = k2cli_opt_value("infer", argc, argv, &i, name, &bad)) != NULL)
@@ -252,17 +262,16 @@ int main(int argc, char **argv)
 	if (parse_args(argc, argv, &o) < 0)
 		return 1;
 	if (!o.model) {
-		k2cli_usage(stderr, usage_text);
+		usage(stderr);
 		return fail("%s", "--model DIR is required");
 	}
 	if (!o.backend)
-		o.backend = inf_cuda_available() ? "cuda" : "cpu";
-	if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "cuda") != 0)
-		return fail("--backend: unknown backend '%s' (cpu, cuda)", o.backend);
-	const int cuda = strcmp(o.backend, "cuda") == 0;
-	if (o.cpu_experts && !cuda)
-		return fail("%s", "--cpu-experts: only with --backend cuda (on the cpu backend "
-				  "every expert is computed on the CPU)");
+		o.backend = kern_backend_default();
+	if (!kern_backend_known(o.backend)) {
+		fprintf(stderr, "infer: --backend: unknown backend '%s' (%s)\n", o.backend,
+			kern_backend_names());
+		return 1;
+	}
 	uint64_t cpu_cache_bytes = 0;
 	if (o.cpu_cache && (k2_parse_size(o.cpu_cache, &cpu_cache_bytes) < 0 || !cpu_cache_bytes))
 		return fail("--cpu-cache: '%s' is not a size (64M, 2G)", o.cpu_cache);
@@ -375,7 +384,7 @@ int main(int argc, char **argv)
 		.policy = o.policy,
 		.prefetch = prefetch,
 		.io_threads = (int)o.io_threads,
-		.backend = cuda ? INF_BACKEND_CUDA : INF_BACKEND_CPU,
+		.backend = o.backend,
 		.device = (int)o.device,
 		.cpu_experts = o.cpu_experts,
 		.cpu_cache_bytes = cpu_cache_bytes,
@@ -453,7 +462,12 @@ int main(int argc, char **argv)
 	}
 	if (o.stats) {
 		inf_engine_stats(e, &st.cache, &st.prefetch);
-		inf_engine_gpu_stats(e, &st.gpu);
+		for (int t = 0; t < INF_TIERS; t++) {
+			st.has_tier[t] = inf_experts_has_tier(inf_engine_experts(e), t);
+			inf_engine_tier_stats(e, t, &st.tiers[t]);
+		}
+		st.device_backend = st.has_tier[INF_TIER_DEVICE];
+		inf_engine_device_stats(e, &st.dev);
 		st.dense_bytes_per_token = inf_model_dense_bytes_per_token(m);
 		st.dense_bytes = inf_model_dense_bytes(m);
 		char *j = inf_stats_json(&st);

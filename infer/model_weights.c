@@ -318,12 +318,12 @@ static int check_config(const inf_model *m, k2_err *err)
 		return k2_err_set(err, -EINVAL,
 				  "%s: n_group %u / topk_group %u do not divide %u experts", path,
 				  c->n_group, c->topk_group, c->n_routed_experts);
-	if (c->qk_rope_head_dim > 1024)
-		return k2_err_set(err, -EINVAL, "%s: qk_rope_head_dim %u > 1024 is not supported",
-				  path, c->qk_rope_head_dim);
-	if (c->n_routed_experts > 4096)
-		return k2_err_set(err, -EINVAL, "%s: n_routed_experts %u > 4096 is not supported",
-				  path, c->n_routed_experts);
+	if (c->qk_rope_head_dim > KERN_ROPE_MAX)
+		return k2_err_set(err, -EINVAL, "%s: qk_rope_head_dim %u > %u is not supported",
+				  path, c->qk_rope_head_dim, KERN_ROPE_MAX);
+	if (c->n_routed_experts > KERN_MAX_EXPERTS)
+		return k2_err_set(err, -EINVAL, "%s: n_routed_experts %u > %u is not supported",
+				  path, c->n_routed_experts, KERN_MAX_EXPERTS);
 	if (m->n_moe_layers && c->num_experts_per_tok == 0)
 		return k2_err_set(err, -EINVAL, "%s: num_experts_per_tok is 0", path);
 	return 0;
@@ -332,83 +332,6 @@ static int check_config(const inf_model *m, k2_err *err)
 int inf_model_is_moe(const inf_model *m, uint32_t layer)
 {
 	return layer < m->cfg.num_hidden_layers && m->layers[layer].moe;
-}
-
-/* Builds the per-head absorbed forms of kv_b (see inf_layer). Returns 0 or
- * -ENOMEM. */
-static int absorb_kv_b(inf_model *m, inf_layer *ly, k2_err *err)
-{
-	const k2_model_config *c = &m->cfg;
-	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
-	const uint32_t vd = c->v_head_dim, R = c->kv_lora_rank, kvw = nope + vd;
-	const kern_mat *kb = &ly->kv_b;
-	int rc;
-	ly->kn_t = calloc(nh, sizeof(kern_mat));
-	ly->wv = calloc(nh, sizeof(kern_mat));
-	if ((rc = own(m, ly->kn_t)) < 0 || (rc = own(m, ly->wv)) < 0)
-		return k2_err_set(err, rc, "out of memory");
-	float *row = malloc(sizeof(float) * R);
-	if ((rc = own(m, row)) < 0)
-		return k2_err_set(err, rc, "out of memory");
-	for (uint32_t h = 0; h < nh; h++) {
-		kern_mat *a = &ly->kn_t[h], *b = &ly->wv[h];
-		const uint32_t r0 = h * kvw, v0 = h * kvw + nope;
-		a->rows = R;
-		a->cols = nope;
-		if (kb->format == K2_FORMAT_BF16) {
-			const uint16_t *w = kb->w;
-			uint16_t *t = inf_alloc(sizeof(uint16_t) * R * nope);
-			if ((rc = own(m, t)) < 0)
-				return k2_err_set(err, rc, "out of memory");
-			for (uint32_t r = 0; r < nope; r++)
-				for (uint32_t j = 0; j < R; j++)
-					t[(size_t)j * nope + r] = w[(size_t)(r0 + r) * R + j];
-			a->format = K2_FORMAT_BF16;
-			a->w = t;
-		} else {
-			float *t = inf_alloc(sizeof(float) * R * nope);
-			if ((rc = own(m, t)) < 0)
-				return k2_err_set(err, rc, "out of memory");
-			for (uint32_t r = 0; r < nope; r++) {
-				kern_mat_row(kb, r0 + r, row);
-				for (uint32_t j = 0; j < R; j++)
-					t[(size_t)j * nope + r] = row[j];
-			}
-			a->format = KERN_FORMAT_F32;
-			a->w = t;
-		}
-		b->rows = vd;
-		b->cols = R;
-		b->format = kb->format;
-		switch (kb->format) {
-		case K2_FORMAT_BF16:
-			b->w = (const uint16_t *)kb->w + (size_t)v0 * R;
-			continue;
-		case KERN_FORMAT_F32:
-			b->w = (const float *)kb->w + (size_t)v0 * R;
-			continue;
-		case K2_FORMAT_INT8:
-			b->w = (const int8_t *)kb->w + (size_t)v0 * R;
-			b->s = (const float *)kb->s + v0;
-			continue;
-		case K2_FORMAT_FP8_B128:
-			if (v0 % 128 == 0) {
-				b->w = (const uint8_t *)kb->w + (size_t)v0 * R;
-				b->s = (const float *)kb->s + (size_t)(v0 / 128) * ((R + 127) / 128);
-				continue;
-			}
-			break;
-		}
-		float *t = inf_alloc(sizeof(float) * vd * R);
-		if ((rc = own(m, t)) < 0)
-			return k2_err_set(err, rc, "out of memory");
-		for (uint32_t r = 0; r < vd; r++)
-			kern_mat_row(kb, v0 + r, t + (size_t)r * R);
-		b->format = KERN_FORMAT_F32;
-		b->w = t;
-		b->s = NULL;
-	}
-	return 0;
 }
 
 static int load_layer(inf_model *m, uint32_t l, k2_err *err)
@@ -445,8 +368,6 @@ static int load_layer(inf_model *m, uint32_t l, k2_err *err)
 			   nh * (c->qk_nope_head_dim + c->v_head_dim), R, &ly->kv_b, err)) < 0 ||
 	    (rc = load_mat(m, NAME("self_attn.o_proj.weight"), H, nh * c->v_head_dim,
 			   &ly->o_proj, err)) < 0)
-		return rc;
-	if ((rc = absorb_kv_b(m, ly, err)) < 0)
 		return rc;
 	const char *mp = "mlp.";
 	if (ly->moe) {
@@ -519,29 +440,26 @@ static void rope_attention_factor(inf_model *m, const char *path)
 /* Checks that every routed expert config.json implies is in the mount with
  * the size of a valid image: one header is parsed per distinct size (a
  * stat per file otherwise), so a missing or truncated expert is reported at
- * start, not in the middle of a generation. */
-static int check_experts(const inf_model *m, k2_err *err)
+ * start, not in the middle of a generation. Records the largest image. */
+static int check_experts(inf_model *m, k2_err *err)
 {
 	const k2_model_config *c = &m->cfg;
 	uint64_t good[4] = {0};
 	uint32_t n_good = 0;
-	uint8_t *hdr = NULL;
-	int rc = 0;
-	for (uint32_t l = 0; l < c->num_hidden_layers && rc == 0; l++) {
+	for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
 		if (!m->layers[l].moe)
 			continue;
 		for (uint32_t x = 0; x < c->n_routed_experts; x++) {
-			char rel[64], path[4096];
+			char path[4096];
 			struct stat st;
-			inf_expert_path(rel, sizeof(rel), l, x);
-			snprintf(path, sizeof(path), "%s/%s", m->dir, rel);
+			if (inf_expert_path(path, sizeof(path), m->dir, l, x) < 0)
+				return k2_err_set(err, -ENAMETOOLONG, "%s: path too long", m->dir);
 			if (stat(path, &st) < 0) {
 				int e = errno;
-				rc = k2_err_set(err, -e, "%s: %s (config.json gives layer %u %u "
-						"routed experts)", path,
-						e == ENOENT ? "missing" : strerror(e), l,
-						c->n_routed_experts);
-				break;
+				return k2_err_set(err, -e, "%s: %s (config.json gives layer %u %u "
+						  "routed experts)", path,
+						  e == ENOENT ? "missing" : strerror(e), l,
+						  c->n_routed_experts);
 			}
 			uint64_t size = (uint64_t)st.st_size;
 			int known = 0;
@@ -549,41 +467,17 @@ static int check_experts(const inf_model *m, k2_err *err)
 				known |= good[i] == size;
 			if (known)
 				continue;
-			if (!hdr && !(hdr = malloc(K2X_HEADER_BYTES))) {
-				rc = k2_err_set(err, -ENOMEM, "out of memory");
-				break;
-			}
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0) {
-				rc = k2_err_set(err, -errno, "%s: %s", path, strerror(errno));
-				break;
-			}
-			ssize_t r = size >= K2X_HEADER_BYTES ? pread(fd, hdr, K2X_HEADER_BYTES, 0) : 0;
-			close(fd);
 			k2x_layout lay;
-			if (r != (ssize_t)K2X_HEADER_BYTES) {
-				rc = k2_err_set(err, -EINVAL, "%s: %" PRIu64 " bytes is not the size "
-						"of an expert image", path, size);
-				break;
-			}
-			if ((rc = k2x_header_parse(hdr, K2X_HEADER_BYTES, size, path, &lay, err)) < 0)
-				break;
-			if (lay.layer != l || lay.expert != x || lay.hidden != c->hidden_size ||
-			    lay.inter != c->moe_intermediate_size) {
-				rc = k2_err_set(err, -EINVAL,
-						"%s: header says layer %u expert %u hidden %u "
-						"intermediate %u, config.json implies layer %u expert "
-						"%u hidden_size %u moe_intermediate_size %u", path,
-						lay.layer, lay.expert, lay.hidden, lay.inter, l, x,
-						c->hidden_size, c->moe_intermediate_size);
-				break;
-			}
+			int rc = inf_expert_layout(m->dir, c, l, x, &lay, &size, err);
+			if (rc < 0)
+				return rc;
 			if (n_good < 4)
 				good[n_good++] = size;
+			if (lay.image_bytes > m->expert_image_bytes)
+				m->expert_image_bytes = lay.image_bytes;
 		}
 	}
-	free(hdr);
-	return rc;
+	return 0;
 }
 
 int inf_model_open(const char *dir, inf_model **out, k2_err *err)

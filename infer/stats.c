@@ -1,6 +1,8 @@
 /* stats.c — the --stats line: one JSON object with decode tokens/s, time to
- * first token, token counts, expert-cache hits/misses, bytes read through the
- * mount and prefetch precision/recall (jansson). */
+ * first token, token counts, the compute tier's hits/misses ("expert_cache"),
+ * every tier's counters ("tiers"), bytes read through the mount, prefetch
+ * precision/recall, and on a backend with device memory where experts were
+ * computed (jansson). */
 #include "infer.h"
 
 #include <jansson.h>
@@ -14,7 +16,7 @@ static double ratio(uint64_t a, uint64_t b)
 
 char *inf_stats_json(const inf_run_stats *s)
 {
-	const inf_cache_stats *c = &s->cache;
+	const inf_tier_stats *c = &s->cache;
 	const inf_prefetch_stats *p = &s->prefetch;
 	double tps = s->generated > 1 && s->decode_s > 0 ? (s->generated - 1) / s->decode_s : 0;
 	json_t *o = json_pack(
@@ -50,14 +52,35 @@ char *inf_stats_json(const inf_run_stats *s)
 	if (!o)
 		return NULL;
 	json_object_set_new(o, "backend", json_string(s->backend ? s->backend : "cpu"));
-	if (s->backend && strcmp(s->backend, "cuda") == 0) {
-		const inf_gpu_stats *g = &s->gpu;
-		const uint64_t applied = g->gpu_experts + g->cpu_experts;
-		json_object_set_new(o, "gpu", json_pack(
+	json_t *tiers = json_object();
+	for (int t = 0; t < INF_TIERS && tiers; t++) {
+		if (!s->has_tier[t])
+			continue;
+		const inf_tier_stats *ts = &s->tiers[t];
+		json_object_set_new(tiers, inf_tier_name(t), json_pack(
+			"{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
+			"hits", (json_int_t)ts->hits,
+			"misses", (json_int_t)ts->misses,
+			"hit_rate", ratio(ts->hits, ts->hits + ts->misses),
+			"loads", (json_int_t)ts->loads,
+			"prefetch_loads", (json_int_t)ts->prefetch_loads,
+			"evictions", (json_int_t)ts->evictions,
+			"slots", (json_int_t)ts->slots,
+			"bytes_read", (json_int_t)ts->bytes_read,
+			"bytes_moved", (json_int_t)ts->bytes_moved,
+			"slot_bytes", (json_int_t)ts->slot_bytes,
+			"wait_s", ts->wait_s));
+	}
+	if (tiers)
+		json_object_set_new(o, "tiers", tiers);
+	if (s->device_backend) {
+		const inf_device_stats *g = &s->dev;
+		const uint64_t applied = g->backend_experts + g->cpu_experts;
+		json_object_set_new(o, "device", json_pack(
 			"{s:s, s:I, s:I, s:I, s:f, s:I, s:I, s:f, s:f, s:f, s:f}",
 			"device", g->device,
-			"dense_device_bytes", (json_int_t)g->dense_device_bytes,
-			"gpu_experts", (json_int_t)g->gpu_experts,
+			"dense_backend_bytes", (json_int_t)g->dense_backend_bytes,
+			"backend_experts", (json_int_t)g->backend_experts,
 			"cpu_experts", (json_int_t)g->cpu_experts,
 			"cpu_expert_share", ratio(g->cpu_experts, applied),
 			"uploads", (json_int_t)g->uploads,

@@ -65,24 +65,9 @@ typedef struct kcu_info {
  * the dequantizing kernels run with float32 x and float32 accumulation. */
 #define KCU_GEMM_MIN_BATCH 16u
 
-/* Sigmoid noaux_tc routing (DeepSeek-V3, Kimi-K2). */
-typedef struct kcu_router_params {
-	uint32_t n_experts;        /* E, ≤ 1024 */
-	uint32_t n_group;          /* divides E, ≤ 64, E / n_group ≥ 2 */
-	uint32_t topk_group;       /* 1 … n_group */
-	uint32_t top_k;            /* 1 … 32, ≤ n_experts */
-	int norm_topk_prob;        /* bool */
-	float routed_scaling_factor;
-} kcu_router_params;
-
-/* MLA dimensions (config.json names in comments). */
-typedef struct kcu_mla_dims {
-	uint32_t n_heads;   /* num_attention_heads */
-	uint32_t kv_lora;   /* kv_lora_rank, ≤ 1024 */
-	uint32_t nope;      /* qk_nope_head_dim, ≤ 1024 */
-	uint32_t rope;      /* qk_rope_head_dim, even, ≤ 256 */
-	uint32_t v;         /* v_head_dim, ≤ 1024 */
-} kcu_mla_dims;
+/* The router's parameters (kern_router_params) and the MLA dimensions
+ * (kern_mla_dims) are kernels.h's. CUDA's limits: n_experts ≤ 1024, n_group ≤ 64
+ * with E / n_group ≥ 2, top_k ≤ 32; kv_lora, nope, v ≤ 1024, rope ≤ 256. */
 
 /* GPU expert cache sizing. */
 typedef struct kcu_cache_opts {
@@ -120,7 +105,7 @@ static inline void kcu_expert_mats(const k2x_layout *lay, const void *image,
 }
 
 /* Floats of scratch kcu_mla_attn_absorbed needs for T queries. */
-static inline size_t kcu_mla_scratch_floats(const kcu_mla_dims *d, uint32_t T)
+static inline size_t kcu_mla_scratch_floats(const kern_mla_dims *d, uint32_t T)
 {
 	return (size_t)2 * T * d->n_heads * d->kv_lora;
 }
@@ -226,7 +211,7 @@ int kcu_rope(kcu_ctx *ctx, float *x, uint32_t n_tok, uint32_t n_heads,
  *   ties to the lower index); weights = s of the picked (normalised to sum 1 when
  *   norm_topk_prob) × routed_scaling_factor.
  * logits [T, E], bias [E], idx int32 [T, top_k], weights [T, top_k] (device). */
-int kcu_router(kcu_ctx *ctx, const kcu_router_params *p, const float *logits,
+int kcu_router(kcu_ctx *ctx, const kern_router_params *p, const float *logits,
 	       const float *bias, uint32_t T, int32_t *idx, float *weights);
 
 /* ------------------------------------------------------------ MLA attention */
@@ -237,7 +222,7 @@ int kcu_router(kcu_ctx *ctx, const kcu_router_params *p, const float *logits,
  *   kpe[pos0 + t] = rope(kv_a[t][kv_lora ..), position pos0 + t)  (as kcu_rope,
  *                   de-interleaved)
  * ckv [max_pos, kv_lora], kpe [max_pos, rope]: the caller sized them. */
-int kcu_mla_cache_write(kcu_ctx *ctx, const kcu_mla_dims *d, const float *kv_a,
+int kcu_mla_cache_write(kcu_ctx *ctx, const kern_mla_dims *d, const float *kv_a,
 			uint32_t T, uint32_t pos0, const float *norm_w, float eps,
 			const float *inv_freq, float mscale, float *ckv, float *kpe);
 
@@ -255,11 +240,11 @@ int kcu_mla_cache_write(kcu_ctx *ctx, const kcu_mla_dims *d, const float *kv_a,
  *
  * _full takes the reconstructed kv [pos0 + T, n_heads·(nope + v)] (kcu_matmul of
  * kv_b over ckv rows; prefill), any format.
- * Both: T ≤ 65535 and n_heads ≤ 65535 per call (dims as kcu_mla_dims states). */
-int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kcu_mla_dims *d, const kern_mat *kv_b,
+ * Both: T ≤ 65535 and n_heads ≤ 65535 per call (dims as kern_mla_dims states). */
+int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kern_mla_dims *d, const kern_mat *kv_b,
 			  const float *q, const float *ckv, const float *kpe, uint32_t T,
 			  uint32_t pos0, float scale, float *out, float *scratch);
-int kcu_mla_attn_full(kcu_ctx *ctx, const kcu_mla_dims *d, const float *q,
+int kcu_mla_attn_full(kcu_ctx *ctx, const kern_mla_dims *d, const float *q,
 		      const float *kv, const float *kpe, uint32_t T, uint32_t pos0,
 		      float scale, float *out);
 
@@ -389,10 +374,10 @@ static inline int kcu_rope(kcu_ctx *ctx, float *x, uint32_t n_tok, uint32_t n_he
 	(void)rope_off; (void)rope_dim; (void)pos0; (void)inv_freq; (void)mscale;
 	return -ENOTSUP;
 }
-static inline int kcu_router(kcu_ctx *ctx, const kcu_router_params *p, const float *logits,
+static inline int kcu_router(kcu_ctx *ctx, const kern_router_params *p, const float *logits,
 			     const float *bias, uint32_t T, int32_t *idx, float *weights)
 { (void)ctx; (void)p; (void)logits; (void)bias; (void)T; (void)idx; (void)weights; return -ENOTSUP; }
-static inline int kcu_mla_cache_write(kcu_ctx *ctx, const kcu_mla_dims *d, const float *kv_a,
+static inline int kcu_mla_cache_write(kcu_ctx *ctx, const kern_mla_dims *d, const float *kv_a,
 				      uint32_t T, uint32_t pos0, const float *norm_w, float eps,
 				      const float *inv_freq, float mscale, float *ckv, float *kpe)
 {
@@ -400,7 +385,7 @@ static inline int kcu_mla_cache_write(kcu_ctx *ctx, const kcu_mla_dims *d, const
 	(void)inv_freq; (void)mscale; (void)ckv; (void)kpe;
 	return -ENOTSUP;
 }
-static inline int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kcu_mla_dims *d,
+static inline int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kern_mla_dims *d,
 					const kern_mat *kv_b, const float *q, const float *ckv,
 					const float *kpe, uint32_t T, uint32_t pos0, float scale,
 					float *out, float *scratch)
@@ -409,7 +394,7 @@ static inline int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kcu_mla_dims *d,
 	(void)scale; (void)out; (void)scratch;
 	return -ENOTSUP;
 }
-static inline int kcu_mla_attn_full(kcu_ctx *ctx, const kcu_mla_dims *d, const float *q,
+static inline int kcu_mla_attn_full(kcu_ctx *ctx, const kern_mla_dims *d, const float *q,
 				    const float *kv, const float *kpe, uint32_t T, uint32_t pos0,
 				    float scale, float *out)
 {

@@ -169,7 +169,7 @@ static int core_launch(kcu_ctx *ctx, const AttnArgs &a, uint32_t n_heads, uint32
 		       : core_launch_pl<false>(ctx, a, n_heads, T, pl);
 }
 
-static int check_dims(kcu_ctx *ctx, const char *op, const kcu_mla_dims *d, uint32_t T,
+static int check_dims(kcu_ctx *ctx, const char *op, const kern_mla_dims *d, uint32_t T,
 		      uint32_t pos0)
 {
 	if (!d)
@@ -188,7 +188,7 @@ static int check_dims(kcu_ctx *ctx, const char *op, const kcu_mla_dims *d, uint3
 	return 0;
 }
 
-extern "C" int kcu_mla_attn_full(kcu_ctx *ctx, const kcu_mla_dims *d, const float *q,
+extern "C" int kcu_mla_attn_full(kcu_ctx *ctx, const kern_mla_dims *d, const float *q,
 				 const float *kv, const float *kpe, uint32_t T, uint32_t pos0,
 				 float scale, float *out)
 {
@@ -269,7 +269,7 @@ absorb_out_kernel(const void *w, const float *olat, float *out, uint32_t n_heads
 		out[((size_t)t * n_heads + h) * v + e] = acc;
 }
 
-extern "C" int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kcu_mla_dims *d, const kern_mat *kv_b,
+extern "C" int kcu_mla_attn_absorbed(kcu_ctx *ctx, const kern_mla_dims *d, const kern_mat *kv_b,
 				     const float *q, const float *ckv, const float *kpe, uint32_t T,
 				     uint32_t pos0, float scale, float *out, float *scratch)
 {

@@ -231,7 +231,7 @@ mla_cache_write_kernel(const float *kv_a, uint32_t kv_lora, uint32_t rope, uint3
 	}
 }
 
-extern "C" int kcu_mla_cache_write(kcu_ctx *ctx, const kcu_mla_dims *d, const float *kv_a,
+extern "C" int kcu_mla_cache_write(kcu_ctx *ctx, const kern_mla_dims *d, const float *kv_a,
 				   uint32_t T, uint32_t pos0, const float *norm_w, float eps,
 				   const float *inv_freq, float mscale, float *ckv, float *kpe)
 {
@@ -268,7 +268,7 @@ static __device__ __forceinline__ void arg_better(float &bv, int &bi, float v, i
 }
 
 static __global__ void __launch_bounds__(ROUTER_THREADS)
-router_kernel(kcu_router_params p, const float *logits, const float *bias, int32_t *idx,
+router_kernel(kern_router_params p, const float *logits, const float *bias, int32_t *idx,
 	      float *wout)
 {
 	__shared__ float sc[ROUTER_MAX_E];     /* sigmoid scores */
@@ -369,7 +369,7 @@ router_kernel(kcu_router_params p, const float *logits, const float *bias, int32
 	}
 }
 
-extern "C" int kcu_router(kcu_ctx *ctx, const kcu_router_params *p, const float *logits,
+extern "C" int kcu_router(kcu_ctx *ctx, const kern_router_params *p, const float *logits,
 			  const float *bias, uint32_t T, int32_t *idx, float *weights)
 {
 	if (!p)

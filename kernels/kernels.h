@@ -1,12 +1,20 @@
-/* kernels.h — the public interface of kernels/: the compute the forward pass
- * needs, in plain C with threads (the reference and the CPU backend). The CUDA
- * backend lives behind kernels/backend_cuda.h.
+/* kernels.h — the public interface of kernels/'s plain C kernels: every
+ * operation of the model's forward pass (products per weight format, embedding,
+ * RMSNorm, YaRN RoPE, the MLA cache write and attention, the noaux_tc router,
+ * SwiGLU and the fused expert FFN), with threads and SIMD where it pays. These
+ * functions are the reference: the CPU backend runs them as they are, and every
+ * other backend (CUDA, kernels/backend_cuda.h) is tested against them. The
+ * table of operations a backend fills is kernels/backend.h.
  *
  * Every weight matrix is used where it lies, in its stored format: products
  * dequantize on the fly and never expand a matrix to float32 in memory.
  * Activations are float32. Shapes are stated per function; callers guarantee
  * them (the forward pass checks shapes against config.json at load time), so
- * these functions do not validate sizes beyond what is stated. */
+ * these functions do not validate sizes beyond what is stated.
+ *
+ * Errors: a function that can fail returns 0 or -errno (-EINVAL for arguments
+ * outside its contract, -ENOMEM); it writes nothing on -EINVAL. Nothing here
+ * exits, aborts, or reports an error through its outputs. */
 #ifndef K2_KERNELS_H
 #define K2_KERNELS_H
 
@@ -39,9 +47,10 @@ void kern_set_threads(int n);
 int kern_threads(void);
 
 /* Y [batch, rows] = X [batch, cols] · Wᵀ. Threaded over rows; the result does
- * not depend on the number of threads. y must not overlap x. An unknown format,
- * or int4-g32 with cols % 32 != 0, fills y with NaN. */
-void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
+ * not depend on the number of threads. y must not overlap x. Returns 0, or
+ * -EINVAL (nothing written) for an unknown format or int4-g32 with
+ * cols % 32 != 0. */
+int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
 
 /* The plain single-threaded scalar reference of kern_matmul: dequantize each
  * element, multiply, accumulate in double. Tests compare every fast path to it. */
@@ -57,6 +66,9 @@ void kern_mat_row(const kern_mat *m, uint32_t row, float *out);
 
 /* out[i] = x[i] / sqrt(mean(x²) + eps) · w[i] for i < n. out may equal x. */
 void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps);
+/* kern_rmsnorm of each row of x [rows, n] into out [rows, n]. */
+void kern_rmsnorm_rows(float *out, const float *x, const float *w, uint32_t rows, uint32_t n,
+		       float eps);
 
 /* gate[i] = silu(gate[i]) · up[i] for i < n. */
 void kern_silu_mul(float *gate, const float *up, uint32_t n);
@@ -67,20 +79,123 @@ void kern_softmax(float *x, uint32_t n);
 /* y[i] += a · x[i]. */
 void kern_axpy(float *y, float a, const float *x, uint32_t n);
 
-/* Rotary embedding of one head vector as the reference applies it: x [dim]
- * (dim even) holds interleaved pairs (x[2i], x[2i+1]), each rotated by the
- * angle whose cosine and sine are cos[i], sin[i] (i < dim/2); out [dim] gets
- * them de-interleaved, as the reference's view/transpose leaves them:
- *   out[i]         = x[2i]·cos[i] − x[2i+1]·sin[i]
- *   out[dim/2 + i] = x[2i+1]·cos[i] + x[2i]·sin[i]
- * out must not overlap x. */
-void kern_rope(float *out, const float *x, uint32_t dim, const float *cos,
-	       const float *sin);
-
 /* Runs fn(ctx, i) once for every i < n on the kernels' threads (the caller's
  * included) and returns when all calls have returned. Calls run concurrently
  * and in no particular order; a call made from inside fn, or while another
  * thread runs the pool, runs its calls inline on the calling thread. */
 void kern_parallel_for(uint32_t n, void (*fn)(void *ctx, uint32_t i), void *ctx);
+
+/* ---------------------------------------------------------------- scratch */
+
+/* A scratch arena: blocks handed out by kern_arena_alloc live until the next
+ * kern_arena_reset, and memory is kept across resets (after a reset that
+ * followed growth, the blocks are merged into one), so an op called once per
+ * token allocates nothing once warm. Used by one thread at a time. */
+typedef struct kern_arena kern_arena;
+
+/* Returns 0 or -ENOMEM. */
+int kern_arena_create(kern_arena **out);
+void kern_arena_destroy(kern_arena *a);
+void kern_arena_reset(kern_arena *a);
+/* 64-byte aligned, uninitialised; NULL when memory runs out. */
+void *kern_arena_alloc(kern_arena *a, size_t bytes);
+
+/* ---------------------------------------------------------------- model ops */
+
+/* out [n, m->cols] = rows ids[i] of m, dequantized (embedding lookup).
+ * Returns 0, or -EINVAL (nothing written) when an id is outside [0, m->rows). */
+int kern_embed(const kern_mat *m, const int32_t *ids, uint32_t n, float *out);
+
+/* RoPE as transformers' DeepSeek-V3 applies it, in place: for token t < n_tok,
+ * head h < n_heads, v = x + t·tok_stride + h·head_stride + rope_off, i < half
+ * = rope_dim/2:
+ *   θ = (float)(pos0 + t) · inv_freq[i]   (a float32 product, as torch forms it)
+ *   c = cos θ · mscale, s = sin θ · mscale, (a, b) = (v[2i], v[2i+1]) before:
+ *   v[i] = a·c − b·s,  v[half + i] = b·c + a·s
+ * i.e. interleaved pairs in, de-interleaved out (q_pe and k_pe both, so their
+ * dot product is the reference's). rope_dim even, ≤ KERN_ROPE_MAX. */
+#define KERN_ROPE_MAX 1024u
+void kern_rope_rows(float *x, uint32_t n_tok, uint32_t n_heads, uint32_t tok_stride,
+		    uint32_t head_stride, uint32_t rope_off, uint32_t rope_dim, uint32_t pos0,
+		    const float *inv_freq, float mscale);
+
+/* Sigmoid noaux_tc routing (transformers' DeepseekV3TopkRouter). */
+typedef struct kern_router_params {
+	uint32_t n_experts;        /* E, ≤ KERN_MAX_EXPERTS */
+	uint32_t n_group;          /* divides E */
+	uint32_t topk_group;       /* 1 … n_group */
+	uint32_t top_k;            /* 1 … E */
+	int norm_topk_prob;        /* bool */
+	float routed_scaling_factor;
+} kern_router_params;
+
+/* Experts per MoE layer the router and the engine's per-layer tables take. */
+#define KERN_MAX_EXPERTS 4096u
+
+/* For T tokens: s = sigmoid(logits[t]); b = s + bias (bias NULL = 0); group
+ * score = sum of the 2 largest b of each of n_group groups (the largest alone
+ * for groups of one); the topk_group best groups are kept and b of every other
+ * expert becomes 0.0; top_k experts by b, descending, ties to the lower index,
+ * NaN last, into idx [T, top_k]; their weights s (divided by their sum + 1e-20
+ * when norm_topk_prob) × routed_scaling_factor into w [T, top_k].
+ * logits [T, E], bias [E]. Returns 0 or -EINVAL (parameters outside the
+ * above; nothing written). */
+int kern_router(const kern_router_params *p, const float *logits, const float *bias,
+		uint32_t T, int32_t *idx, float *w);
+
+/* One routed expert (SwiGLU) over a batch of rows:
+ *   for b < batch:  t = rows ? rows[b] : b
+ *     h = silu(gate · x[t]) ⊙ (up · x[t])
+ *     y[t] += (weights ? weights[b] : 1) · (down · h)
+ * mats: gate, up [I, H], down [H, I]; x, y [*, H]; rows distinct. Scratch
+ * from a (reset by the call). Returns 0, -EINVAL (a matrix format) or
+ * -ENOMEM. */
+int kern_expert_ffn(const kern_mat mats[3], const float *x, uint32_t batch,
+		    const int32_t *rows, const float *weights, float *y, kern_arena *a);
+
+/* ---------------------------------------------------------------- MLA attention */
+
+/* Multi-head latent attention dimensions (config.json names in comments). */
+typedef struct kern_mla_dims {
+	uint32_t n_heads;   /* num_attention_heads */
+	uint32_t kv_lora;   /* kv_lora_rank */
+	uint32_t nope;      /* qk_nope_head_dim */
+	uint32_t rope;      /* qk_rope_head_dim, even */
+	uint32_t v;         /* v_head_dim */
+} kern_mla_dims;
+
+/* Appends T positions to one layer's compressed KV cache. kv_a [T, kv_lora +
+ * rope] is kv_a_proj_with_mqa's output; for t < T:
+ *   ckv[pos0 + t] = rmsnorm(kv_a[t][0 .. kv_lora), norm_w, eps)
+ *   kpe[pos0 + t] = rope(kv_a[t][kv_lora ..), position pos0 + t)  (kern_rope_rows)
+ * ckv [≥ pos0 + T, kv_lora], kpe [≥ pos0 + T, rope]. */
+void kern_mla_cache_write(const kern_mla_dims *d, const float *kv_a, uint32_t T,
+			  uint32_t pos0, const float *norm_w, float eps, const float *inv_freq,
+			  float mscale, float *ckv, float *kpe);
+
+/* kv_b_proj [n_heads·(nope + v), kv_lora] of one layer, prepared for
+ * kern_mla_attn: the matrix itself (a view, the caller keeps it alive) and, per
+ * head, W_knᵀ [kv_lora, nope] (BF16 stays BF16, other formats become float32)
+ * and W_v [v, kv_lora] (a view where the format allows, else float32) for the
+ * absorbed form. */
+typedef struct kern_mla_w kern_mla_w;
+/* Returns 0, -EINVAL (kv_b's shape is not the dims') or -ENOMEM. */
+int kern_mla_prepare(const kern_mla_dims *d, const kern_mat *kv_b, kern_mla_w **out);
+void kern_mla_free(kern_mla_w *w);
+const kern_mat *kern_mla_kv_b(const kern_mla_w *w);
+
+/* Attention of T new queries at positions pos0 … pos0+T-1 over cache positions
+ * 0 … pos0+T-1 (query t sees keys ≤ pos0 + t), every head:
+ *   q [T, n_heads, nope + rope]: q_b_proj's output with its rope part rotated;
+ *   [k_nope | v] of head h at position s = rows h·(nope+v) … of kv_b · ckv[s];
+ *   score(t, s) = (q_nope · k_nope[s] + q_pe · kpe[s]) · scale;
+ *   out [T, n_heads, v] = softmax_s(score) · v[s].
+ * One query (T = 1) runs the absorbed form (q_c = W_knᵀ q_nope scored against
+ * ckv directly, out = W_v Σ p·c: the cache is never expanded); more expand
+ * k_nope and v block by block with kv_b and fold the softmax online. Both are
+ * exact in float32 up to rounding. Scratch from a (reset by the call).
+ * Returns 0 or -ENOMEM. */
+int kern_mla_attn(const kern_mla_w *w, const float *q, const float *ckv, const float *kpe,
+		  uint32_t T, uint32_t pos0, float scale, float *out, kern_arena *a);
 
 #endif /* K2_KERNELS_H */

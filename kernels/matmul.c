@@ -11,6 +11,7 @@
 #include "kernels_impl.h"
 #include "matmul_impl.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -117,23 +118,18 @@ void kern_i4_pair_split(const float *x, uint32_t cols, float *xp)
 		}
 }
 
-void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
+int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 {
-	if (batch == 0 || m->rows == 0)
-		return;
-	/* An unknown format, or int4 with a partial group, is a caller's bug:
-	 * NaN outputs make it loud instead of reading past the matrix. */
 	if ((m->format != K2_FORMAT_BF16 && m->format != K2_FORMAT_FP8_B128 &&
 	     m->format != K2_FORMAT_INT8 && m->format != K2_FORMAT_INT4_G32 &&
 	     m->format != KERN_FORMAT_F32) ||
-	    (m->format == K2_FORMAT_INT4_G32 && m->cols % 32 != 0)) {
-		for (size_t i = 0; i < (size_t)batch * m->rows; i++)
-			y[i] = NAN;
-		return;
-	}
+	    (m->format == K2_FORMAT_INT4_G32 && m->cols % 32 != 0))
+		return -EINVAL;
+	if (batch == 0 || m->rows == 0)
+		return 0;
 	if (m->cols == 0) {
 		memset(y, 0, (size_t)batch * m->rows * sizeof(*y));
-		return;
+		return 0;
 	}
 
 	struct mm_job j = {
@@ -180,6 +176,7 @@ void kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	else
 		kern_pool_run(mm_task, &j, n_tasks);
 	free(xp_heap);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- shared by the paths */

@@ -1,10 +1,13 @@
-/* ops.c — the element-wise and reduction kernels of the forward pass:
- * RMSNorm, SiLU-gated product, softmax, axpy and the rotary embedding. They
- * touch activations only (a few thousand floats), so they are plain C, single
- * threaded, with sums in double for a result close to the exact one. */
+/* ops.c — the element-wise and reduction kernels of the forward pass
+ * (RMSNorm, SiLU-gated product, softmax, axpy, embedding lookup) and the
+ * fused expert FFN over the products. The element-wise ones touch activations
+ * only (a few thousand floats), so they are plain C, single threaded, with
+ * sums in double for a result close to the exact one. */
 #include "kernels_impl.h"
 
+#include <errno.h>
 #include <math.h>
+#include <string.h>
 
 void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps)
 {
@@ -17,6 +20,13 @@ void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float 
 	float scale = (float)(1.0 / sqrt(ss / n + eps));
 	for (uint32_t i = 0; i < n; i++)
 		out[i] = (x[i] * scale) * w[i];
+}
+
+void kern_rmsnorm_rows(float *out, const float *x, const float *w, uint32_t rows, uint32_t n,
+		       float eps)
+{
+	for (uint32_t r = 0; r < rows; r++)
+		kern_rmsnorm(out + (size_t)r * n, x + (size_t)r * n, w, n, eps);
 }
 
 void kern_silu_mul(float *gate, const float *up, uint32_t n)
@@ -52,13 +62,42 @@ void kern_axpy(float *y, float a, const float *x, uint32_t n)
 		y[i] += a * x[i];
 }
 
-void kern_rope(float *out, const float *x, uint32_t dim, const float *cos, const float *sin)
+int kern_embed(const kern_mat *m, const int32_t *ids, uint32_t n, float *out)
 {
-	uint32_t h = dim / 2;
+	for (uint32_t t = 0; t < n; t++)
+		if (ids[t] < 0 || (uint32_t)ids[t] >= m->rows)
+			return -EINVAL;
+	for (uint32_t t = 0; t < n; t++)
+		kern_mat_row(m, (uint32_t)ids[t], out + (size_t)t * m->cols);
+	return 0;
+}
 
-	for (uint32_t i = 0; i < h; i++) {
-		float a = x[2 * i], b = x[2 * i + 1];
-		out[i] = a * cos[i] - b * sin[i];
-		out[h + i] = b * cos[i] + a * sin[i];
-	}
+int kern_expert_ffn(const kern_mat mats[3], const float *x, uint32_t batch,
+		    const int32_t *rows, const float *weights, float *y, kern_arena *a)
+{
+	const uint32_t H = mats[0].cols, I = mats[0].rows;
+	int rc;
+	if (batch == 0)
+		return 0;
+	kern_arena_reset(a);
+	float *xs = rows ? kern_arena_alloc(a, sizeof(float) * batch * H) : NULL;
+	float *g = kern_arena_alloc(a, sizeof(float) * batch * I);
+	float *u = kern_arena_alloc(a, sizeof(float) * batch * I);
+	float *ys = kern_arena_alloc(a, sizeof(float) * batch * H);
+	if ((rows && !xs) || !g || !u || !ys)
+		return -ENOMEM;
+	if (rows)
+		for (uint32_t b = 0; b < batch; b++)
+			memcpy(xs + (size_t)b * H, x + (size_t)rows[b] * H, sizeof(float) * H);
+	const float *xin = rows ? xs : x;
+	if ((rc = kern_matmul(&mats[0], xin, batch, g)) < 0 ||
+	    (rc = kern_matmul(&mats[1], xin, batch, u)) < 0)
+		return rc;
+	kern_silu_mul(g, u, batch * I);
+	if ((rc = kern_matmul(&mats[2], g, batch, ys)) < 0)
+		return rc;
+	for (uint32_t b = 0; b < batch; b++)
+		kern_axpy(y + (size_t)(rows ? (uint32_t)rows[b] : b) * H, weights ? weights[b] : 1.0f,
+			  ys + (size_t)b * H, H);
+	return 0;
 }

@@ -27,7 +27,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$here/..
 bin=${K2_BIN:-$root/bin}
 progs=${K2_TESTPROGS:-$root/build/tests/prog}
-fx=${K2_FIXTURES:-$root/../shared/fixtures}
+fx=${K2_FIXTURES:-$here/fixtures}
 
 if [ ! -c /dev/fuse ] || [ ! -r /dev/fuse ] || [ ! -w /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
 	echo "it_infer_cuda: skipped: /dev/fuse or fusermount3 is not usable here"
@@ -71,23 +71,23 @@ cuda() {
 stat_of() { grep -o "\"$1\":[0-9.eE+-]*" "$2" | head -1 | cut -d: -f2; }
 
 # plant_release_early MODEL IDS: the same check must catch an engine that
-# releases an expert's slot (gpu_cache_end) before queueing the kernels that
-# read it; built from a copy of infer/gpu_moe.c with the two calls swapped.
+# releases an expert's slot (inf_experts_release) before queueing the kernels
+# that read it; built from a copy of infer/moe.c with the two calls swapped.
 plant_release_early() {
 	p=$work/plant
 	mkdir -p "$p/out"
-	perl -0pe 's/(\trc = kcu_expert_ffn\([^;]*;\n)(\tgpu_cache_end\(g->cache, layer, x\);\n)/$2$1/' \
-		"$root/infer/gpu_moe.c" > "$p/gpu_moe.c"
-	if cmp -s "$root/infer/gpu_moe.c" "$p/gpu_moe.c"; then
-		fail "plant release-early no longer applies to infer/gpu_moe.c (update it_infer_cuda.sh)"
+	perl -0pe 's/(\trc = e->ops->expert_ffn\([^;]*;\n)(\tconst uint64_t bytes = ex->lay.image_bytes;\n\tinf_experts_release\(e->experts, e->tier, ex\);\n)/$2$1/' \
+		"$root/infer/moe.c" > "$p/moe.c"
+	if cmp -s "$root/infer/moe.c" "$p/moe.c"; then
+		fail "plant release-early no longer applies to infer/moe.c (update it_infer_cuda.sh)"
 		return
 	fi
 	cp "$build/cuemu/"*.o "$build/cuemu/"*.cc.built "$p/out/" 2>/dev/null
 	# shellcheck disable=SC2046
 	if ! cc -std=gnu11 -O2 -DK2_HAVE_CUDA=1 -D_FILE_OFFSET_BITS=64 -I"$root/layout" -I"$root/kernels" \
 		-I"$root/infer" -I"$root/tools/lib" $(pkg-config --cflags jansson libpcre2-8) \
-		-c "$p/gpu_moe.c" -o "$p/gpu_moe.o" >"$p/build.log" 2>&1 ||
-	   ! CUEMU_BUILD=$build CUEMU_OUT="$p/out" CUEMU_INFER_OBJS="$p/gpu_moe.o" \
+		-c "$p/moe.c" -o "$p/moe.o" >"$p/build.log" 2>&1 ||
+	   ! CUEMU_BUILD=$build CUEMU_OUT="$p/out" CUEMU_INFER_OBJS="$p/moe.o" \
 		sh "$root/tests/cuemu/build.sh" >>"$p/build.log" 2>&1; then
 		fail "plant release-early does not build: $(tail -3 "$p/build.log")"
 		return
@@ -155,7 +155,7 @@ for f in bf16 fp8; do
 	fi
 	if cuda "$work/mnt-$f" "$ids" "$work/$f-cpu" --expert-cache 4experts --cpu-experts; then
 		n_cpu=$(stat_of cpu_experts "$work/$f-cpu.stderr")
-		n_gpu=$(stat_of gpu_experts "$work/$f-cpu.stderr")
+		n_gpu=$(stat_of backend_experts "$work/$f-cpu.stderr")
 		echo "   --cpu-experts, 4-expert cache: $n_cpu experts on the CPU, $n_gpu on the GPU"
 		[ "${n_cpu:-0}" -gt 0 ] || fail "$f --cpu-experts: no expert was computed on the CPU"
 		"$gcmp" "$ref" "$work/$f-cpu.st" --max-rel 1e-4 --min-ids 16 --label "$f cpu-experts" >/dev/null ||

@@ -770,19 +770,10 @@ static void make_inv_freq(float *inv, uint32_t rope, float base, float factor)
 	}
 }
 
-/* The reference rotation of one vector (kern_rope with cos/sin in double of
- * the float32 angle, as the CPU engine forms them). */
+/* The reference rotation of one vector: kern_rope_rows. */
 static void rope_ref(float *v, uint32_t rope, uint32_t pos, const float *inv, float mscale)
 {
-	const uint32_t half = rope / 2;
-	float cs[128], sn[128], tmp[256];
-	for (uint32_t i = 0; i < half; i++) {
-		float ang = (float)pos * inv[i];
-		cs[i] = (float)cos((double)ang) * mscale;
-		sn[i] = (float)sin((double)ang) * mscale;
-	}
-	kern_rope(tmp, v, rope, cs, sn);
-	memcpy(v, tmp, rope * 4);
+	kern_rope_rows(v, 1, 1, rope, 0, 0, rope, pos, inv, mscale);
 }
 
 static void test_rope(void)
@@ -825,7 +816,7 @@ static void test_rope(void)
 /* ---------------------------------------------------------------- router */
 
 /* transformers' DeepseekV3 noaux_tc routing for one token, in double. */
-static void router_ref(const kcu_router_params *p, const float *logits, const float *bias,
+static void router_ref(const kern_router_params *p, const float *logits, const float *bias,
 		       int32_t *idx, float *w, double *choice_out)
 {
 	const uint32_t E = p->n_experts, G = p->n_group, per = E / G;
@@ -896,7 +887,7 @@ static void test_router(void)
 	};
 	const uint32_t T = 9;
 	for (size_t c = 0; c < sizeof(cs) / sizeof(cs[0]); c++) {
-		kcu_router_params p = {.n_experts = cs[c].E, .n_group = cs[c].G, .topk_group = cs[c].TG,
+		kern_router_params p = {.n_experts = cs[c].E, .n_group = cs[c].G, .topk_group = cs[c].TG,
 				       .top_k = cs[c].K, .norm_topk_prob = cs[c].norm,
 				       .routed_scaling_factor = 2.827f};
 		const uint32_t E = p.n_experts, K = p.top_k;
@@ -966,7 +957,7 @@ static void test_router(void)
 		free(gw);
 		free(choice);
 	}
-	kcu_router_params bad = {.n_experts = 30, .n_group = 4, .topk_group = 1, .top_k = 2,
+	kern_router_params bad = {.n_experts = 30, .n_group = 4, .topk_group = 1, .top_k = 2,
 				 .norm_topk_prob = 1, .routed_scaling_factor = 1};
 	float *d = dalloc(4096);
 	expect_rc("router bad args", kcu_router(ctx, &bad, d, NULL, 1, (int32_t *)(d + 256), d + 512),
@@ -983,7 +974,7 @@ static void test_mla_cache_write(void)
 		{64, 16, 1, 0}, {64, 16, 6, 37}, {512, 64, 1, 4095}, {512, 64, 5, 100}, {96, 32, 3, 0},
 	};
 	for (size_t k = 0; k < sizeof(cs) / sizeof(cs[0]); k++) {
-		kcu_mla_dims d = {.n_heads = 1, .kv_lora = cs[k].kv_lora, .nope = 1, .rope = cs[k].rope,
+		kern_mla_dims d = {.n_heads = 1, .kv_lora = cs[k].kv_lora, .nope = 1, .rope = cs[k].rope,
 				  .v = 1};
 		const uint32_t T = cs[k].T, pos0 = cs[k].pos0, R = d.kv_lora, P = d.rope;
 		const uint32_t maxp = pos0 + T + 3;
@@ -1041,7 +1032,7 @@ static void test_mla_cache_write(void)
 
 /* Plain MLA: reconstruct k_nope and v of every head and position from the
  * cached latent with kv_b, causal softmax, weighted sum; in double. */
-static void mla_ref(const kcu_mla_dims *d, const kern_mat *kvb, const float *q, const float *ckv,
+static void mla_ref(const kern_mla_dims *d, const kern_mat *kvb, const float *q, const float *ckv,
 		    const float *kpe, uint32_t T, uint32_t pos0, float scale, float *out)
 {
 	const uint32_t nh = d->n_heads, nope = d->nope, P = d->rope, V = d->v;
@@ -1080,7 +1071,7 @@ static void mla_ref(const kcu_mla_dims *d, const kern_mat *kvb, const float *q, 
 	free(sc);
 }
 
-static void mla_case(const kcu_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint32_t pos0)
+static void mla_case(const kern_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint32_t pos0)
 {
 	const uint32_t nh = d->n_heads, R = d->kv_lora, P = d->rope, V = d->v;
 	const uint32_t S = pos0 + T, qk = d->nope + P, kvh = d->nope + V;
@@ -1151,10 +1142,10 @@ static void mla_case(const kcu_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint32
 static void test_mla(void)
 {
 	printf("== MLA attention (full and absorbed)\n");
-	const kcu_mla_dims tiny = {.n_heads = 4, .kv_lora = 64, .nope = 32, .rope = 16, .v = 32};
-	const kcu_mla_dims ds3 = {.n_heads = 6, .kv_lora = 96, .nope = 16, .rope = 32, .v = 48};
-	const kcu_mla_dims kimi = {.n_heads = 4, .kv_lora = 512, .nope = 128, .rope = 64, .v = 128};
-	const kcu_mla_dims odd = {.n_heads = 3, .kv_lora = 40, .nope = 24, .rope = 8, .v = 20};
+	const kern_mla_dims tiny = {.n_heads = 4, .kv_lora = 64, .nope = 32, .rope = 16, .v = 32};
+	const kern_mla_dims ds3 = {.n_heads = 6, .kv_lora = 96, .nope = 16, .rope = 32, .v = 48};
+	const kern_mla_dims kimi = {.n_heads = 4, .kv_lora = 512, .nope = 128, .rope = 64, .v = 128};
+	const kern_mla_dims odd = {.n_heads = 3, .kv_lora = 40, .nope = 24, .rope = 8, .v = 20};
 	static const struct { uint32_t T, pos0; } tp[] = {{1, 0}, {1, 1}, {1, 77}, {7, 0}, {7, 13}};
 	for (size_t k = 0; k < sizeof(tp) / sizeof(tp[0]); k++) {
 		mla_case(&tiny, KERN_FORMAT_F32, tp[k].T, tp[k].pos0);

@@ -25,7 +25,7 @@ static uint32_t T, V;
 static const char *fixtures(void)
 {
 	const char *f = getenv("K2_FIXTURES");
-	return f ? f : "../shared/fixtures";
+	return f ? f : "tests/fixtures";
 }
 
 static void write_file(const char *path, const void *p, size_t n)
@@ -103,9 +103,7 @@ static void make_mount(void)
 				memcpy(img + lay.sec[sec[m]].offset, p, t->bytes);
 				free(p);
 			}
-			char rel[64];
-			inf_expert_path(rel, sizeof(rel), l, x);
-			snprintf(path, sizeof(path), "%s/%s", dir, rel);
+			ck_assert_int_eq(inf_expert_path(path, sizeof(path), dir, l, x), 0);
 			write_file(path, img, lay.image_bytes);
 			free(img);
 		}
@@ -319,7 +317,7 @@ START_TEST(cache_size_does_not_change_results)
 	e = engine(m, 0, 1, "lfu", 1);
 	ck_assert_int_eq(inf_engine_forward(e, ids, T, b, 1, &err), 0);
 	ck_assert_mem_eq(a, b, sizeof(float) * T * V);
-	inf_cache_stats st;
+	inf_tier_stats st;
 	inf_engine_stats(e, &st, NULL);
 	ck_assert_uint_eq(st.slots, 1);
 	ck_assert_uint_gt(st.evictions, 0);

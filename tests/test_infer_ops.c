@@ -18,7 +18,7 @@
 static const char *fixtures(void)
 {
 	const char *f = getenv("K2_FIXTURES");
-	return f ? f : "../shared/fixtures";
+	return f ? f : "tests/fixtures";
 }
 
 static void cfg_from(const char *json, k2_model_config *c)
@@ -37,6 +37,15 @@ static void cfg_from(const char *json, k2_model_config *c)
 
 /* ---------------------------------------------------------------- router */
 
+/* kern_router for one token with config.json's parameters. */
+static int route1(const k2_model_config *c, const float *logits, const float *bias,
+		  int32_t *idx, float *w)
+{
+	kern_router_params p;
+	inf_router_params(c, &p);
+	return kern_router(&p, logits, bias, 1, idx, w);
+}
+
 START_TEST(route_groups_and_masked_zero)
 {
 	k2_model_config c;
@@ -47,9 +56,9 @@ START_TEST(route_groups_and_masked_zero)
 	/* sigmoid(logit) + bias: group sums of top 2 decide groups 1 and 3 */
 	float logits[8] = {0.0f, 0.1f, 2.0f, 1.5f, -1.0f, -1.0f, 1.0f, 3.0f};
 	float bias[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-	float scratch[16], w[3];
+	float w[3];
 	int32_t idx[3];
-	ck_assert_int_eq(inf_route(&c, logits, bias, scratch, idx, w), 0);
+	ck_assert_int_eq(route1(&c, logits, bias, idx, w), 0);
 	/* group scores: g0 .5+.525, g1 .881+.818, g2 .269+.269, g3 .731+.953 */
 	ck_assert_int_eq(idx[0], 7);
 	ck_assert_int_eq(idx[1], 2);
@@ -73,10 +82,10 @@ START_TEST(route_masked_zero_beats_negative)
 		 "\"routed_scaling_factor\":1.0}", &c);
 	float logits[4] = {9.0f, 0.0f, 0.0f, 0.0f};
 	float bias[4] = {0.0f, -3.5f, -2.5f, -2.5f};
-	float scratch[8], w[2];
+	float w[2];
 	int32_t idx[2];
 	/* group 0: 1.0 + -3.0 = -2 beats group 1: -2 + -2 = -4 */
-	ck_assert_int_eq(inf_route(&c, logits, bias, scratch, idx, w), 0);
+	ck_assert_int_eq(route1(&c, logits, bias, idx, w), 0);
 	ck_assert_int_eq(idx[0], 0);
 	ck_assert_int_eq(idx[1], 2);
 	double s0 = 1 / (1 + exp(-9.0));
@@ -93,15 +102,15 @@ START_TEST(route_no_norm_no_groups)
 		 "\"routed_scaling_factor\":1.5}", &c);
 	float logits[6] = {0.5f, -0.5f, 0.0f, 0.2f, 0.1f, 0.3f};
 	float bias[6] = {0, 1.0f, 0, 0, 0, 0}; /* bias selects 1 but weight is unbiased */
-	float scratch[12], w[2];
+	float w[2];
 	int32_t idx[2];
-	ck_assert_int_eq(inf_route(&c, logits, bias, scratch, idx, w), 0);
+	ck_assert_int_eq(route1(&c, logits, bias, idx, w), 0);
 	ck_assert_int_eq(idx[0], 1);
 	ck_assert_int_eq(idx[1], 0);
 	ck_assert_double_eq_tol(w[0], 1.5 / (1 + exp(0.5)), 1e-6);
 	ck_assert_double_eq_tol(w[1], 1.5 / (1 + exp(-0.5)), 1e-6);
 	/* NULL bias = zeros */
-	ck_assert_int_eq(inf_route(&c, logits, NULL, scratch, idx, w), 0);
+	ck_assert_int_eq(route1(&c, logits, NULL, idx, w), 0);
 	ck_assert_int_eq(idx[0], 0);
 	ck_assert_int_eq(idx[1], 5);
 }
@@ -151,7 +160,7 @@ START_TEST(route_matches_reference)
 		float *scratch = malloc(sizeof(float) * 2 * E), *w = malloc(sizeof(float) * k);
 		int32_t *idx = malloc(sizeof(int32_t) * k);
 		for (uint32_t t = 0; t < T; t++) {
-			ck_assert_int_eq(inf_route(&c, lg + (size_t)t * E, bias, scratch, idx, w), 0);
+			ck_assert_int_eq(route1(&c, lg + (size_t)t * E, bias, idx, w), 0);
 			for (uint32_t j = 0; j < k; j++) {
 				int found = -1;
 				for (uint32_t q = 0; q < k; q++)
@@ -237,14 +246,14 @@ START_TEST(rope_rotation)
 	}
 	/* position 0: only reordered to halves */
 	memcpy(q2, q, sizeof(q));
-	inf_rope_apply(q2, 8, inv, 1.0f, 0);
+	kern_rope_rows(q2, 1, 1, 8, 0, 0, 8, 0, inv, 1.0f);
 	for (int i = 0; i < 4; i++) {
 		ck_assert_float_eq_tol(q2[i], q[2 * i], 1e-7);
 		ck_assert_float_eq_tol(q2[i + 4], q[2 * i + 1], 1e-7);
 	}
 	/* pair (x0, x1) at position 3 rotates by 3 rad */
 	memcpy(q2, q, sizeof(q));
-	inf_rope_apply(q2, 8, inv, 1.0f, 3);
+	kern_rope_rows(q2, 1, 1, 8, 0, 0, 8, 3, inv, 1.0f);
 	ck_assert_float_eq_tol(q2[0], q[0] * cosf(3) - q[1] * sinf(3), 1e-6);
 	ck_assert_float_eq_tol(q2[4], q[1] * cosf(3) + q[0] * sinf(3), 1e-6);
 	/* relative: <rot(q, p+d), rot(k, p)> depends on d only */
@@ -253,8 +262,8 @@ START_TEST(rope_rotation)
 		uint32_t p = r ? 40 : 7;
 		memcpy(q2, q, sizeof(q));
 		memcpy(k2, k, sizeof(k));
-		inf_rope_apply(q2, 8, inv, 1.0f, p + 5);
-		inf_rope_apply(k2, 8, inv, 1.0f, p);
+		kern_rope_rows(q2, 1, 1, 8, 0, 0, 8, p + 5, inv, 1.0f);
+		kern_rope_rows(k2, 1, 1, 8, 0, 0, 8, p, inv, 1.0f);
 		dots[r] = 0;
 		for (int i = 0; i < 8; i++)
 			dots[r] += (double)q2[i] * k2[i];
@@ -262,7 +271,7 @@ START_TEST(rope_rotation)
 	ck_assert_double_eq_tol(dots[0], dots[1], 1e-5);
 	/* mscale multiplies */
 	memcpy(q2, q, sizeof(q));
-	inf_rope_apply(q2, 8, inv, 2.0f, 0);
+	kern_rope_rows(q2, 1, 1, 8, 0, 0, 8, 0, inv, 2.0f);
 	ck_assert_float_eq_tol(q2[0], 2 * q[0], 1e-6);
 }
 END_TEST
@@ -416,9 +425,7 @@ static void make_dir(k2_model_config *c)
 		k2x_header_write(&lay, img);
 		uint16_t *g = (uint16_t *)(img + lay.sec[K2X_GATE_W].offset);
 		g[0] = k2q_f32_to_bf16((float)x);
-		char rel[64];
-		inf_expert_path(rel, sizeof(rel), 1, x);
-		snprintf(path, sizeof(path), "%s/%s", tmpdir, rel);
+		ck_assert_int_eq(inf_expert_path(path, sizeof(path), tmpdir, 1, x), 0);
 		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		ck_assert_int_ge(fd, 0);
 		ck_assert_int_eq(write(fd, img, lay.image_bytes), (ssize_t)lay.image_bytes);
@@ -434,9 +441,17 @@ static void rm_dir(void)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
+/* A directory of a RAM tier alone, as the CPU backend uses it. */
+static int ram_dir(const k2_model_config *c, uint32_t slots, const inf_policy_ops *pol,
+		   int readers, inf_experts **out, k2_err *err)
+{
+	inf_experts_opts o = {.ram_slots = slots, .policy = pol, .io_threads = readers};
+	return inf_experts_create(tmpdir, c, &o, out, err);
+}
+
 static float gate00(const inf_expert *e)
 {
-	return kern_mat_get(&e->gate, 0, 0);
+	return kern_mat_get(&e->mat[0], 0, 0);
 }
 
 START_TEST(cache_hits_misses_eviction)
@@ -444,29 +459,29 @@ START_TEST(cache_hits_misses_eviction)
 	k2_model_config c;
 	k2_err err;
 	make_dir(&c);
-	inf_cache *cache;
-	ck_assert_int_eq(inf_cache_create(tmpdir, &c, 2, &inf_policy_lru, 0, &cache, &err), 0);
+	inf_experts *cache;
+	ck_assert_int_eq(ram_dir(&c, 2, &inf_policy_lru, 0, &cache, &err), 0);
 	const inf_expert *e;
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 3, &e, &err), 0);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 3, &e, &err), 0);
 	ck_assert_float_eq(gate00(e), 3.0f);
-	ck_assert_uint_eq(e->gate.rows, 32);
-	ck_assert_uint_eq(e->gate.cols, 64);
-	ck_assert_uint_eq(e->down.rows, 64);
-	inf_cache_release(cache, e);
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 3, &e, &err), 0);
-	inf_cache_release(cache, e);
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 4, &e, &err), 0);
-	inf_cache_release(cache, e);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 3), 2);
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 3, &e, &err), 0); /* 3 most recent */
-	inf_cache_release(cache, e);
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 5, &e, &err), 0); /* evicts 4 */
+	ck_assert_uint_eq(e->mat[0].rows, 32);
+	ck_assert_uint_eq(e->mat[0].cols, 64);
+	ck_assert_uint_eq(e->mat[2].rows, 64);
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 3, &e, &err), 0);
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 4, &e, &err), 0);
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 3), 2);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 3, &e, &err), 0); /* 3 most recent */
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 5, &e, &err), 0); /* evicts 4 */
 	ck_assert_float_eq(gate00(e), 5.0f);
-	inf_cache_release(cache, e);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 4), 0);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 3), 2);
-	inf_cache_stats st;
-	inf_cache_get_stats(cache, &st);
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 4), 0);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 3), 2);
+	inf_tier_stats st;
+	inf_experts_stats(cache, INF_TIER_RAM, &st);
 	ck_assert_uint_eq(st.hits, 2);
 	ck_assert_uint_eq(st.misses, 3);
 	ck_assert_uint_eq(st.evictions, 1);
@@ -474,13 +489,13 @@ START_TEST(cache_hits_misses_eviction)
 	k2x_layout lay;
 	k2x_layout_compute(K2_FORMAT_BF16, 64, 32, 1, 0, &lay);
 	ck_assert_uint_eq(st.bytes_read, 3 * lay.image_bytes);
-	inf_cache_destroy(cache);
+	inf_experts_destroy(cache);
 	rm_dir();
 }
 END_TEST
 
 struct acq_arg {
-	inf_cache *c;
+	inf_experts *c;
 	int rc;
 	float v;
 };
@@ -490,10 +505,10 @@ static void *acquire_5(void *p)
 	struct acq_arg *a = p;
 	const inf_expert *e;
 	k2_err err;
-	a->rc = inf_cache_acquire(a->c, 1, 5, &e, &err);
+	a->rc = inf_experts_acquire(a->c, INF_TIER_RAM, 1, 5, &e, &err);
 	if (a->rc == 0) {
 		a->v = gate00(e);
-		inf_cache_release(a->c, e);
+		inf_experts_release(a->c, INF_TIER_RAM, e);
 	}
 	return NULL;
 }
@@ -503,10 +518,10 @@ START_TEST(cache_pinned_not_evicted)
 	k2_model_config c;
 	k2_err err;
 	make_dir(&c);
-	inf_cache *cache;
-	ck_assert_int_eq(inf_cache_create(tmpdir, &c, 1, &inf_policy_lfu, 0, &cache, &err), 0);
+	inf_experts *cache;
+	ck_assert_int_eq(ram_dir(&c, 1, &inf_policy_lfu, 0, &cache, &err), 0);
 	const inf_expert *e;
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 2, &e, &err), 0);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 2, &e, &err), 0);
 	struct acq_arg a = {.c = cache, .rc = -1};
 	pthread_t th;
 	ck_assert_int_eq(pthread_create(&th, NULL, acquire_5, &a), 0);
@@ -514,11 +529,11 @@ START_TEST(cache_pinned_not_evicted)
 	/* the only slot is pinned: the other thread waits, expert 2 stays intact */
 	ck_assert_int_eq(a.rc, -1);
 	ck_assert_float_eq(gate00(e), 2.0f);
-	inf_cache_release(cache, e);
+	inf_experts_release(cache, INF_TIER_RAM, e);
 	pthread_join(th, NULL);
 	ck_assert_int_eq(a.rc, 0);
 	ck_assert_float_eq(a.v, 5.0f);
-	inf_cache_destroy(cache);
+	inf_experts_destroy(cache);
 	rm_dir();
 }
 END_TEST
@@ -528,51 +543,51 @@ START_TEST(cache_prefetch_background)
 	k2_model_config c;
 	k2_err err;
 	make_dir(&c);
-	inf_cache *cache;
-	ck_assert_int_eq(inf_cache_create(tmpdir, &c, 4, &inf_policy_lru, 2, &cache, &err), 0);
+	inf_experts *cache;
+	ck_assert_int_eq(ram_dir(&c, 4, &inf_policy_lru, 2, &cache, &err), 0);
 	/* 0 first, alone: two loaders finish 4 and 5 in either order, and the
 	 * eviction at the end expects 0 to be the least recent */
 	int32_t want[3] = {0, 4, 5};
-	inf_cache_prefetch(cache, 1, want, 1);
-	inf_cache_drain(cache);
-	inf_cache_prefetch(cache, 1, want + 1, 2);
-	inf_cache_drain(cache);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 0), 2);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 4), 2);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 5), 2);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 1), 0);
+	inf_experts_prefetch(cache, 1, want, 1);
+	inf_experts_drain(cache);
+	inf_experts_prefetch(cache, 1, want + 1, 2);
+	inf_experts_drain(cache);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 0), 2);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 4), 2);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 5), 2);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 1), 0);
 	const inf_expert *e;
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 4, &e, &err), 0);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 4, &e, &err), 0);
 	ck_assert_float_eq(gate00(e), 4.0f);
-	inf_cache_release(cache, e);
-	inf_cache_stats st;
-	inf_cache_get_stats(cache, &st);
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	inf_tier_stats st;
+	inf_experts_stats(cache, INF_TIER_RAM, &st);
 	ck_assert_uint_eq(st.prefetch_loads, 3);
 	ck_assert_uint_eq(st.hits, 1);
 	ck_assert_uint_eq(st.misses, 0);
 	/* 1 takes the last free slot; 2 evicts 4 (used, so no longer protected) */
 	int32_t more[2] = {1, 2};
-	inf_cache_prefetch(cache, 1, more, 2);
-	inf_cache_drain(cache);
-	inf_cache_get_stats(cache, &st);
+	inf_experts_prefetch(cache, 1, more, 2);
+	inf_experts_drain(cache);
+	inf_experts_stats(cache, INF_TIER_RAM, &st);
 	ck_assert_uint_eq(st.prefetch_loads, 5);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 4), 0);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 2), 2);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 4), 0);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 2), 2);
 	/* every slot holds a prefetched expert not used yet: a prefetch is dropped */
 	int32_t three[1] = {3};
-	inf_cache_prefetch(cache, 1, three, 1);
-	inf_cache_drain(cache);
-	inf_cache_get_stats(cache, &st);
+	inf_experts_prefetch(cache, 1, three, 1);
+	inf_experts_drain(cache);
+	inf_experts_stats(cache, INF_TIER_RAM, &st);
 	ck_assert_uint_eq(st.prefetch_dropped, 1);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 3), 0);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 3), 0);
 	/* once the layer is done they may go: the least recent (0) is evicted */
-	inf_cache_layer_done(cache, 1);
-	inf_cache_prefetch(cache, 1, three, 1);
-	inf_cache_drain(cache);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 3), 2);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 0), 0);
-	ck_assert_int_eq(inf_cache_state(cache, 1, 5), 2);
-	inf_cache_destroy(cache);
+	inf_experts_layer_done(cache, 1);
+	inf_experts_prefetch(cache, 1, three, 1);
+	inf_experts_drain(cache);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 3), 2);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 0), 0);
+	ck_assert_int_eq(inf_experts_state(cache, INF_TIER_RAM, 1, 5), 2);
+	inf_experts_destroy(cache);
 	rm_dir();
 }
 END_TEST
@@ -583,8 +598,8 @@ START_TEST(cache_bad_files)
 	k2_err err;
 	char path[600];
 	make_dir(&c);
-	inf_cache *cache;
-	ck_assert_int_eq(inf_cache_create(tmpdir, &c, 2, &inf_policy_lru, 1, &cache, &err), 0);
+	inf_experts *cache;
+	ck_assert_int_eq(ram_dir(&c, 2, &inf_policy_lru, 1, &cache, &err), 0);
 	snprintf(path, sizeof(path), "%s/experts/001/002", tmpdir);
 	ck_assert_int_eq(truncate(path, 8192), 0);
 	snprintf(path, sizeof(path), "%s/experts/001/005", tmpdir);
@@ -592,24 +607,24 @@ START_TEST(cache_bad_files)
 	const inf_expert *e;
 	/* a prefetch of a bad file fails quietly; the acquire reports it */
 	int32_t want[1] = {2};
-	inf_cache_prefetch(cache, 1, want, 1);
-	inf_cache_drain(cache);
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 2, &e, &err), -EINVAL);
+	inf_experts_prefetch(cache, 1, want, 1);
+	inf_experts_drain(cache);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 2, &e, &err), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "experts/001/002"));
 	ck_assert_ptr_nonnull(strstr(err.msg, "8192"));
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 5, &e, &err), -ENOENT);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 5, &e, &err), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err.msg, "experts/001/005: missing"));
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 6, &e, &err), -EINVAL);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 6, &e, &err), -EINVAL);
 	/* a header for the wrong place */
 	char from[600];
 	snprintf(from, sizeof(from), "%s/experts/001/000", tmpdir);
 	ck_assert_int_eq(rename(from, path), 0);
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 5, &e, &err), -EINVAL);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 5, &e, &err), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "expert 0"));
 	/* the cache still works */
-	ck_assert_int_eq(inf_cache_acquire(cache, 1, 1, &e, &err), 0);
-	inf_cache_release(cache, e);
-	inf_cache_destroy(cache);
+	ck_assert_int_eq(inf_experts_acquire(cache, INF_TIER_RAM, 1, 1, &e, &err), 0);
+	inf_experts_release(cache, INF_TIER_RAM, e);
+	inf_experts_destroy(cache);
 	rm_dir();
 }
 END_TEST

@@ -4,6 +4,7 @@
  * element access against layout's dequantizer, the fp8 NaN codes, the small
  * ops against straightforward double computations, and the worker pool. */
 #include <check.h>
+#include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -392,26 +393,26 @@ START_TEST(test_matmul_degenerate)
 		x[i] = 1;
 	for (int i = 0; i < 8; i++)
 		y[i] = 7;
-	kern_matmul(&t.m, x, 0, y); /* batch 0: nothing written */
+	ck_assert_int_eq(kern_matmul(&t.m, x, 0, y), 0); /* batch 0: nothing written */
 	for (int i = 0; i < 8; i++)
 		ck_assert(y[i] == 7);
 	t.m.cols = 0;
-	kern_matmul(&t.m, x, 2, y); /* no columns: zeros */
+	ck_assert_int_eq(kern_matmul(&t.m, x, 2, y), 0); /* no columns: zeros */
 	for (int i = 0; i < 8; i++)
 		ck_assert(y[i] == 0);
 	t.m.cols = 32;
-	t.m.format = 77; /* unknown format: NaN, not garbage */
-	kern_matmul(&t.m, x, 2, y);
+	t.m.format = 77; /* unknown format: -EINVAL, nothing written */
 	for (int i = 0; i < 8; i++)
-		ck_assert(isnan(y[i]));
+		y[i] = 7;
+	ck_assert_int_eq(kern_matmul(&t.m, x, 2, y), -EINVAL);
+	for (int i = 0; i < 8; i++)
+		ck_assert(y[i] == 7);
 	tmat_free(&t);
 	t = tmat_make(K2_FORMAT_INT4_G32, 4, 32);
 	t.m.cols = 16; /* int4 without whole groups */
+	ck_assert_int_eq(kern_matmul(&t.m, x, 2, y), -EINVAL);
 	for (int i = 0; i < 8; i++)
-		y[i] = 7;
-	kern_matmul(&t.m, x, 2, y);
-	for (int i = 0; i < 8; i++)
-		ck_assert(isnan(y[i]));
+		ck_assert(y[i] == 7);
 	tmat_free(&t);
 }
 END_TEST
@@ -556,20 +557,24 @@ START_TEST(test_axpy)
 }
 END_TEST
 
+/* kern_rope_rows on one vector at position 7 with mscale 1: each pair
+ * (x[2i], x[2i+1]) rotated by 7·inv_freq[i], written de-interleaved. */
 START_TEST(test_rope)
 {
 	enum { DIM = 64 };
-	float x[DIM], out[DIM], c[DIM / 2], s[DIM / 2];
+	float x[DIM], out[DIM], inv[DIM / 2], c[DIM / 2], s[DIM / 2];
 
 	rng_state = 10;
 	for (int i = 0; i < DIM; i++)
 		x[i] = rng_unit();
 	for (int i = 0; i < DIM / 2; i++) {
-		double a = 7.0 * pow(10000.0, -2.0 * i / DIM);
+		inv[i] = (float)pow(10000.0, -2.0 * i / DIM);
+		double a = (double)(7.0f * inv[i]);
 		c[i] = (float)cos(a);
 		s[i] = (float)sin(a);
 	}
-	kern_rope(out, x, DIM, c, s);
+	memcpy(out, x, sizeof(x));
+	kern_rope_rows(out, 1, 1, DIM, 0, 0, DIM, 7, inv, 1.0f);
 	for (int i = 0; i < DIM / 2; i++) {
 		double re = (double)x[2 * i] * c[i] - (double)x[2 * i + 1] * s[i];
 		double im = (double)x[2 * i + 1] * c[i] + (double)x[2 * i] * s[i];

@@ -31,8 +31,8 @@ if [ -z "${CUEMU_BUILD:-}" ]; then
 	make -s build/libkernels.a build/liblayout.a build/libinfer.a build/libtools.a \
 		build/obj/infer/main.o
 fi
-if ! nm "$b/libinfer.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
-	echo "cuemu: $b/libinfer.a was built without the CUDA backend (NVCC=, e.g. make asan): skipped"
+if ! nm "$b/libkernels.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
+	echo "cuemu: $b/libkernels.a was built without the CUDA backend (NVCC=, e.g. make asan): skipped"
 	exit 77
 fi
 # CUEMU_OUT=DIR: where the objects and programs go (default: $b/cuemu).

@@ -331,19 +331,20 @@ int bench_infer_main(int argc, char **argv)
 		return 1;
 	}
 	t0 = k2_now();
-	inf_cache *cache = inf_engine_cache(e);
+	inf_experts *dir = inf_engine_experts(e);
+	const int tier = inf_experts_compute_tier(dir);
 	for (uint32_t l = 0; l < c->num_hidden_layers; l++)
 		for (uint32_t x = 0; inf_model_is_moe(m, l) && x < c->n_routed_experts; x++) {
 			const inf_expert *ex;
-			if (inf_cache_acquire(cache, l, x, &ex, &err) < 0) {
+			if (inf_experts_acquire(dir, tier, l, x, &ex, &err) < 0) {
 				fprintf(stderr, "k2bench infer: %s\n", err.msg);
 				return 1;
 			}
-			inf_cache_release(cache, ex);
+			inf_experts_release(dir, tier, ex);
 		}
 	double t_experts = k2_now() - t0;
-	inf_cache_stats cs;
-	inf_cache_get_stats(cache, &cs);
+	inf_tier_stats cs;
+	inf_experts_stats(dir, tier, &cs);
 
 	float *logits = malloc(sizeof(float) * c->vocab_size);
 	if (!logits || inf_engine_forward(e, prompt, 4, logits, 0, &err) < 0) {
@@ -371,8 +372,8 @@ int bench_infer_main(int argc, char **argv)
 			best = dt;
 		expert_bytes += inf_engine_expert_bytes_used(e);
 	}
-	inf_cache_stats cs2;
-	inf_cache_get_stats(cache, &cs2);
+	inf_tier_stats cs2;
+	inf_experts_stats(dir, tier, &cs2);
 	const uint64_t dense_tok = inf_model_dense_bytes_per_token(m);
 	const double tok_s = tokens / t_decode;
 	const double bytes_tok = dense_tok + (double)expert_bytes / tokens;

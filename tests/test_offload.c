@@ -1,8 +1,8 @@
-/* test_gpu_offload.c — Check suite for the --cpu-experts cost model
- * (infer/gpu_offload.c): the moving averages of the two measured rates and
+/* test_offload.c — Check suite for the --cpu-experts cost model
+ * (infer/offload.c): the moving averages of the two measured rates and
  * the greedy placement of a layer's missed experts onto the copy pipeline or
  * the CPU. Pure arithmetic: runs without a GPU. */
-#include "gpu_impl.h"
+#include "infer_impl.h"
 
 #include <check.h>
 #include <math.h>
@@ -10,30 +10,30 @@
 
 START_TEST(nothing_measured_goes_to_gpu)
 {
-	gpu_offload o = {0};
+	inf_offload o = {0};
 	uint32_t rows[3] = {1, 1, 1};
 	uint8_t cpu[3] = {9, 9, 9};
-	gpu_offload_plan(&o, rows, NULL, 3, 0, 4, cpu);
+	inf_offload_plan(&o, rows, NULL, 3, 0, 4, cpu);
 	ck_assert(cpu[0] == 0 && cpu[1] == 0 && cpu[2] == 0);
-	gpu_offload_observe_upload(&o, 1e-3); /* one rate alone is not enough */
-	gpu_offload_plan(&o, rows, NULL, 3, 0, 4, cpu);
+	inf_offload_observe_upload(&o, 1e-3); /* one rate alone is not enough */
+	inf_offload_plan(&o, rows, NULL, 3, 0, 4, cpu);
 	ck_assert(cpu[0] == 0 && cpu[1] == 0 && cpu[2] == 0);
 }
 END_TEST
 
 START_TEST(moving_averages)
 {
-	gpu_offload o = {0};
-	gpu_offload_observe_upload(&o, 4e-3);
+	inf_offload o = {0};
+	inf_offload_observe_upload(&o, 4e-3);
 	ck_assert(fabs(o.upload_s - 4e-3) < 1e-12); /* the first observation is taken as is */
-	gpu_offload_observe_upload(&o, 8e-3);
+	inf_offload_observe_upload(&o, 8e-3);
 	ck_assert(fabs(o.upload_s - 5e-3) < 1e-12); /* 0.75·4 + 0.25·8 ms */
-	gpu_offload_observe_upload(&o, 0);          /* nonsense is ignored */
-	gpu_offload_observe_upload(&o, NAN);
+	inf_offload_observe_upload(&o, 0);          /* nonsense is ignored */
+	inf_offload_observe_upload(&o, NAN);
 	ck_assert(fabs(o.upload_s - 5e-3) < 1e-12);
-	gpu_offload_observe_cpu(&o, 4, 8e-3);       /* per token */
+	inf_offload_observe_cpu(&o, 4, 8e-3);       /* per token */
 	ck_assert(fabs(o.cpu_row_s - 2e-3) < 1e-12);
-	gpu_offload_observe_cpu(&o, 0, 1.0);
+	inf_offload_observe_cpu(&o, 0, 1.0);
 	ck_assert(fabs(o.cpu_row_s - 2e-3) < 1e-12);
 	ck_assert_uint_eq(o.n_upload, 2);
 	ck_assert_uint_eq(o.n_cpu, 1);
@@ -43,23 +43,23 @@ END_TEST
 /* Upload 1 ms (4 readers: 0.25 ms per extra load), CPU 0.4 ms per token. */
 START_TEST(greedy_two_queues)
 {
-	gpu_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.4e-3, .n_upload = 1, .n_cpu = 1};
+	inf_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.4e-3, .n_upload = 1, .n_cpu = 1};
 	uint32_t rows[4] = {1, 1, 1, 1};
 	uint8_t cpu[4];
 	/* CPU ends at 0.4 < GPU 1.0: CPU; then 0.8 < 1.0: CPU; then 1.2 > 1.0: GPU;
 	 * then CPU 1.2 vs GPU 1.25: CPU */
-	gpu_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
+	inf_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 3);
 	ck_assert(cpu[0] && cpu[1] && !cpu[2] && cpu[3]);
 	/* a slow CPU gets nothing */
 	o.cpu_row_s = 5e-3;
-	gpu_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
+	inf_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 0);
 	/* a busy copy pipeline sends more to the CPU */
 	o.cpu_row_s = 2e-3;
-	gpu_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
+	inf_offload_plan(&o, rows, NULL, 4, 0, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 0);
-	gpu_offload_plan(&o, rows, NULL, 4, 10e-3, 4, cpu);
+	inf_offload_plan(&o, rows, NULL, 4, 10e-3, 4, cpu);
 	ck_assert_int_eq(cpu[0] + cpu[1] + cpu[2] + cpu[3], 4);
 }
 END_TEST
@@ -67,10 +67,10 @@ END_TEST
 /* Fewest tokens first: a big expert (many rows) stays on the GPU. */
 START_TEST(rows_order)
 {
-	gpu_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.3e-3, .n_upload = 1, .n_cpu = 1};
+	inf_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.3e-3, .n_upload = 1, .n_cpu = 1};
 	uint32_t rows[3] = {24, 1, 2};
 	uint8_t cpu[3];
-	gpu_offload_plan(&o, rows, NULL, 3, 0, 1, cpu);
+	inf_offload_plan(&o, rows, NULL, 3, 0, 1, cpu);
 	ck_assert(!cpu[0] && cpu[1] && cpu[2]);
 }
 END_TEST
@@ -78,22 +78,22 @@ END_TEST
 /* An expert not in RAM pays its read on the CPU side too. */
 START_TEST(ram_misses_pay_the_read)
 {
-	gpu_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.2e-3, .n_upload = 1, .n_cpu = 1};
+	inf_offload o = {.upload_s = 1e-3, .cpu_row_s = 0.2e-3, .n_upload = 1, .n_cpu = 1};
 	uint32_t rows[2] = {1, 1};
 	uint8_t in_ram[2] = {1, 0}, cpu[2];
 	/* unmeasured read = an upload: 0.2 + (1.0 + 0.2) = 1.4 > 1.0 → GPU */
-	gpu_offload_plan(&o, rows, in_ram, 2, 0, 1, cpu);
+	inf_offload_plan(&o, rows, in_ram, 2, 0, 1, cpu);
 	ck_assert(cpu[0] && !cpu[1]);
 	/* a fast measured read (page cache): 0.2 + 0.1 + 0.2 = 0.5 < 1.0 → CPU */
-	gpu_offload_observe_read(&o, 0.1e-3);
-	gpu_offload_plan(&o, rows, in_ram, 2, 0, 1, cpu);
+	inf_offload_observe_read(&o, 0.1e-3);
+	inf_offload_plan(&o, rows, in_ram, 2, 0, 1, cpu);
 	ck_assert(cpu[0] && cpu[1]);
 }
 END_TEST
 
 static Suite *offload_suite(void)
 {
-	Suite *s = suite_create("gpu_offload");
+	Suite *s = suite_create("inf_offload");
 	TCase *t = tcase_create("cost model");
 	tcase_add_test(t, nothing_measured_goes_to_gpu);
 	tcase_add_test(t, moving_averages);
