@@ -169,17 +169,18 @@ static void mark_ready(inf_experts *d, int tier, uint32_t s)
 	pthread_cond_broadcast(&d->changed);
 }
 
-/* Device: an unpinned load that has ended becomes READY, or is emptied when
- * it failed (a later acquire loads it again and meets the error itself). */
+/* Device: a load that has landed becomes READY; an unpinned one that failed is
+ * emptied (a later acquire loads it again and meets the error itself; a
+ * pinned one is left to its acquire, which reports it). */
 static void settle(inf_experts *d, uint32_t s)
 {
 	struct slot *sl = &d->t[INF_TIER_DEVICE].slots[s];
-	if (sl->state != SLOT_LOADING || sl->pins)
+	if (sl->state != SLOT_LOADING)
 		return;
 	int p = d->be->ops->slot_poll(d->slots, s);
 	if (p == 1)
 		mark_ready(d, INF_TIER_DEVICE, s);
-	else if (p < 0) {
+	else if (p < 0 && !sl->pins) {
 		if (sl->prefetched)
 			d->t[INF_TIER_DEVICE].st.prefetch_dropped++;
 		drop_slot(d, INF_TIER_DEVICE, s);

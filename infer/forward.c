@@ -145,8 +145,12 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	e->max_batch = o->max_batch ? o->max_batch : INF_DEFAULT_BATCH;
 	if (e->max_batch > e->max_ctx)
 		e->max_batch = e->max_ctx;
-	if ((rc = kern_backend_open(o->backend, o->device, &e->be, err)) < 0)
+	if (o->be)
+		e->be = o->be;
+	else if ((rc = kern_backend_open(o->backend, o->device, &e->be, err)) < 0)
 		goto fail;
+	else
+		e->own_be = 1;
 	e->ops = e->be->ops;
 	inf_router_params(c, &e->rp);
 	e->md = (kern_mla_dims){.n_heads = c->num_attention_heads, .kv_lora = c->kv_lora_rank,
@@ -225,7 +229,8 @@ void inf_engine_destroy(inf_engine *e)
 		STAGING_BUFS(FREE_HOST)
 		CPU_EXPERT_BUFS(FREE_HOST)
 		inf_bweights_release(e->be, &e->w);
-		kern_backend_close(e->be);
+		if (e->own_be)
+			kern_backend_close(e->be);
 	}
 	free(e->route_h);
 	free(e->router_logits);

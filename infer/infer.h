@@ -221,6 +221,8 @@ typedef struct inf_engine_opts {
 	uint32_t max_batch;      /* prompt chunk (0 = 256) */
 	const char *backend;     /* kern_backend_open's name (NULL: "cpu") */
 	int device;              /* the backend's device index */
+	kern_backend *be;        /* or a backend the caller opened: used instead of
+	                            backend / device, borrowed (not closed) */
 	uint32_t cache_experts;  /* compute-tier capacity in experts (0 = default) */
 	uint64_t cache_bytes;    /* or in bytes (used when cache_experts = 0) */
 	const char *policy;      /* "lru" (default) or "lfu" */

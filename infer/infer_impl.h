@@ -116,6 +116,7 @@ struct inf_engine {
 	inf_model *m;
 	inf_engine_opts opts;
 	kern_backend *be;         /* runs the forward pass */
+	int own_be;               /* be was opened here (not opts.be) */
 	const kern_backend_ops *ops;
 	kern_backend *cpu;        /* --cpu-experts: computes device misses from RAM */
 	inf_bweights w;

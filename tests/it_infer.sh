@@ -4,8 +4,8 @@
 #   1. each fixture packed with --experts keep and mounted: prompt logits max abs
 #      error < 1e-3, the 16 greedy ids (--ignore-eos) equal greedy_ids, the
 #      experts per prompt token per layer equal route.layer*.gate_out2 as sets;
-#      --prefetch router, --expert-cache 4experts and both with --policy lfu give
-#      byte-identical dumps and traces;
+#      --prefetch router, --expert-cache 4experts, 1experts with prefetch and 4
+#      with prefetch and --policy lfu give byte-identical dumps and traces;
 #   2. the bf16 fixture re-packed with --experts int4 matches the int4
 #      reference the same way; --experts int8 and fp8 print (not assert) their
 #      error against the bf16 reference and how many greedy ids agree;
@@ -57,6 +57,7 @@ for f in bf16 fp8 int4; do
 		n=$(wc -l <"$work/$f-base.trace")
 		[ "$n" -eq $((24 + 15)) ] || fail "$f: trace has $n lines, expected 39"
 		for mode in "--prefetch router" "--expert-cache 4experts" \
+			"--expert-cache 1experts --prefetch router" \
 			"--expert-cache 4experts --prefetch router --policy lfu"; do
 			# shellcheck disable=SC2086
 			if ! run_infer "$work/mnt-$f" "$ids" "$work/$f-x" $mode --stats; then

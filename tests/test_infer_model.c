@@ -7,6 +7,7 @@
  * (absorbed attention) against greedy_step_logits, a prompt split in chunks
  * and fed token by token, and bit-identical results with a 1-expert cache. */
 #include "infer.h"
+#include "script_backend.h"
 
 #include <check.h>
 #include <errno.h>
@@ -327,6 +328,70 @@ START_TEST(cache_size_does_not_change_results)
 }
 END_TEST
 
+/* The prompt's logits [T, V], then `steps` greedy decode steps' [V] each, into
+ * out [(T + steps) · V]. */
+static void prompt_and_decode(inf_engine *e, uint32_t steps, float *out)
+{
+	k2_err err;
+	ck_assert_msg(inf_engine_forward(e, ids, T, out, 1, &err) == 0, "%s", err.msg);
+	const float *last = out + (size_t)(T - 1) * V;
+	for (uint32_t s = 0; s < steps; s++) {
+		int32_t id = inf_argmax(last, V);
+		float *lo = out + (size_t)(T + s) * V;
+		ck_assert_msg(inf_engine_forward(e, &id, 1, lo, 0, &err) == 0, "%s", err.msg);
+		last = lo;
+	}
+}
+
+/* The device tier, on a backend whose slot loads land only after some polls
+ * (tests/script_backend.h): caches of 1 to all experts, with and without
+ * prefetch, LRU and LFU, give the CPU backend's logits bit for bit. Loads land
+ * between the MoE layer's looks at them: an engine that looked again in each
+ * of its passes would find a prefetched expert loading in one pass and landed
+ * in the next, and leave it out (tests/it_infer.sh plants exactly that). */
+START_TEST(device_tier_matches_cpu)
+{
+	static const struct {
+		uint32_t slots, polls;
+		const char *pol;
+		int prefetch;
+	} cs[] = {
+		{4, 2, "lru", 1}, {1, 2, "lru", 1}, {5, 1, "lfu", 1}, {3, 2, "lru", 0},
+		{96, 2, "lru", 1},
+	};
+	const uint32_t steps = 6;
+	k2_err err;
+	inf_model *m;
+	ck_assert_msg(inf_model_open(dir, &m, &err) == 0, "%s", err.msg);
+	float *a = malloc(sizeof(float) * (T + steps) * V), *b = malloc(sizeof(float) * (T + steps) * V);
+	inf_engine *e = engine(m, 0, 0, NULL, 0);
+	prompt_and_decode(e, steps, a);
+	inf_engine_destroy(e);
+	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+		kern_backend *sb;
+		ck_assert_int_eq(script_backend_open(cs[i].polls, &sb, &err), 0);
+		inf_engine_opts o = {.max_ctx = 64, .be = sb, .cache_experts = cs[i].slots,
+				     .policy = cs[i].pol, .prefetch = cs[i].prefetch};
+		ck_assert_msg(inf_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
+		prompt_and_decode(e, steps, b);
+		inf_tier_stats st;
+		inf_engine_tier_stats(e, INF_TIER_DEVICE, &st);
+		ck_assert_uint_eq(st.slots, cs[i].slots);
+		ck_assert_uint_gt(st.loads, 0);
+		if (cs[i].prefetch)
+			ck_assert_msg(st.prefetch_loads > 0, "case %zu: nothing was prefetched", i);
+		ck_assert_msg(memcmp(a, b, sizeof(float) * (T + steps) * V) == 0,
+			      "case %zu (%u slots, %u polls, %s, prefetch %d): logits differ from "
+			      "the cpu backend's by %g", i, cs[i].slots, cs[i].polls, cs[i].pol,
+			      cs[i].prefetch, max_abs(a, b, (size_t)(T + steps) * V));
+		inf_engine_destroy(e);
+		kern_backend_close(sb);
+	}
+	free(a), free(b);
+	inf_model_close(m);
+}
+END_TEST
+
 START_TEST(bad_inputs)
 {
 	k2_err err;
@@ -363,6 +428,7 @@ static Suite *infer_model_suite(void)
 	tcase_add_test(t, prompt_chunked_and_stepwise);
 	tcase_add_test(t, long_prompt_paths_agree);
 	tcase_add_test(t, cache_size_does_not_change_results);
+	tcase_add_test(t, device_tier_matches_cpu);
 	tcase_add_test(t, bad_inputs);
 	suite_add_tcase(s, t);
 	return s;
