@@ -1,7 +1,7 @@
 /* infer.h — the public interface of infer/: the inference engine for the
  * DeepSeek-V3 / Kimi-K2 architecture (DeepseekV3ForCausalLM). The forward pass
  * is written once over the op table of kernels/backend.h and runs on whichever
- * backend the engine is given (the plain C one, or CUDA).
+ * backend the engine is given (the plain C one, or a GPU's).
  *
  * It reads a model only through a directory laid out like the k2fs mount:
  * config.json, dense/<hub tensor name> (raw bytes in their stored dtype, with

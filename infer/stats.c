@@ -14,28 +14,38 @@ static double ratio(uint64_t a, uint64_t b)
 	return b ? (double)a / (double)b : 0.0;
 }
 
+/* One tier's counters. */
+static json_t *tier_json(const inf_tier_stats *t)
+{
+	return json_pack("{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
+			 "hits", (json_int_t)t->hits,
+			 "misses", (json_int_t)t->misses,
+			 "hit_rate", ratio(t->hits, t->hits + t->misses),
+			 "inflight", (json_int_t)t->inflight,
+			 "loads", (json_int_t)t->loads,
+			 "prefetch_loads", (json_int_t)t->prefetch_loads,
+			 "evictions", (json_int_t)t->evictions,
+			 "slots", (json_int_t)t->slots,
+			 "slot_bytes", (json_int_t)t->slot_bytes,
+			 "bytes_read", (json_int_t)t->bytes_read,
+			 "bytes_moved", (json_int_t)t->bytes_moved,
+			 "wait_s", t->wait_s);
+}
+
 char *inf_stats_json(const inf_run_stats *s)
 {
 	const inf_tier_stats *c = &s->cache;
 	const inf_prefetch_stats *p = &s->prefetch;
 	double tps = s->generated > 1 && s->decode_s > 0 ? (s->generated - 1) / s->decode_s : 0;
 	json_t *o = json_pack(
-		"{s:f, s:f, s:f, s:i, s:i, s:{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f},"
-		" s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}}",
+		"{s:f, s:f, s:f, s:i, s:i, s:o, s:I, s:I, s:I, s:I,"
+		" s:{s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}}",
 		"tokens_per_s", tps,
 		"ttft_s", s->ttft_s,
 		"decode_s", s->decode_s,
 		"prompt_tokens", (int)s->prompt_tokens,
 		"generated", (int)s->generated,
-		"expert_cache",
-		"hits", (json_int_t)c->hits,
-		"misses", (json_int_t)c->misses,
-		"hit_rate", ratio(c->hits, c->hits + c->misses),
-		"inflight", (json_int_t)c->inflight,
-		"evictions", (json_int_t)c->evictions,
-		"slots", (json_int_t)c->slots,
-		"slot_bytes", (json_int_t)c->slot_bytes,
-		"wait_s", c->wait_s,
+		"expert_cache", tier_json(c),
 		"bytes_read", (json_int_t)c->bytes_read,
 		"dense_bytes", (json_int_t)s->dense_bytes,
 		"dense_bytes_per_token", (json_int_t)s->dense_bytes_per_token,
@@ -53,24 +63,9 @@ char *inf_stats_json(const inf_run_stats *s)
 		return NULL;
 	json_object_set_new(o, "backend", json_string(s->backend ? s->backend : "cpu"));
 	json_t *tiers = json_object();
-	for (int t = 0; t < INF_TIERS && tiers; t++) {
-		if (!s->has_tier[t])
-			continue;
-		const inf_tier_stats *ts = &s->tiers[t];
-		json_object_set_new(tiers, inf_tier_name(t), json_pack(
-			"{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
-			"hits", (json_int_t)ts->hits,
-			"misses", (json_int_t)ts->misses,
-			"hit_rate", ratio(ts->hits, ts->hits + ts->misses),
-			"loads", (json_int_t)ts->loads,
-			"prefetch_loads", (json_int_t)ts->prefetch_loads,
-			"evictions", (json_int_t)ts->evictions,
-			"slots", (json_int_t)ts->slots,
-			"bytes_read", (json_int_t)ts->bytes_read,
-			"bytes_moved", (json_int_t)ts->bytes_moved,
-			"slot_bytes", (json_int_t)ts->slot_bytes,
-			"wait_s", ts->wait_s));
-	}
+	for (int t = 0; t < INF_TIERS && tiers; t++)
+		if (s->has_tier[t])
+			json_object_set_new(tiers, inf_tier_name(t), tier_json(&s->tiers[t]));
 	if (tiers)
 		json_object_set_new(o, "tiers", tiers);
 	if (s->device_backend) {

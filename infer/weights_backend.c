@@ -40,21 +40,6 @@ static int import(kern_backend *be, inf_bweights *w, const void *host, uint64_t 
 	return 0;
 }
 
-/* Bytes of a matrix's weights alone (its scales follow: kern_mat_bytes is
- * the sum). */
-static uint64_t weight_bytes(const kern_mat *m)
-{
-	const uint64_t n = (uint64_t)m->rows * m->cols;
-	switch (m->format) {
-	case K2_FORMAT_BF16: return 2 * n;
-	case K2_FORMAT_FP8_B128:
-	case K2_FORMAT_INT8: return n;
-	case K2_FORMAT_INT4_G32: return n / 2;
-	case KERN_FORMAT_F32: return 4 * n;
-	}
-	return 0;
-}
-
 /* A host matrix into the backend (a matrix without weights stays empty). */
 static int import_mat(kern_backend *be, inf_bweights *w, const kern_mat *h, kern_mat *d,
 		      const char *what, k2_err *err)
@@ -63,7 +48,7 @@ static int import_mat(kern_backend *be, inf_bweights *w, const kern_mat *h, kern
 	*d = *h;
 	if (!h->w)
 		return 0;
-	const uint64_t wb = weight_bytes(h), all = kern_mat_bytes(h);
+	const uint64_t wb = kern_mat_weight_bytes(h), all = kern_mat_bytes(h);
 	if ((rc = import(be, w, h->w, wb, &d->w, what, err)) < 0)
 		return rc;
 	d->s = NULL;

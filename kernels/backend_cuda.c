@@ -249,20 +249,6 @@ static void cu_mla_free(kern_backend *b, kern_attn_w *w)
 	free(w);
 }
 
-/* Bytes of a matrix's weights alone (its scales follow). */
-static uint64_t weight_bytes(const kern_mat *m)
-{
-	const uint64_t n = (uint64_t)m->rows * m->cols;
-	switch (m->format) {
-	case K2_FORMAT_BF16: return 2 * n;
-	case K2_FORMAT_FP8_B128:
-	case K2_FORMAT_INT8: return n;
-	case K2_FORMAT_INT4_G32: return n / 2;
-	case KERN_FORMAT_F32: return 4 * n;
-	}
-	return 0;
-}
-
 static int cu_mla_prepare(kern_backend *b, const kern_mla_dims *d, const kern_mat *kv_b_host,
 			  kern_attn_w **out)
 {
@@ -274,7 +260,7 @@ static int cu_mla_prepare(kern_backend *b, const kern_mla_dims *d, const kern_ma
 		return -ENOMEM;
 	w->d = *d;
 	w->kv_b = *h;
-	const uint64_t wb = weight_bytes(h), all = kern_mat_bytes(h);
+	const uint64_t wb = kern_mat_weight_bytes(h), all = kern_mat_bytes(h);
 	const void *p;
 	if ((rc = cu_import(b, h->w, wb, &p)) < 0)
 		goto fail;

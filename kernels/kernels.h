@@ -58,6 +58,9 @@ void kern_matmul_ref(const kern_mat *m, const float *x, uint32_t batch, float *y
 
 /* Bytes of weights (and scales) a product over m reads. */
 uint64_t kern_mat_bytes(const kern_mat *m);
+/* Bytes of m's weights alone (its scales, if any, are the rest of
+ * kern_mat_bytes); 0 for an unknown format. */
+uint64_t kern_mat_weight_bytes(const kern_mat *m);
 
 /* One weight element, dequantized (for tests and for embedding lookups). */
 float kern_mat_get(const kern_mat *m, uint32_t row, uint32_t col);

@@ -41,6 +41,19 @@ uint64_t kern_mat_bytes(const kern_mat *m)
 	return 0;
 }
 
+uint64_t kern_mat_weight_bytes(const kern_mat *m)
+{
+	const uint64_t n = (uint64_t)m->rows * m->cols;
+	switch (m->format) {
+	case K2_FORMAT_BF16: return 2 * n;
+	case K2_FORMAT_FP8_B128:
+	case K2_FORMAT_INT8: return n;
+	case K2_FORMAT_INT4_G32: return n / 2;
+	case KERN_FORMAT_F32: return 4 * n;
+	}
+	return 0;
+}
+
 float kern_mat_get(const kern_mat *m, uint32_t row, uint32_t col)
 {
 	size_t i = (size_t)row * m->cols + col;

@@ -3,7 +3,7 @@
 # the CUDA forward pass, the GPU expert cache and --cpu-experts, judged by the
 # GPU acceptance measures of issue 5 (tests/prog_gpu_cmp) and more tightly:
 #   1. bf16 and fp8 fixtures: prompt logits relative error < 1e-4 (the engine
-#      keeps float32 activations below INF_GPU_GEMM_MIN_BATCH) and all 16
+#      keeps float32 activations below CUDA_GEMM_MIN_BATCH, kernels/backend_cuda.c) and all 16
 #      greedy ids; a cache of 4 (and of 1) expert with --prefetch router gives
 #      bit-identical dumps and the same routing trace as the full cache, also
 #      when no load ever polls as landed (CUEMU_NOTREADY) and when copies run
