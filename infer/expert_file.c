@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +18,24 @@
 /* The largest file taken as an expert image. */
 #define EXPERT_MAX_BYTES (8ull << 30)
 
+int inf_path(char *buf, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int w = vsnprintf(buf, n, fmt, ap);
+	va_end(ap);
+	if (w < 0 || (size_t)w >= n) {
+		if (n)
+			buf[0] = 0;
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
 int inf_expert_path(char *buf, size_t n, const char *dir, uint32_t layer, uint32_t expert)
 {
-	int w = dir ? snprintf(buf, n, "%s/experts/%03" PRIu32 "/%03" PRIu32, dir, layer, expert)
-		    : snprintf(buf, n, "experts/%03" PRIu32 "/%03" PRIu32, layer, expert);
-	return w < 0 || (size_t)w >= n ? -ENAMETOOLONG : 0;
+	return dir ? inf_path(buf, n, "%s/experts/%03" PRIu32 "/%03" PRIu32, dir, layer, expert)
+		   : inf_path(buf, n, "experts/%03" PRIu32 "/%03" PRIu32, layer, expert);
 }
 
 int inf_expert_open(const char *dir, const k2_model_config *cfg, uint32_t layer,
@@ -72,7 +86,7 @@ static int check_layout(const k2x_layout *lay, const char *path, const k2_model_
 int inf_expert_layout(const char *dir, const k2_model_config *cfg, uint32_t layer,
 		      uint32_t expert, k2x_layout *lay, uint64_t *size, k2_err *err)
 {
-	char path[4096];
+	char path[INF_PATH_MAX];
 	int fd = inf_expert_open(dir, cfg, layer, expert, path, sizeof(path), size, err);
 	if (fd < 0)
 		return fd;
@@ -104,7 +118,7 @@ void inf_expert_mats(const k2x_layout *lay, const void *image, kern_mat mat[3])
 int inf_expert_read(const char *dir, const k2_model_config *cfg, uint32_t layer,
 		    uint32_t expert, void **buf, size_t *cap, inf_expert *out, k2_err *err)
 {
-	char path[4096];
+	char path[INF_PATH_MAX];
 	uint64_t size;
 	int rc, fd = inf_expert_open(dir, cfg, layer, expert, path, sizeof(path), &size, err);
 	if (fd < 0)

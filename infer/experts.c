@@ -377,7 +377,7 @@ static int device_load(inf_experts *d, uint32_t s, int prefetch, k2_err *err)
 			return 0;
 		}
 	} else {
-		char path[4096];
+		char path[INF_PATH_MAX];
 		uint64_t size;
 		int fd = inf_expert_open(d->dir, &d->cfg, layer, expert, path, sizeof(path), &size, err);
 		if (fd < 0) {
@@ -626,7 +626,7 @@ static int acquire_device(inf_experts *d, uint32_t layer, uint32_t expert,
 	pthread_mutex_lock(&d->lock);
 	t->st.wait_s += dt;
 	if (rc < 0) {
-		char path[4096], msg[sizeof(err->msg)];
+		char path[INF_PATH_MAX], msg[sizeof(err->msg)];
 		snprintf(msg, sizeof(msg), "%s", err->msg);
 		if (inf_expert_path(path, sizeof(path), d->dir, layer, expert) < 0)
 			snprintf(path, sizeof(path), "layer %u expert %u", layer, expert);

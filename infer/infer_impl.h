@@ -194,6 +194,14 @@ int inf_offload_calibrate(inf_engine *e, k2_err *err);
  * it. 0 on error (err set). */
 uint32_t inf_ram_tier_slots(const inf_model *m, uint32_t count, uint64_t bytes, k2_err *err);
 
+/* Paths under the model directory: buffers are INF_PATH_MAX bytes, and the
+ * directory leaves room for names of up to INF_NAME_MAX bytes below it. */
+#define INF_PATH_MAX 4096
+#define INF_NAME_MAX 512
+/* snprintf into buf [n] that fails with -ENAMETOOLONG (buf then empty)
+ * instead of truncating a path. */
+int inf_path(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Expert image helpers (expert_file.c), shared by the directory and the model. */
 /* Opens experts/LLL/EEE; *size its size. Returns the descriptor or -errno with
  * a message naming the path (missing: "config.json gives layer L N routed

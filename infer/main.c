@@ -293,7 +293,9 @@ int main(int argc, char **argv)
 	/* tokenizer: optional unless --prompt / --tokenize */
 	char tpath[4096];
 	inf_tok *tok = NULL;
-	snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", o.model);
+	int w = snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", o.model);
+	if (w < 0 || (size_t)w >= sizeof(tpath))
+		return fail("--model: '%s' is too long a path", o.model);
 	if (access(tpath, F_OK) == 0 || o.prompt || o.tokenize) {
 		if (inf_tok_load(tpath, &tok, &err) < 0)
 			return fail("%s", err.msg);

@@ -101,8 +101,8 @@ static int parse_shape(const char *s, uint64_t *dims)
 /* 1 if dense/<name>_scale_inv exists (an F8_E4M3 matrix's block scales). */
 static int dense_has_scale(const inf_model *m, const char *name)
 {
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/dense/%s_scale_inv", m->dir, name);
+	char path[INF_PATH_MAX];
+	(void)inf_path(path, sizeof(path), "%s/dense/%s_scale_inv", m->dir, name);
 	return access(path, F_OK) == 0;
 }
 
@@ -111,10 +111,10 @@ static int dense_has_scale(const inf_model *m, const char *name)
 static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint64_t *shape,
 		      int allow_fp8, struct dense *out, k2_err *err)
 {
-	char path[4096], want[128], got[128], xa[256];
+	char path[INF_PATH_MAX], want[128], got[128], xa[256];
 	int rc;
 	memset(out, 0, sizeof(*out));
-	snprintf(path, sizeof(path), "%s/dense/%s", m->dir, name);
+	(void)inf_path(path, sizeof(path), "%s/dense/%s", m->dir, name);
 	shape_str(want, sizeof(want), ndim, shape);
 	uint64_t n_el = 1;
 	for (uint32_t i = 0; i < ndim; i++)
@@ -291,8 +291,8 @@ static int load_vec(inf_model *m, const char *name, uint32_t n, float **out, k2_
 /* 1 if dense/<name> exists. */
 static int dense_exists(const inf_model *m, const char *name)
 {
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/dense/%s", m->dir, name);
+	char path[INF_PATH_MAX];
+	(void)inf_path(path, sizeof(path), "%s/dense/%s", m->dir, name);
 	return access(path, F_OK) == 0;
 }
 
@@ -300,8 +300,8 @@ static int dense_exists(const inf_model *m, const char *name)
 static int check_config(const inf_model *m, k2_err *err)
 {
 	const k2_model_config *c = &m->cfg;
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/config.json", m->dir);
+	char path[INF_PATH_MAX];
+	(void)inf_path(path, sizeof(path), "%s/config.json", m->dir);
 	if (c->qk_rope_head_dim % 2)
 		return k2_err_set(err, -EINVAL, "%s: qk_rope_head_dim %u must be even", path,
 				  c->qk_rope_head_dim);
@@ -450,7 +450,7 @@ static int check_experts(inf_model *m, k2_err *err)
 		if (!m->layers[l].moe)
 			continue;
 		for (uint32_t x = 0; x < c->n_routed_experts; x++) {
-			char path[4096];
+			char path[INF_PATH_MAX];
 			struct stat st;
 			if (inf_expert_path(path, sizeof(path), m->dir, l, x) < 0)
 				return k2_err_set(err, -ENAMETOOLONG, "%s: path too long", m->dir);
@@ -482,18 +482,25 @@ static int check_experts(inf_model *m, k2_err *err)
 
 int inf_model_open(const char *dir, inf_model **out, k2_err *err)
 {
-	char path[4096];
+	char path[INF_PATH_MAX];
 	int rc;
 	*out = NULL;
 	inf_model *m = calloc(1, sizeof(*m));
 	if (!m)
 		return k2_err_set(err, -ENOMEM, "out of memory");
+	/* every path the engine forms is the directory and a name of at most
+	 * INF_NAME_MAX bytes (dense tensors, experts/LLL/EEE, config.json) */
+	if (strlen(dir) + INF_NAME_MAX >= INF_PATH_MAX) {
+		rc = k2_err_set(err, -ENAMETOOLONG, "%.64s…: model directory path of %zu bytes is "
+				"too long (at most %d)", dir, strlen(dir), INF_PATH_MAX - INF_NAME_MAX - 1);
+		goto fail;
+	}
 	m->dir = strdup(dir);
 	if (!m->dir) {
 		rc = k2_err_set(err, -ENOMEM, "out of memory");
 		goto fail;
 	}
-	snprintf(path, sizeof(path), "%s/config.json", dir);
+	(void)inf_path(path, sizeof(path), "%s/config.json", dir);
 	if ((rc = k2_config_load(path, &m->cfg, err)) < 0)
 		goto fail;
 	const k2_model_config *c = &m->cfg;

@@ -96,9 +96,8 @@ size_t inf_prefetch_hint_text(char *buf, size_t cap, const int32_t *experts, uin
 
 void inf_prefetch_hint_send(const char *dir, uint32_t layer, const char *hint)
 {
-	char path[4096];
-	int w = snprintf(path, sizeof(path), "%s/experts/%03" PRIu32, dir, layer);
-	if (w < 0 || (size_t)w >= sizeof(path))
+	char path[INF_PATH_MAX];
+	if (inf_path(path, sizeof(path), "%s/experts/%03" PRIu32, dir, layer) < 0)
 		return;
 	/* k2fs takes it; a plain directory may refuse it */
 	(void)setxattr(path, "user.k2.prefetch", hint, strlen(hint), 0);
