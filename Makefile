@@ -111,8 +111,10 @@ asan:
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" NVCC= test
 
 FUZZ_SECONDS ?= 60
-FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout $(shell pkg-config --cflags $(PKGS)) \
+FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout -Iinfer $(shell pkg-config --cflags $(PKGS)) \
                -fsanitize=fuzzer,address,undefined -D_FILE_OFFSET_BITS=64
+# A target that needs more than layout/ names its sources here.
+$(BUILD)/fuzz/fuzz_tok_json: $(wildcard infer/tok_*.c)
 $(BUILD)/fuzz/%: tests/%.c $(LAYOUT_SRC)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $^ -o $@ $(LDLIBS)

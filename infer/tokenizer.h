@@ -10,7 +10,9 @@
  * Split patterns (Oniguruma syntax in the file) are compiled with PCRE2 after
  * translating \s and \S to the Unicode White_Space property, which is what
  * Oniguruma means by them. Anything else is refused at load with one error
- * line naming the file and the unsupported feature.
+ * line naming the file and the unsupported feature. The file must be strict
+ * JSON: a raw NUL byte, a key given twice in one object, or a key holding
+ * \u0000 is refused.
  *
  * Encoding equals HuggingFace `Tokenizer.encode(text, add_special_tokens=False)`;
  * prepending BOS is the caller's choice (inf_tok_bos). Bytes that are not
@@ -19,7 +21,18 @@
  *
  * Thread safety: inf_tok_encode serialises on a lock inside the tokenizer
  * (it fills a cache); every other function only reads and may run
- * concurrently. A stream decoder belongs to one thread. */
+ * concurrently. A stream decoder belongs to one thread.
+ *
+ * The implementation, in infer/ (internals shared through tok_impl.h):
+ *   tok_load.c        inf_tok_load: tokenizer.json and tokenizer_config.json
+ *   tok_json.c        model.vocab / model.merges: a fast strict reader, and
+ *                     jansson's, which it must agree with (fuzz_tok_json)
+ *   tok_vocab.c       the tokenizer object, its tables, the token lookups
+ *   tok_pretok.c      added-token splitting and the Split pre-tokenizers
+ *   tok_encode.c      ByteLevel, BPE merges, inf_tok_encode
+ *   tok_decode.c      inf_tok_decode*, the streaming decoder
+ *   tok_containers.c  arena, vectors, hash maps, trie
+ *   tok_utf8.c        UTF-8 and the byte-level alphabet */
 #ifndef INF_TOKENIZER_H
 #define INF_TOKENIZER_H
 

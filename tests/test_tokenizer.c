@@ -1,4 +1,4 @@
-/* test_tokenizer.c — infer/tokenizer.c against HuggingFace: every line of
+/* test_tokenizer.c — infer/tok_*.c against HuggingFace: every line of
  * tokenizers/deepseek-v3/encodings.jsonl (ids, decode, streaming decode), the
  * pre-tokenizer's grouping rules (digits by three, CJK runs, added tokens cut
  * out of the text), arbitrary bytes round-tripping, and small tokenizer.json
