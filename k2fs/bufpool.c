@@ -8,9 +8,10 @@
  * does). Free buffers are kept while the caller's `keep` allows (the cache
  * passes what its budget leaves unused), so memory given back by evictions stays
  * ready without the process ever holding more than its budget for long. */
-#include "k2fs_impl.h"
+#include "k2fs_pool.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 

@@ -13,18 +13,13 @@
  *  - one load per block: readers and hints that need a loading block wait for it,
  *    and a reader promotes a prefetch load it waits for to demand priority;
  *  - a hint for blocks already resident or loading does no work. */
-#include "k2fs_impl.h"
+#include "k2fs_cache_impl.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static inline uint64_t align4k(uint64_t v)
-{
-	return (v + 4095) & ~(uint64_t)4095;
-}
 
 const char *k2fs_state_name(enum k2fs_state s)
 {
@@ -99,7 +94,7 @@ static void slot_evict(struct k2fs_cache *c, struct k2fs_slot *s)
 	s->bytes = 0;
 	for (uint32_t b = 0; b < s->e->n_blocks && s->n_ready + s->n_error > 0; b++) {
 		if (s->bstate[b] == K2FS_B_READY) {
-			k2fs_pool_put(c->pool, s->bdata[b], align4k(block_raw(c, s, b)),
+			k2fs_pool_put(c->pool, s->bdata[b], k2fs_align4k(block_raw(c, s, b)),
 				      k2fs_cache_pool_keep(c));
 			s->bdata[b] = NULL;
 			s->n_ready--;
@@ -433,7 +428,7 @@ static void read_fill(struct k2fs_cache *c, const struct read_range *r, struct k
 }
 
 /* k2fs_cache_read_begin (push 0) and k2fs_cache_read_resident (push 1): their
- * contracts are in k2fs_impl.h. */
+ * contracts are in k2fs_cache.h. */
 static int cache_read(struct k2fs_cache *c, size_t entry, uint64_t off, size_t len, int push,
 		      struct k2fs_read *rd)
 {
@@ -500,7 +495,8 @@ void k2fs_cache_block_finish(struct k2fs_cache *c, struct k2fs_job *job, uint32_
 		s->bytes -= raw;
 		c->used -= raw;
 		if (job->bufs) { /* NULL when the job failed before its buffers existed */
-			k2fs_pool_put(c->pool, job->bufs[i], align4k(raw), k2fs_cache_pool_keep(c));
+			k2fs_pool_put(c->pool, job->bufs[i], k2fs_align4k(raw),
+				      k2fs_cache_pool_keep(c));
 			job->bufs[i] = NULL;
 		}
 		if (rc == -ECANCELED) {
@@ -730,7 +726,7 @@ void k2fs_cache_count_error(struct k2fs_cache *c)
 static void *prefault_main(void *arg)
 {
 	struct k2fs_cache *c = arg;
-	size_t cap = (size_t)align4k(c->block_bytes);
+	size_t cap = (size_t)k2fs_align4k(c->block_bytes);
 	size_t n = (size_t)(c->opts.prefault / cap);
 	void **bufs = calloc(n ? n : 1, sizeof(void *));
 	if (!bufs)
@@ -768,7 +764,7 @@ int k2fs_cache_create(const k2p_pack *pack, const struct k2fs_cache_opts *opts,
 		c->opts.window = c->opts.iodepth;
 	if (c->opts.chunk < 4096)
 		c->opts.chunk = 1 << 20;
-	c->opts.chunk = align4k(c->opts.chunk);
+	c->opts.chunk = k2fs_align4k(c->opts.chunk);
 	c->block_bytes = k2p_pack_block_bytes(pack);
 	c->n_slots = k2p_entry_count(pack);
 	c->n_layers = k2p_expert_layers(pack, &c->first_layer);
@@ -830,7 +826,7 @@ void k2fs_cache_destroy(struct k2fs_cache *c)
 			for (uint32_t b = 0; b < s->e->n_blocks; b++)
 				if (s->bdata[b])
 					k2fs_pool_put(c->pool, s->bdata[b],
-						      align4k(block_raw(c, s, b)), 0);
+						      k2fs_align4k(block_raw(c, s, b)), 0);
 		free(s->bstate);
 		free(s->bdata);
 	}

@@ -2,11 +2,13 @@
  * (k2 options plus the standard FUSE ones), opening and validating the pack,
  * mounting, daemonizing, the multithreaded session loop, and a clean unmount on
  * SIGTERM/SIGINT/SIGHUP or `fusermount3 -u`. */
-#include "k2fs_impl.h"
+#include "k2fs_fs.h"
+#include "k2fs_push.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <liburing.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,7 +18,10 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#define K2FS_MAX_READ_OPT "-omax_read=1048576"
+#define K2FS_DEFAULT_MAX_READ (1u << 20)
+/* The kernel sends reads of at most max_pages pages (65535 at most): a larger
+ * max_read would change nothing. */
+#define K2FS_MAX_MAX_READ (256u << 20)
 #define K2FS_DEFAULT_IODEPTH 64
 #define K2FS_DEFAULT_WINDOW 8
 #define K2FS_DEFAULT_FUSE_THREADS 64
@@ -51,6 +56,7 @@ struct cli {
 	char *cache, *threads, *readahead, *iodepth, *chunk, *window, *prefault;
 	int direct_io, no_odirect, notify_store, auto_direct;
 	char *timeout, *kernel_ra;
+	char *max_read;       /* a FUSE mount option k2fs sets itself (cli_config) */
 	int help, version;
 	int max_threads_given;
 };
@@ -69,6 +75,7 @@ static const struct fuse_opt cli_opts[] = {
 	{"chunk=%s", offsetof(struct cli, chunk), 0},
 	{"timeout=%s", offsetof(struct cli, timeout), 0},
 	{"kernel_readahead=%s", offsetof(struct cli, kernel_ra), 0},
+	{"max_read=%s", offsetof(struct cli, max_read), 0},
 	K2OPT("direct_io", direct_io),
 	K2OPT("no_odirect", no_odirect),
 	K2OPT("notify_store", notify_store),
@@ -169,7 +176,21 @@ static void usage(FILE *f, const char *prog)
 "Exit status: 0 after a clean unmount; 1 when the pack is bad, an option is bad or\n"
 "the mount fails (with one line saying why).\n"
 "\n"
-"FUSE options:\n", prog, K2FS_DEFAULT_IODEPTH, K2FS_DEFAULT_WINDOW);
+"FUSE options:\n"
+"    -h   --help            print help\n"
+"    -V   --version         print version\n"
+"    -d   -o debug          enable debug output (implies -f)\n"
+"    -f                     foreground operation\n"
+"    -s                     disable multi-threaded operation\n"
+"    -o max_threads=N       the maximum number of FUSE worker threads\n"
+"                           (default %d)\n"
+"    -o max_idle_threads=N  the maximum number of idle FUSE worker threads\n"
+"                           (default: no limit, idle threads are kept)\n"
+"    -o clone_fd            accepted; k2fs always gives each worker thread its\n"
+"                           own /dev/fuse descriptor\n"
+"    -o max_read=SIZE       largest read request the kernel sends, 4K to 256M\n"
+"                           (default 1M)\n",
+		prog, K2FS_DEFAULT_IODEPTH, K2FS_DEFAULT_WINDOW, K2FS_DEFAULT_FUSE_THREADS);
 }
 
 static int parse_count(const char *what, const char *s, unsigned lo, unsigned hi,
@@ -215,6 +236,7 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 	cfg->notify_store = cli->notify_store;
 	cfg->auto_direct = cli->auto_direct;
 	cfg->timeout = 86400;
+	cfg->max_read = K2FS_DEFAULT_MAX_READ;
 	if (cli->cache && parse_bytes("cache", cli->cache, &cfg->cache.limit))
 		return -1;
 	if (cli->threads && parse_count("threads", cli->threads, 1, 1024, &cfg->cache.threads))
@@ -241,6 +263,17 @@ static int cli_config(const struct cli *cli, struct k2fs_config *cfg)
 		fprintf(stderr, "k2fs: bad value for -o readahead: '%s' (expected a size or "
 			"'all')\n", cli->readahead);
 		return -1;
+	}
+	if (cli->max_read) {
+		uint64_t v;
+		if (parse_bytes("max_read", cli->max_read, &v))
+			return -1;
+		if (v < 4096 || v > K2FS_MAX_MAX_READ) {
+			fprintf(stderr, "k2fs: bad value for -o max_read: '%s' (expected a size "
+				"between 4K and 256M)\n", cli->max_read);
+			return -1;
+		}
+		cfg->max_read = (unsigned)v;
 	}
 	cfg->kernel_ra = 1 << 20;
 	if (cli->kernel_ra && parse_bytes("kernel_readahead", cli->kernel_ra, &cfg->kernel_ra))
@@ -326,14 +359,16 @@ static void cli_free(struct cli *cli)
 	free(cli->prefault);
 	free(cli->timeout);
 	free(cli->kernel_ra);
+	free(cli->max_read);
 }
 
-static int has_max_read(const struct fuse_args *args)
+/* Passes cfg->max_read on as the max_read mount option: libfuse refuses the
+ * connection unless it equals what op_init sets at INIT. Returns 0 or -1. */
+static int add_max_read(struct fuse_args *args, const struct k2fs_config *cfg)
 {
-	for (int i = 1; i < args->argc; i++)
-		if (strstr(args->argv[i], "max_read="))
-			return 1;
-	return 0;
+	char opt[32];
+	snprintf(opt, sizeof(opt), "-omax_read=%u", cfg->max_read);
+	return fuse_opt_add_arg(args, opt);
 }
 
 static void fs_free(struct k2fs_fs *fs)
@@ -370,8 +405,7 @@ int k2fs_main(int argc, char **argv)
 	if (fuse_opt_parse(&args, &cli, cli_opts, cli_proc) == -1)
 		goto out_args;
 	if (cli.help) {
-		usage(stdout, prog);
-		fuse_cmdline_help();
+		usage(stdout, prog); /* fuse_cmdline_help's defaults are not k2fs's */
 		fuse_lowlevel_help();
 		ret = 0;
 		goto out_args;
@@ -397,7 +431,7 @@ int k2fs_main(int argc, char **argv)
 	if (cli_config(&cli, &fs.cfg))
 		goto out_opts;
 	fs.cfg.foreground = opts.foreground;
-	if (!has_max_read(&args) && fuse_opt_add_arg(&args, K2FS_MAX_READ_OPT) == -1)
+	if (add_max_read(&args, &fs.cfg) == -1)
 		goto out_opts;
 	if (fuse_opt_add_arg(&args, "-osubtype=k2fs,fsname=k2fs") == -1)
 		goto out_opts;

@@ -1,14 +1,16 @@
 /* k2fs.h — the public interface of k2fs/: the FUSE daemon that serves a pack as a
  * read-only tree (config.json and tokenizer files, dense/<tensor>,
  * experts/<LLL>/<EEE>) with per-file read-ahead, decompression and prefetch
- * control through extended attributes (DESIGN.md, "The mount").
+ * control through extended attributes (docs/design.md, "The mount tree";
+ * docs/xattrs.md).
  *
  * Clients need nothing from here but the xattr names below: everything else is
  * paths, open, pread and {get,set}xattr on the mount. */
 #ifndef K2FS_H
 #define K2FS_H
 
-/* The extended attributes of DESIGN.md's table. */
+/* The extended attributes of docs/xattrs.md's table ("Names on each kind of
+ * node"). */
 #define K2FS_XATTR_FORMAT "user.k2.format"             /* expert file, r */
 #define K2FS_XATTR_CODEC "user.k2.codec"               /* expert file, r */
 #define K2FS_XATTR_STORED_BYTES "user.k2.stored_bytes" /* expert file, r */

@@ -23,7 +23,7 @@
  * Locking: queues, pieces and jobs are protected by cache->lock; the I/O thread
  * prepares a job's buffers without the lock (no one else touches an unprepared
  * job's buffers). */
-#include "k2fs_impl.h"
+#include "k2fs_cache_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,11 +32,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-
-static inline uint64_t align4k(uint64_t v)
-{
-	return (v + 4095) & ~(uint64_t)4095;
-}
 
 /* ---------------------------------------------------------------- queues (lock held) */
 
@@ -71,6 +66,8 @@ static void ioq_remove(struct k2fs_cache *c, struct k2fs_job *j)
 	j->queued = 0;
 }
 
+/* The FIFO of ioq_push again, for decode tasks: two lists of different node
+ * types, each a few lines; a generic list would cost casts or macros. */
 static void task_push(struct k2fs_cache *c, struct k2fs_task *t, int q)
 {
 	t->next = NULL;
@@ -143,6 +140,12 @@ void k2fs_loader_promote(struct k2fs_cache *c, struct k2fs_job *j)
 
 /* ---------------------------------------------------------------- jobs */
 
+static const k2p_block *job_block(const struct k2fs_cache *c, const struct k2fs_job *j,
+				  uint32_t i)
+{
+	return k2p_entry_block(c->pack, j->slot->e, j->b0 + i);
+}
+
 static void job_free(struct k2fs_cache *c, struct k2fs_job *j)
 {
 	struct k2fs_job **pp = &j->slot->jobs;
@@ -154,8 +157,7 @@ static void job_free(struct k2fs_cache *c, struct k2fs_job *j)
 		for (uint32_t i = 0; i < j->n; i++)
 			if (j->bufs[i])
 				k2fs_pool_put(c->pool, j->bufs[i],
-					      align4k(k2p_entry_block(c->pack, j->slot->e,
-								      j->b0 + i)->raw_bytes),
+					      k2fs_align4k(job_block(c, j, i)->raw_bytes),
 					      k2fs_cache_pool_keep(c));
 	k2fs_pool_put(c->pool, j->stage, j->stage_cap, k2fs_cache_pool_keep(c));
 	free(j->bufs);
@@ -185,12 +187,6 @@ static void job_fail(struct k2fs_cache *c, struct k2fs_job *j, int rc, const cha
 	}
 }
 
-static const k2p_block *job_block(const struct k2fs_cache *c, const struct k2fs_job *j,
-				  uint32_t i)
-{
-	return k2p_entry_block(c->pack, j->slot->e, j->b0 + i);
-}
-
 /* Allocates a job's buffers and cuts its reads into pieces. Called by the I/O
  * thread without the lock. Returns 0 or -ENOMEM (message in err). */
 static int job_prepare(struct k2fs_cache *c, struct k2fs_job *j, k2_err *err)
@@ -212,7 +208,7 @@ static int job_prepare(struct k2fs_cache *c, struct k2fs_job *j, k2_err *err)
 			if (b->offset != p->offset + p->stored_bytes)
 				j->direct = 0;
 		}
-		j->bufs[i] = k2fs_pool_get(c->pool, align4k(b->raw_bytes));
+		j->bufs[i] = k2fs_pool_get(c->pool, k2fs_align4k(b->raw_bytes));
 		if (!j->bufs[i])
 			goto nomem;
 		j->tasks[i].job = j;
@@ -231,7 +227,7 @@ static int job_prepare(struct k2fs_cache *c, struct k2fs_job *j, k2_err *err)
 			p->i_first = i;
 			do {
 				const k2p_block *b = job_block(c, j, i);
-				uint64_t cap = align4k(b->raw_bytes);
+				uint64_t cap = k2fs_align4k(b->raw_bytes);
 				p->iov[p->niov].iov_base = j->bufs[i];
 				p->iov[p->niov].iov_len = (size_t)cap;
 				p->niov++;
@@ -240,7 +236,7 @@ static int job_prepare(struct k2fs_cache *c, struct k2fs_job *j, k2_err *err)
 				j->pending[i] = 1;
 				i++;
 			} while (i < j->n && p->niov < K2FS_PIECE_IOV &&
-				 p->len + align4k(job_block(c, j, i)->raw_bytes) <= chunk);
+				 p->len + k2fs_align4k(job_block(c, j, i)->raw_bytes) <= chunk);
 			p->i_last = i - 1;
 		}
 		return 0;
@@ -248,7 +244,7 @@ static int job_prepare(struct k2fs_cache *c, struct k2fs_job *j, k2_err *err)
 	const k2p_block *first = job_block(c, j, 0), *last = job_block(c, j, j->n - 1);
 	uint64_t lo = first->offset & ~(uint64_t)4095;
 	uint64_t hi_need = last->offset + last->stored_bytes;
-	uint64_t hi = align4k(hi_need);
+	uint64_t hi = k2fs_align4k(hi_need);
 	if (hi <= lo || first->offset > last->offset) {
 		k2_err_set(err, -EIO, "%s: blocks of %s are out of order at pack offset %" PRIu64,
 			   path, j->slot->e->path, first->offset);
@@ -426,8 +422,6 @@ static void complete(struct k2fs_cache *c, struct k2fs_piece *p, int res)
 	job_maybe_free(c, j);
 }
 
-/* Moves pieces of queued jobs into SQEs while fewer than iodepth are in flight,
- * demand jobs first (lock held; dropped while a job's buffers are allocated). */
 /* The next job to work on: demand jobs first, in arrival order, skipping jobs
  * that already have `window` reads in flight (lock held). */
 static struct k2fs_job *next_job(struct k2fs_cache *c)
@@ -440,6 +434,8 @@ static struct k2fs_job *next_job(struct k2fs_cache *c)
 	return NULL;
 }
 
+/* Moves pieces of queued jobs into SQEs while fewer than iodepth are in flight,
+ * demand jobs first (lock held; dropped while a job's buffers are allocated). */
 static void fill(struct k2fs_cache *c)
 {
 	while (c->inflight < c->opts.iodepth) {

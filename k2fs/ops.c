@@ -5,15 +5,14 @@
  * reply exactly once; nothing here exits or aborts. Operations that would change
  * the tree reply EROFS (the mount itself is not read-only, because Linux refuses
  * setxattr on read-only mounts and the xattrs are the control interface). */
-#include "k2fs_impl.h"
+#include "k2fs_fs.h"
+#include "k2fs_xattr.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
-
-#define K2FS_MAX_READ (1u << 20) /* = the max_read mount option daemon.c adds */
 
 static struct k2fs_fs *fs_of(fuse_req_t req)
 {
@@ -22,9 +21,10 @@ static struct k2fs_fs *fs_of(fuse_req_t req)
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
-	/* must equal the max_read mount option that k2fs_main adds */
-	conn->max_read = K2FS_MAX_READ;
+	const struct k2fs_fs *fs = userdata;
+	/* libfuse refuses the connection unless this equals the max_read mount
+	 * option, which k2fs_main sets from the same value */
+	conn->max_read = fs->cfg.max_read;
 	/* many reads in flight: async read-ahead and parallel readers */
 	conn->max_background = 128;
 	conn->congestion_threshold = 96;

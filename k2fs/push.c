@@ -5,7 +5,8 @@
  * cold read) are page-cache hits with no FUSE request. Enabled by
  * `-o notify_store`. The queue is bounded; when full, an expert is not pushed
  * (its reads then come through the daemon as usual). */
-#include "k2fs_impl.h"
+#include "k2fs_fs.h"
+#include "k2fs_push.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -61,7 +62,7 @@ static void push_one(struct k2fs_push *p, size_t entry)
 	struct k2fs_read rd;
 	if (!e || k2fs_cache_read_resident(fs->cache, entry, 0, e->raw_bytes, &rd) != 0)
 		return; /* evicted meanwhile: nothing to push */
-	fuse_ino_t ino = fs->tree.entry_base + (fuse_ino_t)entry;
+	fuse_ino_t ino = k2fs_tree_entry_ino(&fs->tree, entry);
 	off_t off = 0;
 	for (int i = 0; i < rd.niov; i++) {
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(rd.iov[i].iov_len);

@@ -9,7 +9,7 @@
  *
  * Names: layers and experts in decimal, zero-padded to at least 3 digits; a name
  * with another spelling ("17", "0017") does not resolve. */
-#include "k2fs_impl.h"
+#include "k2fs_tree.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+struct k2fs_layer {
+	size_t *kids;         /* [n_kids] entry indices, by expert index */
+	uint32_t n_kids;
+};
 
 static int cmp_expert(const void *a, const void *b, void *ctx)
 {
@@ -104,11 +109,16 @@ fuse_ino_t k2fs_tree_layer_ino(const struct k2fs_tree *t, uint32_t layer)
 	return K2FS_INO_LAYER0 + (fuse_ino_t)(layer - t->first_layer);
 }
 
+fuse_ino_t k2fs_tree_entry_ino(const struct k2fs_tree *t, size_t entry)
+{
+	return t->entry_base + (fuse_ino_t)entry;
+}
+
 static void entry_node(const struct k2fs_tree *t, size_t i, struct k2fs_node *out)
 {
 	const k2p_entry *e = k2p_entry_at(t->pack, i);
 	memset(out, 0, sizeof(*out));
-	out->ino = t->entry_base + (fuse_ino_t)i;
+	out->ino = k2fs_tree_entry_ino(t, i);
 	out->entry = i;
 	out->e = e;
 	switch (e->kind) {
@@ -182,6 +192,18 @@ long k2fs_tree_expert(const struct k2fs_tree *t, uint32_t layer, uint32_t expert
 	return (long)(e - k2p_entry_at(t->pack, 0));
 }
 
+/* The node of the pack entry at `path`, which must be of kind `kind` (enum
+ * k2p_kind): 0 or -ENOENT. */
+static int named_entry_node(const struct k2fs_tree *t, const char *path, uint32_t kind,
+			    struct k2fs_node *out)
+{
+	const k2p_entry *e = k2p_entry_find(t->pack, path);
+	if (!e || e->kind != kind)
+		return -ENOENT;
+	entry_node(t, (size_t)(e - k2p_entry_at(t->pack, 0)), out);
+	return 0;
+}
+
 /* Returns 0, -ENOENT or -ENOTDIR. */
 int k2fs_tree_lookup(const struct k2fs_tree *t, fuse_ino_t parent, const char *name,
 		     struct k2fs_node *out)
@@ -191,7 +213,6 @@ int k2fs_tree_lookup(const struct k2fs_tree *t, fuse_ino_t parent, const char *n
 	if (rc)
 		return rc;
 	char path[K2P_MAX_NAME + 16];
-	const k2p_entry *e;
 	uint32_t x;
 	switch (dir.kind) {
 	case K2FS_NODE_ROOT:
@@ -199,19 +220,11 @@ int k2fs_tree_lookup(const struct k2fs_tree *t, fuse_ino_t parent, const char *n
 			return k2fs_tree_node(t, K2FS_INO_DENSE, out);
 		if (strcmp(name, "experts") == 0)
 			return k2fs_tree_node(t, K2FS_INO_EXPERTS, out);
-		e = k2p_entry_find(t->pack, name);
-		if (!e || e->kind != K2P_KIND_FILE)
-			return -ENOENT;
-		entry_node(t, (size_t)(e - k2p_entry_at(t->pack, 0)), out);
-		return 0;
+		return named_entry_node(t, name, K2P_KIND_FILE, out);
 	case K2FS_NODE_DENSE_DIR:
 		if ((size_t)snprintf(path, sizeof(path), "dense/%s", name) >= sizeof(path))
 			return -ENOENT;
-		e = k2p_entry_find(t->pack, path);
-		if (!e || e->kind != K2P_KIND_DENSE)
-			return -ENOENT;
-		entry_node(t, (size_t)(e - k2p_entry_at(t->pack, 0)), out);
-		return 0;
+		return named_entry_node(t, path, K2P_KIND_DENSE, out);
 	case K2FS_NODE_EXPERTS_DIR:
 		if (parse_number_name(name, &x) || x < t->first_layer ||
 		    x - t->first_layer >= t->n_layers)

@@ -2,7 +2,7 @@
  * read-ahead, hints, prefetch lists). Pure functions: the unit tests drive them
  * without a mount. Values arrive as byte strings that are not NUL-terminated;
  * each parser accepts exactly its syntax and changes nothing on -EINVAL. */
-#include "k2fs_impl.h"
+#include "k2fs_value.h"
 
 #include <errno.h>
 #include <inttypes.h>

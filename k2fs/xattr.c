@@ -1,9 +1,10 @@
-/* xattr.c — the user.k2.* extended attributes of DESIGN.md's table: which names
- * each kind of node has, their values, and what setting them does. Errors as
- * getxattr(2)/setxattr(2) say: a name not on this node → ENODATA on get, ENOTSUP
- * on set; a read-only name → EPERM on set; a malformed value → EINVAL with
- * nothing changed (a list is validated whole before any hint is applied). */
-#include "k2fs_impl.h"
+/* xattr.c — the user.k2.* extended attributes of docs/xattrs.md's table: which
+ * names each kind of node has, their values, and what setting them does. Errors
+ * as getxattr(2)/setxattr(2) say: a name not on this node → ENODATA on get,
+ * ENOTSUP on set; a read-only name → EPERM on set; a malformed value → EINVAL
+ * with nothing changed (a list is validated whole before any hint is applied). */
+#include "k2fs_fs.h"
+#include "k2fs_xattr.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -226,6 +227,31 @@ static int store_list(struct k2fs_fs *fs, char **slot, const char *v, size_t n)
 	return 0;
 }
 
+/* Queues WILLNEED for the experts refs[0 … count) name and records v[0 … n) as
+ * the last list set on the node (*slot). Frees refs. Returns 0, -EINVAL when
+ * the pack lacks one of the experts (then nothing is queued or recorded), or
+ * -ENOMEM. */
+static int set_prefetch(struct k2fs_fs *fs, char **slot, struct k2fs_ref *refs, size_t count,
+			const char *v, size_t n)
+{
+	size_t *entries = malloc(count * sizeof(*entries));
+	int rc = entries ? 0 : -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < count; i++) {
+		long e = k2fs_tree_expert(&fs->tree, refs[i].layer, refs[i].expert);
+		if (e < 0)
+			rc = -EINVAL;
+		else
+			entries[i] = (size_t)e;
+	}
+	if (rc == 0)
+		rc = store_list(fs, slot, v, n);
+	if (rc == 0)
+		k2fs_cache_willneed_many(fs->cache, entries, count);
+	free(refs);
+	free(entries);
+	return rc;
+}
+
 static int set_layer_prefetch(struct k2fs_fs *fs, uint32_t layer, const char *v, size_t n)
 {
 	uint32_t *idx;
@@ -233,26 +259,16 @@ static int set_layer_prefetch(struct k2fs_fs *fs, uint32_t layer, const char *v,
 	int rc = k2fs_value_parse_list(v, n, &idx, &count);
 	if (rc)
 		return rc;
-	size_t *entries = malloc(count * sizeof(*entries));
-	if (!entries) {
+	struct k2fs_ref *refs = malloc(count * sizeof(*refs));
+	if (!refs) {
 		free(idx);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < count; i++) {
-		long e = k2fs_tree_expert(&fs->tree, layer, idx[i]);
-		if (e < 0) {
-			free(idx);
-			free(entries);
-			return -EINVAL;
-		}
-		entries[i] = (size_t)e;
-	}
-	rc = store_list(fs, &fs->layer_prefetch[layer - fs->tree.first_layer], v, n);
-	if (rc == 0)
-		k2fs_cache_willneed_many(fs->cache, entries, count);
+	for (size_t i = 0; i < count; i++)
+		refs[i] = (struct k2fs_ref){.layer = layer, .expert = idx[i]};
 	free(idx);
-	free(entries);
-	return rc;
+	return set_prefetch(fs, &fs->layer_prefetch[layer - fs->tree.first_layer], refs, count,
+			    v, n);
 }
 
 static int set_root_prefetch(struct k2fs_fs *fs, const char *v, size_t n)
@@ -262,26 +278,7 @@ static int set_root_prefetch(struct k2fs_fs *fs, const char *v, size_t n)
 	int rc = k2fs_value_parse_pairs(v, n, &refs, &count);
 	if (rc)
 		return rc;
-	size_t *entries = malloc(count * sizeof(*entries));
-	if (!entries) {
-		free(refs);
-		return -ENOMEM;
-	}
-	for (size_t i = 0; i < count; i++) {
-		long e = k2fs_tree_expert(&fs->tree, refs[i].layer, refs[i].expert);
-		if (e < 0) {
-			free(refs);
-			free(entries);
-			return -EINVAL;
-		}
-		entries[i] = (size_t)e;
-	}
-	rc = store_list(fs, &fs->root_prefetch, v, n);
-	if (rc == 0)
-		k2fs_cache_willneed_many(fs->cache, entries, count);
-	free(refs);
-	free(entries);
-	return rc;
+	return set_prefetch(fs, &fs->root_prefetch, refs, count, v, n);
 }
 
 int k2fs_xattr_set(struct k2fs_fs *fs, const struct k2fs_node *n, const char *name,

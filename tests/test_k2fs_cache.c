@@ -3,7 +3,8 @@
  * io_uring loader and decode workers for codecs none, lz4 and zstd, the byte
  * budget, hints, partial read-ahead, a damaged block) and the xattr layer's
  * errno values, against packs written here with the pack writer. */
-#include "k2fs_impl.h"
+#include "k2fs_fs.h"
+#include "k2fs_xattr.h"
 
 #include <check.h>
 #include <errno.h>
