@@ -4,7 +4,7 @@
 # setfattr, dd) and prog_k2fs_client for exact errno values:
 #   - every file under the mount equals `k2inspect --extract` of the same name,
 #     and the mount holds exactly the pack's entries, sizes from stat;
-#   - `getfattr -d -m user.k2` shows every name of DESIGN.md's table on expert
+#   - `getfattr -d -m user.k2` shows every name of docs/xattrs.md's table on expert
 #     files, layer dirs, the root and dense files, with values that match the pack;
 #   - hints: dontneed → disk, willneed → ram, pin → pinned, unpin → ram;
 #     layer and root lists load exactly the experts named;
@@ -103,6 +103,23 @@ rc=$?
 "$K2_BIN/k2fs" --help >"$T/help.out" 2>&1
 grep -q "user.k2.prefetch" "$T/help.out" && grep -q "cache=SIZE" "$T/help.out" &&
 	ok "--help documents options and xattrs" || fail "--help"
+grep -A1 "max_threads" "$T/help.out" | grep -q "default 64" && ! grep -q "default: 10" "$T/help.out" &&
+	ok "--help states k2fs's own thread default (64)" || fail "--help: thread default"
+"$K2_BIN/k2fs" "$T/bf16.k2" "$T/mntbad" -f -o max_read=100 2>"$T/bad.err"
+rc=$?
+[ $rc -eq 1 ] && grep -q "max_read" "$T/bad.err" && ok "-o max_read out of range: exit 1" ||
+	fail "-o max_read=100: exit $rc: $(cat "$T/bad.err")"
+# a max_read other than 1 MiB mounts and serves (it used to break the mount)
+mount_k2fs "$T/bf16.k2" "$T/mnt_mr" "$T/mr.log" -o max_read=64K,direct_io
+e=$("$K2_BIN/k2inspect" "$T/bf16.k2" --list | awk '$2 == "expert" { print $1; exit }')
+"$K2_BIN/k2inspect" "$T/bf16.k2" --extract "$e" "$T/mr.want" >/dev/null 2>&1
+if grep -q "max_read=65536" /proc/mounts && cmp -s "$T/mnt_mr/$e" "$T/mr.want"; then
+	ok "-o max_read=64K,direct_io: mounted, $e reads back exact"
+else
+	fail "-o max_read=64K: $(grep mnt_mr /proc/mounts) $(cat "$T/mr.log")"
+fi
+fusermount3 -u "$T/mnt_mr"
+wait "$pid"
 
 # ---------------------------------------------------------------- every file, both packs
 for kind in bf16 fp8; do
