@@ -14,16 +14,21 @@
  *     The cuBLAS bf16 path (x rounded to bf16): < 1e-2.
  *   - kcu_expert_ffn on real expert images (layout/ quantizers, header page,
  *     sections where FORMAT.md puts them) uploaded through the GPU expert cache,
- *     gather/scatter of token rows with weights; against kern_matmul_ref +
- *     kern_silu_mul; rows not routed must stay bit-identical.
- *   - kcu_rmsnorm / silu_mul / softmax / axpy / embed / rope against
- *     kern_rmsnorm / kern_silu_mul / kern_softmax / kern_axpy / kern_mat_row /
- *     kern_rope; kcu_router, kcu_mla_cache_write and both MLA attention paths
- *     against the scalar double-precision versions below.
+ *     gather/scatter of token rows with weights; against kern_expert_ffn; rows
+ *     not routed must stay bit-identical.
+ *   - kcu_rmsnorm / silu_mul / softmax / axpy / embed / rope / router /
+ *     mla_cache_write against kern_rmsnorm_rows / kern_silu_mul / kern_softmax /
+ *     kern_axpy / kern_embed / kern_rope_rows / kern_router /
+ *     kern_mla_cache_write; both MLA attention paths (absorbed, and full over kv
+ *     expanded by kcu_matmul) against kern_mla_attn (kern_mla_prepare'd kv_b),
+ *     for one query and for several. The router's ids must match but for
+ *     neighbours a float32 near-tie (< 1e-5 apart) may swap.
  *   - the expert cache: bytes landed equal the file's (multi-chunk loads,
  *     pread and memcpy sources), a short file and a bad descriptor report
  *     their error, a slot in use refuses a load, a slot being read by queued
  *     kernels is not overwritten before they finish.
+ * The references are kernels.h's own functions on the same host inputs (never
+ * copies of them here), so every comparison is float32 against float32.
  * Outputs are poisoned with NaN (0xff bytes) before every GPU run, so an
  * element the kernel does not write fails the check.
  *
@@ -145,6 +150,20 @@ static void poison(void *d, size_t n)
 		die("kcu_memset", rc);
 }
 
+/* Scratch of the kernels.h references that take an arena (created in main). */
+static kern_arena *ref_arena;
+
+/* A kernels.h reference refused its inputs or ran out of memory: the inputs
+ * are this program's own, so the checks cannot go on. Says so and exits 1. */
+static void ref_call(const char *what, int rc)
+{
+	if (rc >= 0)
+		return;
+	fprintf(stderr, "prog_gpu_kernels: reference %s: %s\n", what, strerror(-rc));
+	printf("@@ prog_gpu_kernels stopped | reference %s: %s | - | FAIL\n", what, strerror(-rc));
+	exit(1);
+}
+
 /* ‖out − ref‖ / ‖ref‖ in double; NaN when out holds a NaN or an infinity. */
 static double relerr(const float *out, const float *ref, size_t n)
 {
@@ -159,6 +178,18 @@ static double relerr(const float *out, const float *ref, size_t n)
 	if (den == 0)
 		return sqrt(num);
 	return sqrt(num / den);
+}
+
+/* The error of a GPU op's result: NaN (with CUDA's message) when the op
+ * returned rc < 0, else dev [n] downloaded into out and compared with ref. */
+static double dev_err(int rc, float *out, const float *dev, const float *ref, size_t n)
+{
+	if (rc < 0) {
+		fprintf(stderr, "  %s\n", kcu_ctx_error(ctx));
+		return NAN;
+	}
+	down(out, dev, n * 4);
+	return relerr(out, ref, n);
 }
 
 /* Error of what an accumulating op added: (out − y0) against (ref − y0). */
@@ -260,28 +291,6 @@ static const char *fmt_name(uint32_t f)
 	return f == KERN_FORMAT_F32 ? "f32" : k2_format_name(f);
 }
 
-static size_t w_bytes(uint32_t f, uint32_t rows, uint32_t cols)
-{
-	size_t n = (size_t)rows * cols;
-	switch (f) {
-	case K2_FORMAT_BF16: return 2 * n;
-	case K2_FORMAT_FP8_B128:
-	case K2_FORMAT_INT8: return n;
-	case K2_FORMAT_INT4_G32: return n / 2;
-	}
-	return 4 * n;
-}
-
-static size_t s_bytes(uint32_t f, uint32_t rows, uint32_t cols)
-{
-	switch (f) {
-	case K2_FORMAT_FP8_B128: return 4 * (size_t)((rows + 127) / 128) * ((cols + 127) / 128);
-	case K2_FORMAT_INT8: return 4 * (size_t)rows;
-	case K2_FORMAT_INT4_G32: return 2 * (size_t)rows * (cols / 32);
-	}
-	return 0;
-}
-
 /* Quantizes w [rows, cols] into format f: weights into qw, scales into qs. */
 static void quantize(uint32_t f, const float *w, uint32_t rows, uint32_t cols, void *qw, void *qs)
 {
@@ -319,7 +328,8 @@ struct tmat {
 static void tmat_make(struct tmat *t, uint32_t f, uint32_t rows, uint32_t cols, int misalign)
 {
 	memset(t, 0, sizeof(*t));
-	size_t wb = w_bytes(f, rows, cols), sb = s_bytes(f, rows, cols);
+	const kern_mat shape = {.format = f, .rows = rows, .cols = cols};
+	const size_t wb = kern_mat_weight_bytes(&shape), sb = kern_mat_bytes(&shape) - wb;
 	float *w = xmalloc((size_t)rows * cols * sizeof(float));
 	fill_normal(w, (size_t)rows * cols, 1.0f / sqrtf((float)cols));
 	t->hw = xmalloc(wb);
@@ -486,26 +496,6 @@ static uint8_t *make_image(uint32_t f, uint32_t H, uint32_t I, k2x_layout *lay)
 	return img;
 }
 
-/* y_ref[t] += w · down(silu(gate x[t]) ⊙ up x[t]) with the plain C kernels. */
-static void expert_ref(const kern_mat mats[3], const float *x, uint32_t batch, const int32_t *rows,
-		       const float *wts, float *y)
-{
-	const uint32_t H = mats[0].cols, I = mats[0].rows;
-	float *g = xmalloc(I * 4), *u = xmalloc(I * 4), *o = xmalloc(H * 4);
-	for (uint32_t b = 0; b < batch; b++) {
-		const uint32_t t = rows ? (uint32_t)rows[b] : b;
-		kern_matmul_ref(&mats[0], x + (size_t)t * H, 1, g);
-		kern_matmul_ref(&mats[1], x + (size_t)t * H, 1, u);
-		kern_silu_mul(g, u, I);
-		kern_matmul_ref(&mats[2], g, 1, o);
-		for (uint32_t i = 0; i < H; i++)
-			y[(size_t)t * H + i] += (wts ? wts[b] : 1.0f) * o[i];
-	}
-	free(g);
-	free(u);
-	free(o);
-}
-
 static void expert_case(kcu_cache *cache, uint32_t slot, uint32_t f, uint32_t H, uint32_t I,
 			uint32_t n_tok, uint32_t batch, int gather)
 {
@@ -538,7 +528,8 @@ static void expert_case(kcu_cache *cache, uint32_t slot, uint32_t f, uint32_t H,
 	for (uint32_t b = 0; b < batch; b++)
 		wts[b] = 0.1f + (float)urand();
 	memcpy(ref, y0, nx * 4);
-	expert_ref(hm, x, batch, gather ? rows : NULL, gather ? wts : NULL, ref);
+	ref_call("kern_expert_ffn", kern_expert_ffn(hm, x, batch, gather ? rows : NULL,
+						    gather ? wts : NULL, ref, ref_arena));
 
 	float *dx = dup_to_dev(x, nx * 4), *dy = dup_to_dev(y0, nx * 4);
 	int32_t *drows = dup_to_dev(rows, batch * 4);
@@ -623,24 +614,15 @@ static void test_elementwise(void)
 		fill_normal(x, (size_t)rows * n, 2.0f);
 		for (uint32_t k = 0; k < n; k++)
 			w[k] = 1.0f + 0.1f * nrand();
-		for (uint32_t r = 0; r < rows; r++)
-			kern_rmsnorm(ref + (size_t)r * n, x + (size_t)r * n, w, n, 1e-6f);
+		kern_rmsnorm_rows(ref, x, w, rows, n, 1e-6f);
 		float *dx = dup_to_dev(x, (size_t)rows * n * 4), *dw = dup_to_dev(w, n * 4);
 		float *dy = dalloc((size_t)rows * n * 4);
 		poison(dy, (size_t)rows * n * 4);
 		int rc = kcu_rmsnorm(ctx, dy, dx, dw, rows, n, 1e-6f);
-		double e = NAN;
-		if (rc == 0) {
-			down(out, dy, (size_t)rows * n * 4);
-			e = relerr(out, ref, (size_t)rows * n);
-		}
+		double e = dev_err(rc, out, dy, ref, (size_t)rows * n);
 		check("rmsnorm", TOL_F32, e, "%u rows of %u", rows, n);
 		rc = kcu_rmsnorm(ctx, dx, dx, dw, rows, n, 1e-6f); /* in place */
-		e = NAN;
-		if (rc == 0) {
-			down(out, dx, (size_t)rows * n * 4);
-			e = relerr(out, ref, (size_t)rows * n);
-		}
+		e = dev_err(rc, out, dx, ref, (size_t)rows * n);
 		check("rmsnorm", TOL_F32, e, "%u rows of %u in place", rows, n);
 		kcu_free(ctx, dx);
 		kcu_free(ctx, dw);
@@ -661,11 +643,7 @@ static void test_elementwise(void)
 		kern_silu_mul(ref, u, n);
 		float *dg = dup_to_dev(g, n * 4), *du = dup_to_dev(u, n * 4);
 		int rc = kcu_silu_mul(ctx, dg, du, n);
-		double e = NAN;
-		if (rc == 0) {
-			down(out, dg, n * 4);
-			e = relerr(out, ref, n);
-		}
+		double e = dev_err(rc, out, dg, ref, n);
 		check("silu_mul", TOL_F32, e, "n %u", n);
 
 		/* axpy: y += a x */
@@ -702,11 +680,7 @@ static void test_elementwise(void)
 			kern_softmax(ref + (size_t)r * n, n);
 		float *dx = dup_to_dev(x, (size_t)rows * n * 4);
 		int rc = kcu_softmax(ctx, dx, rows, n);
-		double e = NAN;
-		if (rc == 0) {
-			down(out, dx, (size_t)rows * n * 4);
-			e = relerr(out, ref, (size_t)rows * n);
-		}
+		double e = dev_err(rc, out, dx, ref, (size_t)rows * n);
 		check("softmax", TOL_F32, e, "%u rows of %u", rows, n);
 		kcu_free(ctx, dx);
 		free(x);
@@ -724,17 +698,12 @@ static void test_elementwise(void)
 		ids[3] = ids[1];    /* a repeated id */
 		ids[8] = rows - 1;  /* the last row */
 		float *ref = xmalloc((size_t)n * cols * 4), *out = xmalloc((size_t)n * cols * 4);
-		for (uint32_t k = 0; k < n; k++)
-			kern_mat_row(&m.h, (uint32_t)ids[k], ref + (size_t)k * cols);
+		ref_call("kern_embed", kern_embed(&m.h, ids, n, ref));
 		int32_t *dids = dup_to_dev(ids, sizeof(ids));
 		float *dout = dalloc((size_t)n * cols * 4);
 		poison(dout, (size_t)n * cols * 4);
 		int rc = kcu_embed(ctx, &m.d, dids, n, dout);
-		double e = NAN;
-		if (rc == 0) {
-			down(out, dout, (size_t)n * cols * 4);
-			e = relerr(out, ref, (size_t)n * cols);
-		}
+		double e = dev_err(rc, out, dout, ref, (size_t)n * cols);
 		check("embed", TOL_F32, e, "%s %ux%u, %u ids", fmt_name(f), rows, cols, n);
 		/* an id outside the vocabulary gives NaN, never a read out of bounds */
 		int32_t bad[2] = {(int32_t)rows, -1};
@@ -770,12 +739,6 @@ static void make_inv_freq(float *inv, uint32_t rope, float base, float factor)
 	}
 }
 
-/* The reference rotation of one vector: kern_rope_rows. */
-static void rope_ref(float *v, uint32_t rope, uint32_t pos, const float *inv, float mscale)
-{
-	kern_rope_rows(v, 1, 1, rope, 0, 0, rope, pos, inv, mscale);
-}
-
 static void test_rope(void)
 {
 	printf("== kcu_rope\n");
@@ -793,16 +756,10 @@ static void test_rope(void)
 		const float mscale = 1.0f + 0.3f * (float)urand();
 		fill_normal(x, n, 1.0f);
 		memcpy(ref, x, n * 4);
-		for (uint32_t t = 0; t < T; t++)
-			for (uint32_t h = 0; h < nh; h++)
-				rope_ref(ref + ((size_t)t * nh + h) * qk + nope, rope, pos0 + t, inv, mscale);
+		kern_rope_rows(ref, T, nh, nh * qk, qk, nope, rope, pos0, inv, mscale);
 		float *dx = dup_to_dev(x, n * 4), *dinv = dup_to_dev(inv, rope / 2 * 4);
 		int rc = kcu_rope(ctx, dx, T, nh, nh * qk, qk, nope, rope, pos0, dinv, mscale);
-		double e = NAN;
-		if (rc == 0) {
-			down(out, dx, n * 4);
-			e = relerr(out, ref, n); /* the nope parts must come back unchanged */
-		}
+		double e = dev_err(rc, out, dx, ref, n); /* nope parts must come back unchanged */
 		check("rope", TOL_F32, e, "T %u heads %u nope %u rope %u pos0 %u", T, nh, nope, rope,
 		      pos0);
 		kcu_free(ctx, dx);
@@ -815,61 +772,37 @@ static void test_rope(void)
 
 /* ---------------------------------------------------------------- router */
 
-/* transformers' DeepseekV3 noaux_tc routing for one token, in double. */
-static void router_ref(const kern_router_params *p, const float *logits, const float *bias,
-		       int32_t *idx, float *w, double *choice_out)
+/* Tie detection, not a reference (kern_router is the reference): whether
+ * kern_router, routing one token (logits [E]) with expert x's bias raised by
+ * `nudge`, ranks x ahead of y (or picks x and not y). */
+static int router_prefers(const kern_router_params *p, const float *logits, const float *bias,
+			  int32_t x, int32_t y, float nudge)
 {
-	const uint32_t E = p->n_experts, G = p->n_group, per = E / G;
-	double *s = xmalloc(E * sizeof(double)), *ch = xmalloc(E * sizeof(double));
-	double gs[64];
-	int gsel[64] = {0};
-	for (uint32_t e = 0; e < E; e++) {
-		s[e] = 1.0 / (1.0 + exp(-(double)logits[e]));
-		ch[e] = s[e] + (bias ? bias[e] : 0.0);
-	}
-	for (uint32_t g = 0; g < G; g++) {
-		double m1 = -INFINITY, m2 = -INFINITY;
-		for (uint32_t j = 0; j < per; j++) {
-			double v = ch[g * per + j];
-			if (v > m1) {
-				m2 = m1;
-				m1 = v;
-			} else if (v > m2) {
-				m2 = v;
-			}
-		}
-		gs[g] = m1 + m2;
-	}
-	for (uint32_t k = 0; k < p->topk_group; k++) {
-		int best = -1;
-		for (uint32_t g = 0; g < G; g++)
-			if (!gsel[g] && (best < 0 || gs[g] > gs[best]))
-				best = (int)g;
-		gsel[best] = 1;
-	}
-	for (uint32_t e = 0; e < E; e++) {
-		if (!gsel[e / per])
-			ch[e] = 0.0;
-		choice_out[e] = ch[e];
-	}
-	double sum = 0;
-	for (uint32_t k = 0; k < p->top_k; k++) {
-		int best = -1;
-		for (uint32_t e = 0; e < E; e++)
-			if (ch[e] != -INFINITY && (best < 0 || ch[e] > ch[best]))
-				best = (int)e;
-		idx[k] = best;
-		ch[best] = -INFINITY;
-		sum += s[best];
-	}
-	for (uint32_t k = 0; k < p->top_k; k++) {
-		double v = s[idx[k]];
-		if (p->norm_topk_prob)
-			v /= sum + 1e-20;
-		w[k] = (float)(v * p->routed_scaling_factor);
-	}
-	free(s);
-	free(ch);
+	const uint32_t E = p->n_experts, K = p->top_k;
+	float *b = xmalloc(E * 4), *w = xmalloc(K * 4);
+	int32_t *idx = xmalloc(K * 4);
+	for (uint32_t e = 0; e < E; e++)
+		b[e] = bias ? bias[e] : 0.0f;
+	b[x] += nudge;
+	ref_call("kern_router", kern_router(p, logits, b, 1, idx, w));
+	int ahead = 0;
+	for (uint32_t k = 0; k < K && idx[k] != y; k++)
+		ahead |= idx[k] == x;
+	free(b);
+	free(w);
+	free(idx);
+	return ahead;
+}
+
+/* Tie detection: experts x and y are a float32 near-tie when each, its biased
+ * choice value raised by 1e-5, ranks ahead of the other: their choice values
+ * (after the group limit) are less than 1e-5 apart, and rounding that differs
+ * between the GPU and the CPU may swap them. */
+static int router_near_tie(const kern_router_params *p, const float *logits, const float *bias,
+			   int32_t x, int32_t y)
+{
+	return router_prefers(p, logits, bias, x, y, 1e-5f) &&
+	       router_prefers(p, logits, bias, y, x, 1e-5f);
 }
 
 static void test_router(void)
@@ -896,33 +829,36 @@ static void test_router(void)
 		fill_normal(bias, E, cs[c].bias_sigma);
 		int32_t *ridx = xmalloc((size_t)T * K * 4), *gidx = xmalloc((size_t)T * K * 4);
 		float *rw = xmalloc((size_t)T * K * 4), *gw = xmalloc((size_t)T * K * 4);
-		double *choice = xmalloc((size_t)E * sizeof(double));
 		float *dlg = dup_to_dev(lg, (size_t)T * E * 4), *dbias = dup_to_dev(bias, E * 4);
 		int32_t *didx = dalloc((size_t)T * K * 4);
 		float *dw = dalloc((size_t)T * K * 4);
 		poison(didx, (size_t)T * K * 4);
 		poison(dw, (size_t)T * K * 4);
+		const float *hbias = cs[c].bias ? bias : NULL;
 		int rc = kcu_router(ctx, &p, dlg, cs[c].bias ? dbias : NULL, T, didx, dw);
+		ref_call("kern_router", kern_router(&p, lg, hbias, T, ridx, rw));
 		int ids_ok = rc == 0, ties = 0;
 		double e = NAN;
 		if (rc == 0) {
 			down(gidx, didx, (size_t)T * K * 4);
 			down(gw, dw, (size_t)T * K * 4);
-			for (uint32_t t = 0; t < T; t++) {
-				router_ref(&p, lg + (size_t)t * E, cs[c].bias ? bias : NULL,
-					   ridx + (size_t)t * K, rw + (size_t)t * K, choice);
+			for (uint32_t t = 0; t < T; t++)
 				for (uint32_t k = 0; k < K; k++) {
-					int32_t gi = gidx[(size_t)t * K + k], ri = ridx[(size_t)t * K + k];
-					if (gi == ri)
-						continue;
-					/* a float32 near-tie may swap neighbours: accept only then */
-					if (gi >= 0 && (uint32_t)gi < E && fabs(choice[gi] - choice[ri]) < 1e-5) {
-						ties++;
-						continue;
+					const int32_t *g = gidx + (size_t)t * K;
+					const int32_t gi = g[k], ri = ridx[(size_t)t * K + k];
+					int valid = gi >= 0 && (uint32_t)gi < E;
+					for (uint32_t j = 0; j < k; j++)
+						valid &= g[j] != gi; /* each expert at most once */
+					if (!valid) {
+						ids_ok = 0;
+					} else if (gi != ri) {
+						/* a float32 near-tie may swap neighbours: accept only then */
+						if (router_near_tie(&p, lg + (size_t)t * E, hbias, gi, ri))
+							ties++;
+						else
+							ids_ok = 0;
 					}
-					ids_ok = 0;
 				}
-			}
 			e = ties ? 0 : relerr(gw, rw, (size_t)T * K);
 			if (ties) { /* compare weights as sets keyed by expert */
 				double num = 0, den = 0;
@@ -955,7 +891,6 @@ static void test_router(void)
 		free(gidx);
 		free(rw);
 		free(gw);
-		free(choice);
 	}
 	kern_router_params bad = {.n_experts = 30, .n_group = 4, .topk_group = 1, .top_k = 2,
 				 .norm_topk_prob = 1, .routed_scaling_factor = 1};
@@ -979,7 +914,7 @@ static void test_mla_cache_write(void)
 		const uint32_t T = cs[k].T, pos0 = cs[k].pos0, R = d.kv_lora, P = d.rope;
 		const uint32_t maxp = pos0 + T + 3;
 		float *kva = xmalloc((size_t)T * (R + P) * 4), *nw = xmalloc(R * 4);
-		float *rc_ckv = xmalloc((size_t)T * R * 4), *rc_kpe = xmalloc((size_t)T * P * 4);
+		float *rc_ckv = xmalloc((size_t)maxp * R * 4), *rc_kpe = xmalloc((size_t)maxp * P * 4);
 		float *oc = xmalloc((size_t)maxp * R * 4), *op = xmalloc((size_t)maxp * P * 4);
 		float inv[128];
 		make_inv_freq(inv, P, 50000.0f, 32.0f);
@@ -987,11 +922,7 @@ static void test_mla_cache_write(void)
 		fill_normal(kva, (size_t)T * (R + P), 1.5f);
 		for (uint32_t i = 0; i < R; i++)
 			nw[i] = 1.0f + 0.1f * nrand();
-		for (uint32_t t = 0; t < T; t++) {
-			kern_rmsnorm(rc_ckv + (size_t)t * R, kva + (size_t)t * (R + P), nw, R, 1e-6f);
-			memcpy(rc_kpe + (size_t)t * P, kva + (size_t)t * (R + P) + R, P * 4);
-			rope_ref(rc_kpe + (size_t)t * P, P, pos0 + t, inv, mscale);
-		}
+		kern_mla_cache_write(&d, kva, T, pos0, nw, 1e-6f, inv, mscale, rc_ckv, rc_kpe);
 		float *dkva = dup_to_dev(kva, (size_t)T * (R + P) * 4), *dnw = dup_to_dev(nw, R * 4);
 		float *dinv = dup_to_dev(inv, P / 2 * 4);
 		float *dc = dalloc((size_t)maxp * R * 4), *dp = dalloc((size_t)maxp * P * 4);
@@ -1003,8 +934,8 @@ static void test_mla_cache_write(void)
 		if (rc == 0) {
 			down(oc, dc, (size_t)maxp * R * 4);
 			down(op, dp, (size_t)maxp * P * 4);
-			e1 = relerr(oc + (size_t)pos0 * R, rc_ckv, (size_t)T * R);
-			e2 = relerr(op + (size_t)pos0 * P, rc_kpe, (size_t)T * P);
+			e1 = relerr(oc + (size_t)pos0 * R, rc_ckv + (size_t)pos0 * R, (size_t)T * R);
+			e2 = relerr(op + (size_t)pos0 * P, rc_kpe + (size_t)pos0 * P, (size_t)T * P);
 			for (uint32_t p = 0; p < maxp; p++) {
 				if (p >= pos0 && p < pos0 + T)
 					continue;
@@ -1030,47 +961,6 @@ static void test_mla_cache_write(void)
 	}
 }
 
-/* Plain MLA: reconstruct k_nope and v of every head and position from the
- * cached latent with kv_b, causal softmax, weighted sum; in double. */
-static void mla_ref(const kern_mla_dims *d, const kern_mat *kvb, const float *q, const float *ckv,
-		    const float *kpe, uint32_t T, uint32_t pos0, float scale, float *out)
-{
-	const uint32_t nh = d->n_heads, nope = d->nope, P = d->rope, V = d->v;
-	const uint32_t S = pos0 + T, kvh = nope + V, qk = nope + P;
-	float *kv = xmalloc((size_t)S * nh * kvh * 4);
-	kern_matmul_ref(kvb, ckv, S, kv); /* [S, nh·(nope+v)] */
-	double *sc = xmalloc(S * sizeof(double));
-	for (uint32_t t = 0; t < T; t++)
-		for (uint32_t h = 0; h < nh; h++) {
-			const float *qv = q + ((size_t)t * nh + h) * qk;
-			const uint32_t n = pos0 + t + 1;
-			double mx = -INFINITY, sum = 0;
-			for (uint32_t s = 0; s < n; s++) {
-				const float *kr = kv + ((size_t)s * nh + h) * kvh;
-				double dot = 0;
-				for (uint32_t i = 0; i < nope; i++)
-					dot += (double)qv[i] * kr[i];
-				for (uint32_t i = 0; i < P; i++)
-					dot += (double)qv[nope + i] * kpe[(size_t)s * P + i];
-				sc[s] = dot * scale;
-				if (sc[s] > mx)
-					mx = sc[s];
-			}
-			for (uint32_t s = 0; s < n; s++) {
-				sc[s] = exp(sc[s] - mx);
-				sum += sc[s];
-			}
-			for (uint32_t e = 0; e < V; e++) {
-				double acc = 0;
-				for (uint32_t s = 0; s < n; s++)
-					acc += sc[s] * kv[((size_t)s * nh + h) * kvh + nope + e];
-				out[((size_t)t * nh + h) * V + e] = (float)(acc / sum);
-			}
-		}
-	free(kv);
-	free(sc);
-}
-
 static void mla_case(const kern_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint32_t pos0)
 {
 	const uint32_t nh = d->n_heads, R = d->kv_lora, P = d->rope, V = d->v;
@@ -1085,7 +975,12 @@ static void mla_case(const kern_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint3
 	fill_normal(ckv, (size_t)S * R, 1.0f);
 	fill_normal(kpe, (size_t)S * P, 1.0f);
 	fill_normal(q, (size_t)T * nh * qk, 1.0f);
-	mla_ref(d, &kvb.h, q, ckv, kpe, T, pos0, scale, ref);
+	/* kern_mla_attn runs its absorbed form for T = 1, its expanded one for
+	 * T > 1; both CUDA forms are checked against it for every T */
+	kern_mla_w *mw;
+	ref_call("kern_mla_prepare", kern_mla_prepare(d, &kvb.h, &mw));
+	ref_call("kern_mla_attn", kern_mla_attn(mw, q, ckv, kpe, T, pos0, scale, ref, ref_arena));
+	kern_mla_free(mw);
 	float *dckv = dup_to_dev(ckv, (size_t)S * R * 4), *dkpe = dup_to_dev(kpe, (size_t)S * P * 4);
 	float *dq = dup_to_dev(q, (size_t)T * nh * qk * 4), *dout = dalloc(no * 4);
 	char fam[64];
@@ -1098,13 +993,7 @@ static void mla_case(const kern_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint3
 	int rc = kcu_matmul(ctx, &kvb.d, dckv, S, dkv, KCU_MM_NO_GEMM);
 	if (rc == 0)
 		rc = kcu_mla_attn_full(ctx, d, dq, dkv, dkpe, T, pos0, scale, dout);
-	double e = NAN;
-	if (rc == 0) {
-		down(out, dout, no * 4);
-		e = relerr(out, ref, no);
-	} else {
-		fprintf(stderr, "  %s\n", kcu_ctx_error(ctx));
-	}
+	double e = dev_err(rc, out, dout, ref, no);
 	snprintf(fam, sizeof(fam), "mla full kv_b %s", fmt_name(kvb_fmt));
 	check(fam, TOL_F32, e, "heads %u R %u nope %u rope %u v %u T %u pos0 %u", nh, R, d->nope, P, V,
 	      T, pos0);
@@ -1114,13 +1003,7 @@ static void mla_case(const kern_mla_dims *d, uint32_t kvb_fmt, uint32_t T, uint3
 		poison(dscr, kcu_mla_scratch_floats(d, T) * 4);
 		poison(dout, no * 4);
 		rc = kcu_mla_attn_absorbed(ctx, d, &kvb.d, dq, dckv, dkpe, T, pos0, scale, dout, dscr);
-		e = NAN;
-		if (rc == 0) {
-			down(out, dout, no * 4);
-			e = relerr(out, ref, no);
-		} else {
-			fprintf(stderr, "  %s\n", kcu_ctx_error(ctx));
-		}
+		e = dev_err(rc, out, dout, ref, no);
 		snprintf(fam, sizeof(fam), "mla absorbed kv_b %s", fmt_name(kvb_fmt));
 		check(fam, TOL_F32, e, "heads %u R %u nope %u rope %u v %u T %u pos0 %u", nh, R,
 		      d->nope, P, V, T, pos0);
@@ -1320,7 +1203,7 @@ static void test_cache(void)
 	float *x = xmalloc(H * 4), *ref = xmalloc(H * 4), *out = xmalloc(H * 4);
 	fill_normal(x, H, 1.0f);
 	memset(ref, 0, H * 4);
-	expert_ref(hm, x, 1, NULL, NULL, ref);
+	ref_call("kern_expert_ffn", kern_expert_ffn(hm, x, 1, NULL, NULL, ref, ref_arena));
 	for (uint32_t i = 0; i < H; i++)
 		ref[i] *= (float)reps;
 	float *dx = dup_to_dev(x, H * 4), *dy = dalloc(H * 4), *dscr = dalloc(I * 4);
@@ -1710,6 +1593,7 @@ int main(int argc, char **argv)
 		       info.cc_minor, info.sm_count);
 	if (!tmp_dir)
 		tmp_dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+	ref_call("kern_arena_create", kern_arena_create(&ref_arena));
 
 	const double t0 = k2_now();
 	if (checks) {
@@ -1738,6 +1622,7 @@ int main(int argc, char **argv)
 		bench_upload();
 	}
 	kcu_ctx_destroy(ctx);
+	kern_arena_destroy(ref_arena);
 	printf("prog_gpu_kernels: %s (%.1f s)\n", n_fail_total ? "FAILED" : "all checks passed",
 	       k2_now() - t0);
 	return n_fail_total ? 1 : 0;
