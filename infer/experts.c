@@ -118,15 +118,17 @@ void xd_sweep_landed(inf_experts *d)
 		xd_settle(d, s);
 }
 
-/* Device, a demand claim found no victim: waits (lock dropped) for an
- * unpinned load in flight, which then is READY or empty. 0 when it waited,
- * -1 when every slot is pinned. */
-static int wait_for_landing(inf_experts *d)
+/* Device: waits, lock dropped, for one load in flight to land — an unpinned
+ * one (ram_source 0: a demand claim found no victim; it then is READY or
+ * empty), or one copying from a RAM slot (ram_source 1, pinned or not: its RAM
+ * slot is then released). 0 when it waited, -1 when there was none. Engine's
+ * thread only (device slots are single-user). */
+int xd_wait_for_landing(inf_experts *d, int ram_source)
 {
 	struct tier *t = &d->t[INF_TIER_DEVICE];
 	for (uint32_t s = 0; s < t->n_slots; s++) {
 		struct slot *sl = &t->slots[s];
-		if (sl->state != SLOT_LOADING || sl->pins)
+		if (sl->state != SLOT_LOADING || (ram_source ? sl->src < 0 : sl->pins != 0))
 			continue;
 		k2_err e;
 		sl->pins++;
@@ -136,8 +138,10 @@ static int wait_for_landing(inf_experts *d)
 		sl->pins--;
 		if (rc == 0)
 			xd_mark_ready(d, INF_TIER_DEVICE, s);
-		else
+		else if (!sl->pins)
 			xd_drop_slot(d, INF_TIER_DEVICE, s);
+		else
+			release_source(d, sl); /* its acquire reports the error */
 		return 0;
 	}
 	return -1;
@@ -168,7 +172,7 @@ int64_t xd_claim_slot(inf_experts *d, int tier, uint32_t key, int prefetch)
 			t->n_free--; /* xd_drop_slot freed it: take it back */
 			break;
 		}
-		if (prefetch || tier != INF_TIER_DEVICE || wait_for_landing(d) < 0)
+		if (prefetch || tier != INF_TIER_DEVICE || xd_wait_for_landing(d, 0) < 0)
 			return -1;
 	}
 	struct slot *sl = &t->slots[s];
@@ -333,6 +337,10 @@ static int acquire_ram(inf_experts *d, uint32_t layer, uint32_t expert, const in
 		if (ns < 0) { /* every slot pinned or loading: wait */
 			if (t0 == 0)
 				t0 = k2_now();
+			/* RAM slots pinned as the sources of device loads are released
+			 * only when those land, which this thread must see to */
+			if (d->t[INF_TIER_DEVICE].present && xd_wait_for_landing(d, 1) == 0)
+				continue;
 			pthread_cond_wait(&d->changed, &d->lock);
 			continue;
 		}

@@ -97,6 +97,10 @@ void xd_sweep_landed(inf_experts *d);
  * land). -1 when every slot is busy. */
 int64_t xd_claim_slot(inf_experts *d, int tier, uint32_t key, int prefetch);
 void xd_count_load(struct tier *t, int prefetch, uint64_t bytes, int moved);
+/* Device: waits (lock dropped) for a load in flight to land: an unpinned one
+ * (ram_source 0), or one whose RAM source it then releases (1). 0 when it
+ * waited, -1 when there was none. The engine's thread only. */
+int xd_wait_for_landing(inf_experts *d, int ram_source);
 void xd_unpin_slot(inf_experts *d, int tier, int32_t s);
 
 /* ---- expert_movers.c */

@@ -354,10 +354,14 @@ START_TEST(device_tier_matches_cpu)
 	static const struct {
 		uint32_t slots, polls;
 		const char *pol;
-		int prefetch;
+		int prefetch, cpu_experts;
 	} cs[] = {
-		{4, 2, "lru", 1}, {1, 2, "lru", 1}, {5, 1, "lfu", 1}, {3, 2, "lru", 0},
-		{96, 2, "lru", 1},
+		{4, 2, "lru", 1, 0}, {1, 2, "lru", 1, 0}, {5, 1, "lfu", 1, 0}, {3, 2, "lru", 0, 0},
+		{96, 2, "lru", 1, 0},
+		/* --cpu-experts with a RAM tier of one slot (1: device loads copy from
+		 * it and pin it until they land, while CPU experts need it too) or
+		 * of every expert (2: prefetches then copy RAM → device) */
+		{2, 2, "lru", 1, 1}, {4, 3, "lfu", 0, 1}, {8, 2, "lru", 1, 2},
 	};
 	const uint32_t steps = 6;
 	k2_err err;
@@ -371,7 +375,9 @@ START_TEST(device_tier_matches_cpu)
 		kern_backend *sb;
 		ck_assert_int_eq(script_backend_open(cs[i].polls, &sb, &err), 0);
 		inf_engine_opts o = {.max_ctx = 64, .be = sb, .cache_experts = cs[i].slots,
-				     .policy = cs[i].pol, .prefetch = cs[i].prefetch};
+				     .policy = cs[i].pol, .prefetch = cs[i].prefetch,
+				     .cpu_experts = cs[i].cpu_experts != 0,
+				     .cpu_cache_bytes = cs[i].cpu_experts == 1};
 		ck_assert_msg(inf_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
 		prompt_and_decode(e, steps, b);
 		inf_tier_stats st;
@@ -380,6 +386,20 @@ START_TEST(device_tier_matches_cpu)
 		ck_assert_uint_gt(st.loads, 0);
 		if (cs[i].prefetch)
 			ck_assert_msg(st.prefetch_loads > 0, "case %zu: nothing was prefetched", i);
+		if (cs[i].cpu_experts) {
+			inf_device_stats ds;
+			inf_tier_stats rs;
+			inf_engine_device_stats(e, &ds);
+			inf_engine_tier_stats(e, INF_TIER_RAM, &rs);
+			ck_assert_uint_eq(rs.slots, cs[i].cpu_experts == 1 ? 1 : 96);
+			ck_assert_uint_gt(ds.cpu_experts, 0);
+			if (cs[i].cpu_experts == 2)
+				ck_assert_msg(st.bytes_moved > 0, "case %zu: nothing came from RAM", i);
+			printf("case %zu: %llu experts on the CPU, %llu on the backend, %llu bytes "
+			       "moved RAM -> device\n", i, (unsigned long long)ds.cpu_experts,
+			       (unsigned long long)ds.backend_experts,
+			       (unsigned long long)st.bytes_moved);
+		}
 		ck_assert_msg(memcmp(a, b, sizeof(float) * (T + steps) * V) == 0,
 			      "case %zu (%u slots, %u polls, %s, prefetch %d): logits differ from "
 			      "the cpu backend's by %g", i, cs[i].slots, cs[i].polls, cs[i].pol,
