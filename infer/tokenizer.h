@@ -23,6 +23,10 @@
  * (it fills a cache); every other function only reads and may run
  * concurrently. A stream decoder belongs to one thread.
  *
+ * Errors: every function that can fail returns 0 or -errno and, given a
+ * k2_err, one line naming the file and what is wrong (layout.h's convention);
+ * nothing here exits or aborts on bad input.
+ *
  * The implementation, in infer/ (internals shared through tok_impl.h):
  *   tok_load.c        inf_tok_load: tokenizer.json and tokenizer_config.json
  *   tok_json.c        model.vocab / model.merges: a fast strict reader, and

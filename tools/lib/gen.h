@@ -4,7 +4,8 @@
  * model.safetensors.index.json above a size) with random weights drawn like
  * tests/fixtures/mkref.py does. Every value is a pure function of (seed,
  * tensor name, element index), so output is identical for a seed whatever the
- * thread count, and large checkpoints are generated in parallel. */
+ * thread count, and large checkpoints are generated in parallel. Errors: 0 or
+ * -errno with one line in the k2_err naming the file (layout.h's convention). */
 #ifndef K2_GEN_H
 #define K2_GEN_H
 

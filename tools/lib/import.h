@@ -5,7 +5,10 @@
  * every tensor that is not a routed expert's as a DENSE entry (bytes as stored),
  * and one expert image per routed expert, kept in its source format or
  * converted. Streams: memory stays at a few experts per worker thread whatever
- * the checkpoint's size. */
+ * the checkpoint's size. Errors: 0 or -errno with one line in the
+ * k2_err naming the file, tensor or offset (layout.h's convention); an
+ * interrupted import returns -EINTR (the pack is written under a temporary
+ * name and renamed only when complete). */
 #ifndef K2_IMPORT_H
 #define K2_IMPORT_H
 
