@@ -4,11 +4,14 @@
 #   make test       build and run every Check suite and integration test
 #   make asan       the same tests under AddressSanitizer + UBSan (build in build-asan/)
 #   make fuzz       build the libFuzzer targets (clang) and run each for FUZZ_SECONDS
+#   make cuemu-asan the CUDA backend on the CPU emulator (tests/cuemu) under ASan + UBSan
+#   make cuemu-tsan the same under ThreadSanitizer (builds in build-asanemu/, build-tsanemu/)
 #   make demo       generate, pack, mount and run a small model end to end
 #
 # Sources are found by folder, so adding a file needs no edit here:
-#   layout/*.c  kernels/*.c  infer/*.c (less main.c)  k2fs/*.c (less main.c)
-#   tools/<name>.c -> bin/<name>  (tools/lib/*.c: code shared by the tools)    tests/test_<x>.c -> build/tests/test_<x> (Check)
+#   layout/*.c  kernels/*.c  infer/*.c (less main.c)  k2fs/*.c (less main.c)  cli/*.c
+#   tools/<name>.c -> bin/<name>  (tools/lib/*.c: code shared by the tools)
+#   tests/test_<x>.c -> build/tests/test_<x> (Check)
 #   tests/prog_<x>.c -> build/tests/prog/prog_<x> (helpers the it_*.sh scripts run)
 #   tests/fuzz_<x>.c -> build/fuzz/fuzz_<x> (libFuzzer)
 
@@ -19,7 +22,9 @@ PKGS    := fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson
 OPT     ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 CFLAGS  += -std=gnu11 $(OPT) $(WARN) -pthread -fno-strict-aliasing -D_FILE_OFFSET_BITS=64 \
-           -Ilayout -Ikernels -Iinfer -Ik2fs -Itools/lib $(shell pkg-config --cflags $(PKGS))
+           -Ilayout -Ikernels -Iinfer -Ik2fs -Icli $(shell pkg-config --cflags $(PKGS))
+# Every package, for the tests and fuzzers; each program links its own list
+# (<name>_LDLIBS below).
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -pthread
 CHECK_LIBS := $(shell pkg-config --libs check)
 SAN     ?=
@@ -34,6 +39,7 @@ KERNELS_SRC := $(wildcard kernels/*.c)
 INFER_SRC   := $(filter-out infer/main.c,$(wildcard infer/*.c))
 K2FS_SRC    := $(filter-out k2fs/main.c,$(wildcard k2fs/*.c))
 TOOLLIB_SRC := $(wildcard tools/lib/*.c)
+CLI_SRC     := $(wildcard cli/*.c)
 CUDA_SRC    := $(wildcard kernels/*.cu)
 TOOLS       := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/*.c))
 TESTS       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -46,7 +52,13 @@ LIB_KERNELS := $(BUILD)/libkernels.a
 LIB_INFER   := $(BUILD)/libinfer.a
 LIB_K2FS    := $(BUILD)/libk2fs.a
 LIB_TOOLS   := $(BUILD)/libtools.a
-ALL_LIBS    := $(LIB_TOOLS) $(LIB_INFER) $(LIB_K2FS) $(LIB_KERNELS) $(LIB_LAYOUT)
+# The command-line helpers (k2cli_*: option parsing, progress line, cancel by
+# signal) that infer and the tools share: their own folder and library below
+# both, since infer must not reach up into tools/, and above layout/ (they use
+# k2_err, k2_parse_size and the format names), which has no business with
+# command lines.
+LIB_CLI     := $(BUILD)/libcli.a
+ALL_LIBS    := $(LIB_TOOLS) $(LIB_INFER) $(LIB_K2FS) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
 
 # The CUDA backend: compiled where nvcc exists (K2_HAVE_CUDA=1); elsewhere
 # kernels/backend_cuda.h stubs its entry points to return -ENOTSUP.
@@ -61,12 +73,37 @@ endif
 
 PROGRAMS := $(BIN)/k2fs $(BIN)/infer $(TOOLS)
 
-.PHONY: all test asan fuzz demo clean
+# What each program links, read off its objects (nm -u) and kept exact, so that
+# `readelf -d bin/<name>` names no library it does not call: <name>_LIBS, its
+# static libraries (users before what they use), and <name>_LDLIBS, the
+# packages those call (layout/: zstd and lz4 in the codecs, xxhash in checksums,
+# jansson in config.json; k2fs/: fuse3, liburing; infer/'s tokenizer: pcre2),
+# libm where used, and CUDA_LIBS for the programs that run the CUDA backend.
+# A tools/<name>.c not listed here links everything.
+pkg_libs = $(shell pkg-config --libs $(1))
+k2fs_LIBS        := $(LIB_K2FS) $(LIB_LAYOUT)
+k2fs_LDLIBS       = $(call pkg_libs,fuse3 liburing libzstd liblz4 libxxhash)
+infer_LIBS       := $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
+infer_LDLIBS      = $(call pkg_libs,libpcre2-8 jansson libzstd liblz4 libxxhash) -lm $(CUDA_LIBS)
+k2pack_LIBS      := $(LIB_TOOLS) $(LIB_CLI) $(LIB_LAYOUT)
+k2pack_LDLIBS     = $(call pkg_libs,jansson libzstd liblz4 libxxhash) -lm
+k2gen_LIBS       := $(LIB_TOOLS) $(LIB_CLI) $(LIB_LAYOUT)
+k2gen_LDLIBS      = $(call pkg_libs,jansson libxxhash) -lm
+k2inspect_LIBS   := $(LIB_LAYOUT)
+k2inspect_LDLIBS  = $(call pkg_libs,libzstd liblz4 libxxhash)
+k2bench_LIBS     := $(LIB_TOOLS) $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
+k2bench_LDLIBS    = $(call pkg_libs,jansson libzstd liblz4 libxxhash) -lm $(CUDA_LIBS)
+# Links a program from its objects and libraries ($^) with its own packages.
+link_program = $(CC) $(CFLAGS) $(SAN) $^ -o $@ $(or $($(@F)_LDLIBS),$(LDLIBS) $(CUDA_LIBS)) -pthread
+
+.PHONY: all test asan fuzz demo clean cuemu-asan cuemu-tsan
 # Keep objects of tools and tests between runs (they are intermediate files of
 # pattern rules otherwise, deleted after each link).
 .SECONDARY:
 all: $(PROGRAMS)
 
+# tools/lib's headers are for the tools and their tests only.
+$(BUILD)/obj/tools/%.o $(BUILD)/obj/tests/%.o: CFLAGS += -Itools/lib
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) -MMD -MP -c $< -o $@
@@ -83,16 +120,19 @@ $(LIB_KERNELS): $(call obj,$(KERNELS_SRC)) $(CUDA_OBJ); @rm -f $@; ar rcs $@ $^
 $(LIB_INFER):   $(call obj,$(INFER_SRC));   @rm -f $@; ar rcs $@ $^
 $(LIB_K2FS):    $(call obj,$(K2FS_SRC));    @rm -f $@; ar rcs $@ $^
 $(LIB_TOOLS):   $(call obj,$(TOOLLIB_SRC)); @rm -f $@; ar rcs $@ $^
+$(LIB_CLI):     $(call obj,$(CLI_SRC));     @rm -f $@; ar rcs $@ $^
 
-$(BIN)/k2fs: $(call obj,k2fs/main.c) $(ALL_LIBS)
+$(BIN)/k2fs: $(call obj,k2fs/main.c) $(k2fs_LIBS)
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) $(SAN) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
-$(BIN)/infer: $(call obj,infer/main.c) $(ALL_LIBS)
+	$(link_program)
+$(BIN)/infer: $(call obj,infer/main.c) $(infer_LIBS)
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) $(SAN) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
-$(BIN)/%: $(BUILD)/obj/tools/%.o $(ALL_LIBS)
+	$(link_program)
+# (second expansion: the stem $* picks the tool's own list of libraries)
+.SECONDEXPANSION:
+$(BIN)/%: $(BUILD)/obj/tools/%.o $$(or $$($$*_LIBS),$$(ALL_LIBS))
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) $(SAN) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+	$(link_program)
 $(BUILD)/tests/prog/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
@@ -124,12 +164,30 @@ fuzz: $(FUZZERS)
 	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 $(BUILD)/corpus/$$(basename $$f) \
 	      tests/corpus/$$(basename $$f) 2>&1 | tail -3 || exit 1; done
 
+# The CUDA backend on the CPU emulator of tests/cuemu under a sanitizer: the
+# libraries built with NVCC= and -DK2_HAVE_CUDA=1 (the backend's C side calls
+# the emulated .cu objects), the emulator programs linked by tests/cuemu/build.sh
+# with the same sanitizer, then tests/cuemu/sanitize.sh runs the kernel checks
+# and infer --backend cuda through a plain model directory. ThreadSanitizer
+# sees the emulator's coroutines as fibers; its one lock orders the host
+# threads at every CUDA call, so only races between calls can show.
+CUEMU_SAN_asan := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+CUEMU_SAN_tsan := -fsanitize=thread
+cuemu-asan cuemu-tsan: cuemu-%:
+	$(MAKE) BUILD=build-$*emu BIN=build-$*emu/bin NVCC= OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="$(CUEMU_SAN_$*) -DK2_HAVE_CUDA=1" build-$*emu/libkernels.a build-$*emu/liblayout.a \
+	  build-$*emu/libinfer.a build-$*emu/libcli.a build-$*emu/obj/infer/main.o \
+	  build-$*emu/bin/k2pack build-$*emu/bin/k2inspect
+	CUEMU_BUILD=build-$*emu CUEMU_CFLAGS="$(CUEMU_SAN_$*)" CUEMU_LDFLAGS="$(CUEMU_SAN_$*)" \
+	  sh tests/cuemu/build.sh
+	sh tests/cuemu/sanitize.sh build-$*emu $*
+
 demo:
 	sh tools/install-deps.sh
 	$(MAKE) all
 	sh tools/demo.sh
 
 clean:
-	rm -rf $(BUILD) build-asan $(BIN)
+	rm -rf $(BUILD) build-asan build-asanemu build-tsanemu $(BIN)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

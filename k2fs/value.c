@@ -25,24 +25,8 @@ int k2fs_value_parse_size(const char *v, size_t n, uint64_t *out)
 		return -EINVAL;
 	memcpy(buf, v, n);
 	buf[n] = '\0';
-	/* digits, an optional fraction, then what k2_parse_size takes as a unit;
-	 * this rules out what strtod would also take: signs, spaces, hex, inf, nan,
-	 * exponents. */
-	size_t i = 0;
-	while (buf[i] >= '0' && buf[i] <= '9')
-		i++;
-	if (i == 0)
-		return -EINVAL;
-	if (buf[i] == '.') {
-		size_t f = ++i;
-		while (buf[i] >= '0' && buf[i] <= '9')
-			i++;
-		if (i == f)
-			return -EINVAL;
-	}
-	for (size_t k = i; k < n; k++)
-		if (!strchr("kKmMgGtTiIbB", buf[k]))
-			return -EINVAL;
+	/* the grammar is k2_parse_size's (layout.h), which refuses signs,
+	 * spaces, hex, inf, nan and exponents */
 	uint64_t bytes;
 	if (k2_parse_size(buf, &bytes))
 		return -EINVAL;

@@ -374,7 +374,19 @@ int k2_config_is_moe_layer(const k2_model_config *c, uint32_t layer);
 
 /* ---------------------------------------------------------------- small helpers */
 
-/* Parses "123", "64K", "1.5M", "2G" (binary units) into bytes. Returns 0 or -EINVAL. */
+/* Parses a size in bytes: "123", "64K", "1.5M", "2GiB". The whole string must be
+ *
+ *   size   = digits [ "." digits ] [ unit [ "i" | "I" ] [ "b" | "B" ] ]
+ *   unit   = "k" | "K" | "m" | "M" | "g" | "G" | "t" | "T"
+ *   digits = one or more of 0-9
+ *
+ * Units are binary: K = 1024, M = 1024², G = 1024³, T = 1024⁴, so "64K",
+ * "64k", "64KiB", "64KB" and "64Kib" all mean 65536. A fraction is exact and
+ * truncated to whole bytes ("1.5M" = 1572864, "0.5" = 0, "1.0000001K" = 1024).
+ * No sign, space, hex, exponent, inf or nan; "i" and "b" only after a unit
+ * ("100i", "100B" are malformed); ".5" and "1." are malformed.
+ * Returns 0 with *out set, or -EINVAL (*out unchanged) for a malformed string
+ * or NULL, or a result above UINT64_MAX. */
 int k2_parse_size(const char *s, uint64_t *out);
 /* Reads exactly n bytes at offset off with pread (retrying EINTR and short
  * reads). Returns 0, or -errno / -EIO (file ended early) with a message

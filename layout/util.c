@@ -89,33 +89,68 @@ uint32_t k2_codec_parse(const char *name)
 	return K2_CODEC_COUNT;
 }
 
+/* The multiplier of a size unit letter (case-insensitive), 0 for none. */
+static uint64_t size_unit(char c)
+{
+	switch (c) {
+	case 'k': case 'K': return UINT64_C(1) << 10;
+	case 'm': case 'M': return UINT64_C(1) << 20;
+	case 'g': case 'G': return UINT64_C(1) << 30;
+	case 't': case 'T': return UINT64_C(1) << 40;
+	default: return 0;
+	}
+}
+
+static int is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Integer arithmetic throughout (no strtod): the grammar is in layout.h. */
 int k2_parse_size(const char *s, uint64_t *out)
 {
-	if (!s || !*s)
+	if (!s || !is_digit(*s))
 		return -EINVAL;
-	char *end;
-	errno = 0;
-	double v = strtod(s, &end);
-	if (errno || end == s || v < 0)
-		return -EINVAL;
-	double mul = 1;
-	switch (*end) {
-	case 'k': case 'K': mul = 1024.0; end++; break;
-	case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
-	case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-	case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
-	default: break;
+	uint64_t whole = 0;
+	int overflow = 0;
+	const char *p = s;
+	for (; is_digit(*p); p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (whole > (UINT64_MAX - d) / 10)
+			overflow = 1;
+		else
+			whole = whole * 10 + d;
 	}
-	if (*end == 'i' || *end == 'I')
-		end++;
-	if ((*end == 'b' || *end == 'B') && mul > 1)
-		end++;
-	if (*end != '\0')
+	const char *frac = NULL, *frac_end = NULL;
+	if (*p == '.') {
+		frac = ++p;
+		while (is_digit(*p))
+			p++;
+		frac_end = p;
+		if (frac_end == frac)
+			return -EINVAL;
+	}
+	uint64_t mul = size_unit(*p);
+	if (mul) {
+		p++;
+		if (*p == 'i' || *p == 'I')
+			p++;
+		if (*p == 'b' || *p == 'B')
+			p++;
+	} else {
+		mul = 1;
+	}
+	if (*p != '\0' || overflow)
 		return -EINVAL;
-	double bytes = v * mul;
-	if (bytes > 9.0e18)
+	/* floor(mul × 0.d1…dn), exactly, from the last digit up:
+	 * floor((mul·d + t) / 10) = (mul·d + floor(t)) / 10 for any real t ≥ 0,
+	 * and every step stays below 10·mul ≤ 10 · 2^40. */
+	uint64_t part = 0;
+	for (const char *q = frac_end; frac && q > frac; q--)
+		part = (mul * (uint64_t)(q[-1] - '0') + part) / 10;
+	if (whole > (UINT64_MAX - part) / mul)
 		return -EINVAL;
-	*out = (uint64_t)bytes;
+	*out = whole * mul + part;
 	return 0;
 }
 

@@ -34,7 +34,7 @@ if nm "$build/libkernels.a" 2>/dev/null | grep -q ' T kcu_ctx_create$'; then
 	libs="$libs -L$cuda/lib64 -Wl,-rpath,$cuda/lib64 -lcublas -lcudart -lstdc++"
 fi
 cflags="-std=gnu11 -O2 -g -pthread -D_FILE_OFFSET_BITS=64 -I$root/layout -I$root/kernels -I$root/infer \
-	-I$root/tools/lib $(pkg-config --cflags jansson libpcre2-8)"
+	$(pkg-config --cflags jansson libpcre2-8)"
 
 # plant NAME FILE PERL: applies the substitution PERL to infer/FILE, links the
 # suite against it and expects device_tier_matches_cpu to fail.
@@ -47,8 +47,8 @@ plant() {
 	fi
 	# shellcheck disable=SC2086
 	if ! cc $cflags -c "$work/$file" -o "$work/$name.o" >"$work/$name.log" 2>&1 ||
-	   ! cc -o "$work/$name" "$obj" "$work/$name.o" "$build/libtools.a" "$build/libinfer.a" \
-		"$build/libk2fs.a" "$build/libkernels.a" "$build/liblayout.a" $libs >>"$work/$name.log" 2>&1; then
+	   ! cc -o "$work/$name" "$obj" "$work/$name.o" "$build/libinfer.a" "$build/libkernels.a" \
+		"$build/libcli.a" "$build/liblayout.a" $libs >>"$work/$name.log" 2>&1; then
 		fail "plant $name does not build: $(tail -3 "$work/$name.log")"
 		return
 	fi

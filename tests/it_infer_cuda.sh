@@ -85,7 +85,7 @@ plant_release_early() {
 	cp "$build/cuemu/"*.o "$build/cuemu/"*.cc.built "$p/out/" 2>/dev/null
 	# shellcheck disable=SC2046
 	if ! cc -std=gnu11 -O2 -DK2_HAVE_CUDA=1 -D_FILE_OFFSET_BITS=64 -I"$root/layout" -I"$root/kernels" \
-		-I"$root/infer" -I"$root/tools/lib" $(pkg-config --cflags jansson libpcre2-8) \
+		-I"$root/infer" $(pkg-config --cflags jansson libpcre2-8) \
 		-c "$p/moe.c" -o "$p/moe.o" >"$p/build.log" 2>&1 ||
 	   ! CUEMU_BUILD=$build CUEMU_OUT="$p/out" CUEMU_INFER_OBJS="$p/moe.o" \
 		sh "$root/tests/cuemu/build.sh" >>"$p/build.log" 2>&1; then

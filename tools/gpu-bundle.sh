@@ -29,7 +29,7 @@ cuda=${CUDA_HOME:-/usr/local/cuda}
 [ -f "$cuda/lib64/libcudart_static.a" ] || { echo "gpu-bundle: no libcudart_static.a in $cuda/lib64"; exit 1; }
 
 echo "gpu-bundle: building the libraries (make; the CUDA kernels take minutes on 2 cores)"
-make -j2 build/libtools.a build/libinfer.a build/libk2fs.a build/libkernels.a build/liblayout.a
+make -j2 build/libtools.a build/libinfer.a build/libk2fs.a build/libkernels.a build/libcli.a build/liblayout.a
 ar t build/libkernels.a | grep -q '\.cu\.o$' || {
 	echo "gpu-bundle: build/libkernels.a has no CUDA objects (was it built with NVCC= ?)"; exit 1; }
 
@@ -37,10 +37,10 @@ rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/obj"
 pkgs="fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson"
 cflags="-std=gnu11 -O2 -g -pthread -fno-strict-aliasing -D_FILE_OFFSET_BITS=64 -DK2_HAVE_CUDA=1 \
-	-Ilayout -Ikernels -Iinfer -Ik2fs -Itools/lib $(pkg-config --cflags $pkgs)"
+	-Ilayout -Ikernels -Iinfer -Ik2fs -Icli -Itools/lib $(pkg-config --cflags $pkgs)"
 static="-Wl,-Bstatic -lfuse3 -luring -ljansson -lzstd -llz4 -lxxhash -lpcre2-8 -Wl,-Bdynamic"
 cudalibs="-L$cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -Wl,--as-needed -lcublas -Wl,--no-as-needed -lcudart_static -lstdc++"
-libs="build/libtools.a build/libinfer.a build/libk2fs.a build/libkernels.a build/liblayout.a"
+libs="build/libtools.a build/libinfer.a build/libk2fs.a build/libkernels.a build/libcli.a build/liblayout.a"
 
 # name:main source
 progs="k2fs:k2fs/main.c infer:infer/main.c k2pack:tools/k2pack.c k2gen:tools/k2gen.c

@@ -28,7 +28,7 @@ fi
 # running make: tests/run.sh passes its own); default: build/, made here.
 b=${CUEMU_BUILD:-build}
 if [ -z "${CUEMU_BUILD:-}" ]; then
-	make -s build/libkernels.a build/liblayout.a build/libinfer.a build/libtools.a \
+	make -s build/libkernels.a build/liblayout.a build/libinfer.a build/libcli.a \
 		build/obj/infer/main.o
 fi
 if ! nm "$b/libkernels.a" 2>/dev/null | grep -q ' U kcu_ctx_create$'; then
@@ -83,5 +83,5 @@ g++ -o "$out/prog_gpu_kernels" "$out/prog_gpu_kernels.o" $objs $rt \
 # CUEMU_INFER_OBJS: objects linked ahead of libinfer.a, replacing its members of
 # the same name (a test's planted copy of one engine file).
 # shellcheck disable=SC2086
-g++ -o "$out/infer" "$b/obj/infer/main.o" ${CUEMU_INFER_OBJS:-} "$b/libtools.a" "$b/libinfer.a" $objs \
+g++ -o "$out/infer" "$b/obj/infer/main.o" ${CUEMU_INFER_OBJS:-} "$b/libinfer.a" "$b/libcli.a" $objs \
 	$rt "$b/libkernels.a" "$b/liblayout.a" $libs

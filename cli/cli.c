@@ -1,5 +1,5 @@
 /* cli.c — progress line, option parsing, usage and cancellation helpers for
- * the tools. */
+ * the command-line programs. */
 #include "cli.h"
 
 #include "layout.h"
@@ -111,7 +111,7 @@ int k2cli_parse_size(const char *prog, const char *opt, const char *s, uint64_t 
 	uint64_t v;
 	if (k2_parse_size(s, &v) < 0 || v < min || v > max) {
 		char a[32], b[32];
-		fprintf(stderr, "%s: %s: expected a size in [%s, %s] (suffixes K, M, G), got '%s'\n",
+		fprintf(stderr, "%s: %s: expected a size in [%s, %s] (suffixes K, M, G, T), got '%s'\n",
 			prog, opt, k2_format_bytes(min, a, sizeof(a)),
 			k2_format_bytes(max, b, sizeof(b)), s);
 		return -EINVAL;

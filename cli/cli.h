@@ -1,7 +1,8 @@
-/* cli.h — small helpers shared by the command-line tools: a progress line on
- * stderr (only when stderr is a terminal), option value parsing that reports
- * its own errors, usage printing, and cancellation by signal. Nothing here
- * touches the pack format. */
+/* cli.h — small helpers shared by the command-line programs (infer and the
+ * tools of tools/): a progress line on stderr (only when stderr is a
+ * terminal), option value parsing that reports its own errors, usage printing,
+ * and cancellation by signal. Uses layout/ (k2_err, sizes, format names) and
+ * nothing else; nothing here touches the pack format. */
 #ifndef K2_CLI_H
 #define K2_CLI_H
 
@@ -38,7 +39,8 @@ int k2cli_parse_long(const char *prog, const char *opt, const char *s, long min,
 int k2cli_parse_int(const char *prog, const char *opt, const char *s, int min, int max,
 		    int *out);
 int k2cli_parse_u64(const char *prog, const char *opt, const char *s, uint64_t *out);
-/* Sizes with binary suffixes ("64K", "5G"), within [min, max]. */
+/* Sizes with binary suffixes ("64K", "5G"; k2_parse_size's grammar), within
+ * [min, max]. */
 int k2cli_parse_size(const char *prog, const char *opt, const char *s, uint64_t min,
 		     uint64_t max, uint64_t *out);
 
