@@ -2,7 +2,7 @@
 # it_infer.sh — infer against real k2fs mounts of the fixtures, checked against
 # the HF transformers reference (tests/prog_infer_cmp):
 #   1. each fixture packed with --experts keep and mounted: prompt logits max abs
-#      error < 1e-3, the 16 greedy ids (--ignore-eos) equal greedy_ids, the
+#      error < 1e-5, the 16 greedy ids (--ignore-eos) equal greedy_ids, the
 #      experts per prompt token per layer equal route.layer*.gate_out2 as sets;
 #      --prefetch router, --expert-cache 4experts, 1experts with prefetch and 4
 #      with prefetch and --policy lfu give byte-identical dumps and traces;
@@ -53,7 +53,7 @@ for f in bf16 fp8 int4; do
 	else
 		echo "== $f through the mount:"
 		"$cmpr" "$ref" --dump "$work/$f-base.st" --trace "$work/$f-base.trace" \
-			--max-err 1e-3 --min-ids 16 --routes || fail "$f: differs from the reference"
+			--max-err 1e-5 --min-ids 16 --routes || fail "$f: differs from the reference"
 		n=$(wc -l <"$work/$f-base.trace")
 		[ "$n" -eq $((24 + 15)) ] || fail "$f: trace has $n lines, expected 39"
 		for mode in "--prefetch router" "--expert-cache 4experts" \
@@ -108,7 +108,7 @@ for q in int4 int8 fp8; do
 	elif [ "$q" = int4 ]; then
 		echo "== bf16 re-packed --experts int4 vs the int4 reference:"
 		"$cmpr" "$ref4" --dump "$work/q-$q.st" --trace "$work/q-$q.trace" \
-			--max-err 1e-3 --min-ids 16 --routes || fail "bf16 --experts int4 differs from the int4 reference"
+			--max-err 1e-5 --min-ids 16 --routes || fail "bf16 --experts int4 differs from the int4 reference"
 	else
 		echo "== bf16 re-packed --experts $q vs the bf16 reference (reported, not asserted):"
 		"$cmpr" "$ref16" --dump "$work/q-$q.st" --trace "$work/q-$q.trace" | sed 's/^/   /'

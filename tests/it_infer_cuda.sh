@@ -118,6 +118,11 @@ for f in bf16 fp8; do
 	"$gcmp" "$ref" "$work/$f.st" --max-rel 1e-4 --min-ids 16 --label "$f" | sed 's/^/   /'
 	"$gcmp" "$ref" "$work/$f.st" --max-rel 1e-4 --min-ids 16 --label "$f" >/dev/null ||
 		fail "$f: prompt error or greedy ids against the reference"
+	# the float32 engine on any backend: every logit within 1e-5, every route
+	"$cmpr" "$ref" --dump "$work/$f.st" --trace "$work/$f.trace" --max-err 1e-5 --min-ids 16 \
+		--routes | sed 's/^/   /'
+	"$cmpr" "$ref" --dump "$work/$f.st" --trace "$work/$f.trace" --max-err 1e-5 --min-ids 16 \
+		--routes >/dev/null || fail "$f: logits beyond 1e-5 of the reference, or routes differ"
 	for mode in "--expert-cache 4experts --prefetch router" "--expert-cache 1experts" \
 		"--expert-cache 5experts --prefetch router --policy lfu"; do
 		# shellcheck disable=SC2086
