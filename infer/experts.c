@@ -183,7 +183,6 @@ int64_t xd_claim_slot(inf_experts *d, int tier, uint32_t key, int prefetch)
 	sl->demand = (uint8_t)!prefetch;
 	sl->fd = -1;
 	sl->src = -1;
-	sl->t_issue = k2_now();
 	t->key_slot[key] = (int32_t)s;
 	t->n_loading++;
 	return s;
@@ -198,17 +197,6 @@ void xd_count_load(struct tier *t, int prefetch, uint64_t bytes, int moved)
 		t->st.bytes_read += bytes;
 	if (prefetch)
 		t->st.prefetch_loads++;
-}
-
-int inf_experts_request(inf_experts *d, int tier, uint32_t layer, uint32_t expert,
-			int prefetch, k2_err *err)
-{
-	if (!xd_valid(d, tier, layer, expert))
-		return k2_err_set(err, -EINVAL, "expert %u of layer %u: no such expert", expert, layer);
-	pthread_mutex_lock(&d->lock);
-	int rc = xd_request_locked(d, tier, layer, expert, prefetch, err);
-	pthread_mutex_unlock(&d->lock);
-	return rc;
 }
 
 int inf_experts_request_loads(inf_experts *d, int tier, uint32_t layer,

@@ -22,7 +22,6 @@ struct slot {
 	uint32_t pins;
 	int fd;              /* device: open while loading from the mount */
 	int32_t src;         /* device: the RAM slot it copies from while loading, or -1 */
-	double t_issue;      /* k2_now() at the load's start */
 	void *buf;           /* RAM: the image */
 	size_t cap;
 	inf_expert ex;       /* valid when READY */
@@ -108,7 +107,12 @@ void xd_unpin_slot(inf_experts *d, int tier, int32_t s);
 /* Loads RAM slot s (claimed, LOADING) with the lock dropped; back under the
  * lock it is READY or emptied. Returns 0 or -errno with a message. */
 int xd_ram_load(inf_experts *d, uint32_t s, int prefetch, k2_err *err);
-/* Starts a load of an absent expert into `tier` (inf_experts_request). */
+/* Starts loading an absent expert into `tier` without waiting. Device: from
+ * its RAM copy when that is ready, else from the mount; -ENOSPC when every
+ * slot is pinned, loading or (for a prefetch) holds an unused prefetch. RAM:
+ * queued to the readers, a demand ahead of the prefetches (nothing without
+ * readers). A device demand counts the miss. Returns 0 or -errno with a
+ * message naming the file. */
 int xd_request_locked(inf_experts *d, int tier, uint32_t layer, uint32_t expert, int prefetch,
 		      k2_err *err);
 /* The readers' thread body (called without the lock). */

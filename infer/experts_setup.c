@@ -72,11 +72,6 @@ void inf_experts_count_miss(inf_experts *d, int tier)
 	pthread_mutex_unlock(&d->lock);
 }
 
-uint64_t inf_experts_image_bytes(const inf_experts *d, uint32_t layer)
-{
-	return d && layer < d->n_layers ? d->lay[layer].image_bytes : 0;
-}
-
 /* ---------------------------------------------------------------- create / destroy */
 
 static int tier_init(inf_experts *d, int tier, uint32_t n_slots)

@@ -160,14 +160,6 @@ int inf_experts_compute_tier(const inf_experts *d);
 /* 2 ready, 1 loading, 0 absent in `tier` (no side effects but settling a
  * device load that has landed). */
 int inf_experts_state(inf_experts *d, int tier, uint32_t layer, uint32_t expert);
-/* Starts loading an absent expert into `tier` without waiting. Device: from
- * its RAM copy when that is ready, else from the mount; -ENOSPC when every
- * slot is pinned, loading or (for a prefetch) holds an unused prefetch. RAM:
- * queued to the readers, a demand ahead of the prefetches (ignored without
- * readers). A demand request counts the miss. Returns 0 or -errno with a
- * message naming the file. */
-int inf_experts_request(inf_experts *d, int tier, uint32_t layer, uint32_t expert,
-			int prefetch, k2_err *err);
 /* Demand requests for the n experts of `layer` a layer is about to use, in
  * that order: device loads start now, each pinned (pinned[i] = 1) so that the
  * next does not evict it, until no slot is free (the rest load when acquired);
@@ -209,8 +201,6 @@ uint32_t inf_experts_loading(inf_experts *d, int tier);
 /* An expert the engine computed outside `tier` (--cpu-experts) counts as its
  * miss. */
 void inf_experts_count_miss(inf_experts *d, int tier);
-/* Image bytes of the experts of `layer` (0 for a dense layer or unknown). */
-uint64_t inf_experts_image_bytes(const inf_experts *d, uint32_t layer);
 
 /* ---------------------------------------------------------------- engine */
 
