@@ -96,20 +96,20 @@ int inf_attn_forward(inf_engine *e, uint32_t l, uint32_t n, float *out, k2_err *
 	if ((rc = (call)) < 0) \
 		return inf_op_failed(e, rc, what, l, err);
 	if (c->q_lora_rank) {
-		TRY(B->matmul(be, &bl->q_a, e->xn, n, e->qa, 0), "q_a_proj");
+		TRY(B->matmul(be, &bl->q_a, e->xn, n, e->qa, e->mm), "q_a_proj");
 		TRY(B->rmsnorm(be, e->qa, e->qa, bl->q_a_norm, n, c->q_lora_rank, INF_LORA_NORM_EPS),
 		    "q_a_layernorm");
-		TRY(B->matmul(be, &bl->q_b, e->qa, n, e->q, 0), "q_b_proj");
+		TRY(B->matmul(be, &bl->q_b, e->qa, n, e->q, e->mm), "q_b_proj");
 	} else
-		TRY(B->matmul(be, &bl->q_proj, e->xn, n, e->q, 0), "q_proj");
-	TRY(B->matmul(be, &bl->kv_a, e->xn, n, e->kva, 0), "kv_a_proj_with_mqa");
+		TRY(B->matmul(be, &bl->q_proj, e->xn, n, e->q, e->mm), "q_proj");
+	TRY(B->matmul(be, &bl->kv_a, e->xn, n, e->kva, e->mm), "kv_a_proj_with_mqa");
 	TRY(B->rope(be, e->q, n, nh, nh * qk, qk, nope, rope, e->pos, e->w.inv_freq, m->rope_mscale),
 	    "rope of q");
 	TRY(B->mla_cache_write(be, &e->md, e->kva, n, e->pos, bl->kv_a_norm, INF_LORA_NORM_EPS,
 			       e->w.inv_freq, m->rope_mscale, ckv, kpe), "KV cache write");
 	TRY(B->mla_attn(be, bl->attn, e->q, ckv, kpe, n, e->pos, m->attn_scale, e->attn),
 	    "attention");
-	TRY(B->matmul(be, &bl->o_proj, e->attn, n, out, 0), "o_proj");
+	TRY(B->matmul(be, &bl->o_proj, e->attn, n, out, e->mm), "o_proj");
 #undef TRY
 	return 0;
 }

@@ -153,6 +153,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 		e->own_be = 1;
 	e->ops = e->be->ops;
 	inf_router_params(c, &e->rp);
+	e->mm = o->exact ? KERN_MM_EXACT : 0;
 	e->md = (kern_mla_dims){.n_heads = c->num_attention_heads, .kv_lora = c->kv_lora_rank,
 				.nope = c->qk_nope_head_dim, .rope = c->qk_rope_head_dim,
 				.v = c->v_head_dim};
@@ -291,7 +292,7 @@ static int forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *l
 	const uint32_t first = all_logits ? 0 : n - 1;
 	if ((rc = B->rmsnorm(be, e->xn, e->x + (size_t)first * H, e->w.final_norm, n - first, H,
 			     eps)) < 0 ||
-	    (rc = B->matmul(be, &e->w.lm_head, e->xn, n - first, e->logits, 0)) < 0 ||
+	    (rc = B->matmul(be, &e->w.lm_head, e->xn, n - first, e->logits, e->mm)) < 0 ||
 	    (rc = B->download(be, logits, e->logits, sizeof(float) * (size_t)(n - first) * V)) < 0)
 		return k2_err_set(err, rc, "lm_head on the %s backend: %s", B->name, B->error(be));
 	return 0;
@@ -338,6 +339,12 @@ int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *log
 }
 
 uint32_t inf_engine_pos(const inf_engine *e) { return e->pos; }
+
+void inf_engine_set_exact(inf_engine *e, int exact)
+{
+	e->opts.exact = exact;
+	e->mm = exact ? KERN_MM_EXACT : 0;
+}
 
 void inf_engine_reset(inf_engine *e)
 {

@@ -218,6 +218,10 @@ typedef struct inf_engine_opts {
 	const char *policy;      /* "lru" (default) or "lfu" */
 	int prefetch;            /* enum inf_prefetch_mode */
 	int io_threads;          /* readers (0: RAM tier 2 with prefetch, device slots 4) */
+	/* float32 activations in every product (KERN_MM_EXACT): what the reference
+	 * computes. Else (0) the backend's fast path may round them (kern_matmul_fast
+	 * on the CPU: bf16 weights take bf16 activations). Routers are always exact. */
+	int exact;
 	/* a backend with device memory: compute a missed expert on the CPU from
 	 * its RAM copy when the cost model (offload.c) says that ends sooner than
 	 * uploading it */
@@ -240,6 +244,9 @@ int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *log
 		       int all_logits, k2_err *err);
 /* Positions filled so far. */
 uint32_t inf_engine_pos(const inf_engine *e);
+/* Switches between the exact and the fast path (inf_engine_opts.exact) for the
+ * forward calls that follow. */
+void inf_engine_set_exact(inf_engine *e, int exact);
 /* Drops the KV cache (next forward starts at position 0). */
 void inf_engine_reset(inf_engine *e);
 

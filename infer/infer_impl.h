@@ -125,6 +125,9 @@ struct inf_engine {
 	uint32_t max_batch, max_ctx, pos;
 	kern_router_params rp;
 	kern_mla_dims md;
+	unsigned mm;              /* matmul flags of the dense products: KERN_MM_EXACT with
+	                             opts.exact (float32 activations), else 0 (the
+	                             backend's fast path: activations rounded) */
 	/* activations, backend memory */
 	int32_t *ids;             /* [B] */
 	float *x, *xn, *y;        /* [B, H] residual, normed, layer output */

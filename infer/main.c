@@ -40,6 +40,10 @@ static const char usage_text[] =
 	"  --io-threads N       background expert readers (cpu: with --prefetch router,\n"
 	"                       default 2; GPU: staging readers, default 4)\n"
 	"  --batch N            prompt tokens per forward chunk (default 256)\n"
+	"  --exact              float32 activations in every product, as the reference\n"
+	"                       computes (default: the fast path, which rounds them for the\n"
+	"                       processor's dot-product instructions: bf16 weights take\n"
+	"                       bf16 activations)\n"
 	"  --temperature T      0 = greedy (default); else sampling\n"
 	"  --top-p P            nucleus sampling mass (default 1)\n"
 	"  --seed S             sampling seed (default 0)\n"
@@ -65,7 +69,7 @@ struct opts {
 	long n, threads, io_threads, batch, device;
 	double temperature, top_p;
 	uint64_t seed;
-	int ignore_eos, stats, cpu_experts;
+	int ignore_eos, stats, cpu_experts, exact;
 };
 
 static int fail(const char *fmt, const char *a)
@@ -142,6 +146,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->stats = 1;
 		else if (strcmp(a, "--cpu-experts") == 0)
 			o->cpu_experts = 1;
+		else if (strcmp(a, "--exact") == 0)
+			o->exact = 1;
 		else if (bad)
 			return -EINVAL;
 		else {
@@ -389,6 +395,7 @@ int main(int argc, char **argv)
 		.backend = o.backend,
 		.device = (int)o.device,
 		.cpu_experts = o.cpu_experts,
+		.exact = o.exact,
 		.cpu_cache_bytes = cpu_cache_bytes,
 	};
 	if (inf_engine_create(m, &eo, &e, &err) < 0) {

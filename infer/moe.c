@@ -54,11 +54,11 @@ int inf_mlp_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, int a
 			return inf_op_failed(e, rc, "MLP", layer, err);
 		return 0;
 	}
-	if ((rc = B->matmul(be, &bl->gate, e->xn, n, e->mlp_g, 0)) < 0 ||
-	    (rc = B->matmul(be, &bl->up, e->xn, n, e->mlp_u, 0)) < 0 ||
+	if ((rc = B->matmul(be, &bl->gate, e->xn, n, e->mlp_g, e->mm)) < 0 ||
+	    (rc = B->matmul(be, &bl->up, e->xn, n, e->mlp_u, e->mm)) < 0 ||
 	    (rc = B->silu_mul(be, e->mlp_g, e->mlp_u, n * ly->mlp_inter)) < 0 ||
 	    (rc = B->matmul(be, &bl->down, e->mlp_g, n, out,
-			    accumulate ? KERN_MM_ACCUMULATE : 0)) < 0)
+			    e->mm | (accumulate ? KERN_MM_ACCUMULATE : 0))) < 0)
 		return inf_op_failed(e, rc, ly->moe ? "shared experts" : "MLP", layer, err);
 	return 0;
 }

@@ -41,9 +41,11 @@ typedef struct kern_slots kern_slots;
 
 /* matmul flags */
 #define KERN_MM_ACCUMULATE 1u  /* y += x·Wᵀ instead of y = x·Wᵀ */
-#define KERN_MM_EXACT      2u  /* float32 activations and sums whatever the batch
-                                  (a backend may otherwise round large batches to
-                                  bf16 for tensor cores); the routers ask for it */
+#define KERN_MM_EXACT      2u  /* float32 activations and sums (kern_matmul); without
+                                  it a backend may round the activations for its
+                                  dot-product instructions (the CPU: kern_matmul_fast;
+                                  CUDA: bf16 for tensor cores from batch 64); the
+                                  routers always ask for it */
 
 typedef struct kern_backend_info {
 	char device[256];         /* what runs the ops ("CPU, 2 threads", a GPU's name) */
@@ -98,7 +100,7 @@ struct kern_backend_ops {
 	int (*rmsnorm)(kern_backend *b, float *out, const float *x, const float *w,
 		       uint32_t rows, uint32_t n, float eps);                /* kern_rmsnorm_rows */
 	int (*matmul)(kern_backend *b, const kern_mat *m, const float *x, uint32_t batch,
-		      float *y, unsigned flags);                             /* kern_matmul */
+		      float *y, unsigned flags);        /* kern_matmul, kern_matmul_fast */
 	int (*silu_mul)(kern_backend *b, float *gate, const float *up, uint32_t n);
 	int (*add)(kern_backend *b, float *y, const float *x, size_t n);     /* y += x */
 	int (*rope)(kern_backend *b, float *x, uint32_t n_tok, uint32_t n_heads,

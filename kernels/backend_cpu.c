@@ -124,22 +124,27 @@ static int cpu_rmsnorm(kern_backend *b, float *out, const float *x, const float 
 	return 0;
 }
 
+/* KERN_MM_EXACT: kern_matmul (float32 activations); else kern_matmul_fast. */
 static int cpu_matmul(kern_backend *b, const kern_mat *m, const float *x, uint32_t batch,
 		      float *y, unsigned flags)
 {
+	int (*mm)(const kern_mat *, const float *, uint32_t, float *) =
+		flags & KERN_MM_EXACT ? kern_matmul : kern_matmul_fast;
 	int rc;
 	if (!(flags & KERN_MM_ACCUMULATE))
-		rc = kern_matmul(m, x, batch, y);
+		rc = mm(m, x, batch, y);
 	else {
 		struct cpu_backend *c = cpu(b);
 		kern_arena_reset(c->arena);
 		float *t = kern_arena_alloc(c->arena, sizeof(float) * batch * m->rows);
 		if (!t)
 			return cpu_fail(b, -ENOMEM, "matmul", "out of memory for the product");
-		if ((rc = kern_matmul(m, x, batch, t)) == 0)
+		if ((rc = mm(m, x, batch, t)) == 0)
 			for (size_t i = 0; i < (size_t)batch * m->rows; i++)
 				y[i] += t[i];
 	}
+	if (rc == -ENOMEM)
+		return cpu_fail(b, rc, "matmul", "out of memory for the rounded activations");
 	return rc < 0 ? cpu_fail(b, rc, "matmul", "unknown weight format or int4 cols % 32") : 0;
 }
 

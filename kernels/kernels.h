@@ -52,6 +52,15 @@ int kern_threads(void);
  * cols % 32 != 0. */
 int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
 
+/* The fast path of kern_matmul: the activations are rounded before the
+ * product, so that it can run on the processor's dot-product instructions.
+ * bf16 weights take x rounded to bf16 (to nearest, ties to even) and use the
+ * AVX-512 BF16 dot product where the processor has it (batches up to
+ * KERN_FUSED_BATCH), else kern_matmul on the rounded x: so the rounding, not
+ * the instruction set, decides the result, up to the order of the sums. Other
+ * formats run kern_matmul as it is. Returns as kern_matmul, or -ENOMEM. */
+int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y);
+
 /* The plain single-threaded scalar reference of kern_matmul: dequantize each
  * element, multiply, accumulate in double. Tests compare every fast path to it. */
 void kern_matmul_ref(const kern_mat *m, const float *x, uint32_t batch, float *y);

@@ -45,6 +45,14 @@ void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
  * every row rearranged by kern_i4_pair_split. */
 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, float *y,
 			 uint32_t r0, uint32_t r1);
+/* bf16 weights times xh, x rounded to bf16 [batch, cols], on the AVX-512 BF16
+ * dot-product instruction (matmul_bf16dot.c), batches up to KERN_FUSED_BATCH. */
+void kern_rows_bf16dot(const kern_mat *m, const uint16_t *xh, uint32_t batch, float *y,
+		       uint32_t r0, uint32_t r1);
+/* 1 when kern_rows_bf16dot may run: the CPU has AVX-512 BF16 and the path in
+ * use (kern_isa) is AVX-512. */
+int kern_has_bf16dot(void);
+
 /* xp[32g + i] = x[32g + 2i], xp[32g + 16 + i] = x[32g + 2i + 1] (i < 16) for
  * every group g of cols / 32. */
 void kern_i4_pair_split(const float *x, uint32_t cols, float *xp);

@@ -23,7 +23,7 @@
 
 /* ---------------------------------------------------------------- dispatch */
 
-static int cpu_isa;
+static int cpu_isa, cpu_bf16dot;
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 static int isa_cap = -1;
 
@@ -48,8 +48,10 @@ static void cpu_detect(void)
 	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
 		cpu_isa = KERN_ISA_AVX2;
 		if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-		    __builtin_cpu_supports("avx512vl"))
+		    __builtin_cpu_supports("avx512vl")) {
 			cpu_isa = KERN_ISA_AVX512;
+			cpu_bf16dot = __builtin_cpu_supports("avx512bf16");
+		}
 	}
 #endif
 }
@@ -71,6 +73,12 @@ void kern_isa_limit(int max)
 	isa_cap = max;
 }
 
+int kern_has_bf16dot(void)
+{
+	pthread_once(&cpu_once, cpu_detect);
+	return cpu_bf16dot && kern_isa() == KERN_ISA_AVX512;
+}
+
 /* ---------------------------------------------------------------- tasks */
 
 /* Bytes of weights one task should stream at batch 1; large enough that a
@@ -85,6 +93,7 @@ struct mm_job {
 	const kern_mat *m;
 	const float *x;
 	const float *xp; /* when set, x rearranged for kern_rows_avx512_i4, which runs */
+	const uint16_t *xh; /* when set, x rounded to bf16 for kern_rows_bf16dot, which runs */
 	uint32_t batch;
 	float *y;
 	uint32_t rows_per_task;
@@ -92,7 +101,9 @@ struct mm_job {
 
 static void mm_rows(const struct mm_job *j, uint32_t r0, uint32_t r1)
 {
-	if (j->xp)
+	if (j->xh)
+		kern_rows_bf16dot(j->m, j->xh, j->batch, j->y, r0, r1);
+	else if (j->xp)
 		kern_rows_avx512_i4(j->m, j->xp, j->batch, j->y, r0, r1);
 	else
 		j->fn(j->m, j->x, j->batch, j->y, r0, r1);
@@ -118,22 +129,13 @@ void kern_i4_pair_split(const float *x, uint32_t cols, float *xp)
 		}
 }
 
-int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
+/* The product on the pool; xh (x rounded to bf16, bf16 weights) selects
+ * kern_rows_bf16dot. Formats are checked by the callers. */
+static void mm_run(const kern_mat *m, const float *x, const uint16_t *xh, uint32_t batch,
+		   float *y)
 {
-	if ((m->format != K2_FORMAT_BF16 && m->format != K2_FORMAT_FP8_B128 &&
-	     m->format != K2_FORMAT_INT8 && m->format != K2_FORMAT_INT4_G32 &&
-	     m->format != KERN_FORMAT_F32) ||
-	    (m->format == K2_FORMAT_INT4_G32 && m->cols % 32 != 0))
-		return -EINVAL;
-	if (batch == 0 || m->rows == 0)
-		return 0;
-	if (m->cols == 0) {
-		memset(y, 0, (size_t)batch * m->rows * sizeof(*y));
-		return 0;
-	}
-
 	struct mm_job j = {
-		.m = m, .x = x, .batch = batch, .y = y,
+		.m = m, .x = x, .xh = xh, .batch = batch, .y = y,
 	};
 	switch (kern_isa()) {
 	case KERN_ISA_AVX512:
@@ -159,7 +161,7 @@ int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	j.rows_per_task = (uint32_t)rpt;
 
 	float xp_stack[XP_STACK], *xp_heap = NULL;
-	if (j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 &&
+	if (!xh && j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 &&
 	    batch <= KERN_FUSED_BATCH) {
 		size_t n = (size_t)batch * m->cols;
 		float *xp = n <= XP_STACK ? xp_stack : (xp_heap = malloc(n * sizeof(float)));
@@ -176,6 +178,65 @@ int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 	else
 		kern_pool_run(mm_task, &j, n_tasks);
 	free(xp_heap);
+}
+
+/* 0 when kern_matmul takes m, else -EINVAL. */
+static int mm_format_ok(const kern_mat *m)
+{
+	if ((m->format != K2_FORMAT_BF16 && m->format != K2_FORMAT_FP8_B128 &&
+	     m->format != K2_FORMAT_INT8 && m->format != K2_FORMAT_INT4_G32 &&
+	     m->format != KERN_FORMAT_F32) ||
+	    (m->format == K2_FORMAT_INT4_G32 && m->cols % 32 != 0))
+		return -EINVAL;
+	return 0;
+}
+
+int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
+{
+	if (mm_format_ok(m) < 0)
+		return -EINVAL;
+	if (batch == 0 || m->rows == 0)
+		return 0;
+	if (m->cols == 0) {
+		memset(y, 0, (size_t)batch * m->rows * sizeof(*y));
+		return 0;
+	}
+	mm_run(m, x, NULL, batch, y);
+	return 0;
+}
+
+/* Elements of x kern_matmul_fast rounds on its own stack; more go to the heap. */
+#define XH_STACK 16384u
+
+int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y)
+{
+	if (mm_format_ok(m) < 0)
+		return -EINVAL;
+	if (m->format != K2_FORMAT_BF16 || batch == 0 || m->rows == 0 || m->cols == 0)
+		return kern_matmul(m, x, batch, y);
+	const size_t n = (size_t)batch * m->cols;
+	const int dot = kern_has_bf16dot() && batch <= KERN_FUSED_BATCH;
+	/* x rounded to bf16 (to nearest, ties to even): as bf16 bits for the dot
+	 * instruction, else as floats for kern_matmul */
+	uint16_t xh_stack[XH_STACK];
+	void *heap = NULL;
+	void *buf = n * (dot ? sizeof(uint16_t) : sizeof(float)) <= sizeof(xh_stack)
+			    ? (void *)xh_stack
+			    : (heap = malloc(n * (dot ? sizeof(uint16_t) : sizeof(float))));
+	if (!buf)
+		return -ENOMEM;
+	if (dot) {
+		uint16_t *xh = buf;
+		for (size_t i = 0; i < n; i++)
+			xh[i] = k2q_f32_to_bf16(x[i]);
+		mm_run(m, NULL, xh, batch, y);
+	} else {
+		float *xr = buf;
+		for (size_t i = 0; i < n; i++)
+			xr[i] = kern_bf16(k2q_f32_to_bf16(x[i]));
+		mm_run(m, xr, NULL, batch, y);
+	}
+	free(heap);
 	return 0;
 }
 

@@ -6,6 +6,8 @@
 #      experts per prompt token per layer equal route.layer*.gate_out2 as sets;
 #      --prefetch router, --expert-cache 4experts, 1experts with prefetch and 4
 #      with prefetch and --policy lfu give byte-identical dumps and traces;
+#      the default fast path (bf16 activations for bf16 weights): relative
+#      logits error < 0.15 and the first 8 greedy ids, reported per fixture;
 #   2. the bf16 fixture re-packed with --experts int4 matches the int4
 #      reference the same way; --experts int8 and fp8 print (not assert) their
 #      error against the bf16 reference and how many greedy ids agree;
@@ -21,12 +23,18 @@ bin=${K2_BIN:-$here/../bin}
 progs=${K2_TESTPROGS:-$here/../build/tests/prog}
 fx=${K2_FIXTURES:-$here/fixtures}
 cmpr=$progs/prog_infer_cmp
+gcmp=$progs/prog_gpu_cmp
+# The fast path's bound on the fixtures (relative logits error): bf16
+# activations through every bf16 product of these tiny random models give
+# 6.5e-2 (bf16), 1.6e-3 (fp8: only lm_head is bf16), 7.2e-2 (int4); a wrong
+# product gives ~1.
+fast_rel=0.15
 
 if [ ! -c /dev/fuse ] || [ ! -r /dev/fuse ] || [ ! -w /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
 	echo "it_infer: skipped: /dev/fuse or fusermount3 is not usable here"
 	exit 77
 fi
-for b in "$bin/k2fs" "$bin/k2pack" "$bin/infer" "$cmpr"; do
+for b in "$bin/k2fs" "$bin/k2pack" "$bin/infer" "$cmpr" "$progs/prog_gpu_cmp"; do
 	[ -x "$b" ] || { echo "it_infer: FAIL: $b not built"; exit 1; }
 done
 
@@ -37,7 +45,7 @@ mount_scratch it_infer
 run_infer() {
 	m=$1 ids=$2 out=$3
 	shift 3
-	"$bin/infer" --model "$m" --tokens "$ids" -n 16 --ignore-eos --threads 2 \
+	"$bin/infer" --model "$m" --tokens "$ids" -n 16 --ignore-eos --threads 2 --exact \
 		--dump-logits "$out.st" --trace "$out.trace" "$@" >"$out.stdout" 2>"$out.stderr"
 }
 
@@ -75,7 +83,7 @@ for f in bf16 fp8 int4; do
 		if [ "$f" = bf16 ]; then
 			# without --ignore-eos generation stops at eos_token_id (2), emitted last
 			want=$("$cmpr" "$ref" --print greedy_ids | awk -F, '{ s = $1; for (i = 2; i <= NF && $(i-1) != 2; i++) s = s "," $i; print s }')
-			got=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 16 2>&1)
+			got=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 16 --exact 2>&1)
 			[ "$got" = "$want" ] || fail "stop at EOS: got $got, want $want"
 			# sampling: a seed reproduces a run, another seed (most likely) differs
 			s1=$("$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 12 --ignore-eos --temperature 0.8 --top-p 0.9 --seed 5 2>&1)
@@ -91,6 +99,18 @@ for f in bf16 fp8 int4; do
 		*[0-9]*) echo "   k2fs got user.k2.prefetch on experts/003: $hint" ;;
 		*) fail "$f: no prefetch hint on experts/003 ('$hint')" ;;
 		esac
+		# the fast path (the default: activations rounded for the dot-product
+		# instructions) against the reference, as a bf16-compute engine is
+		# judged: relative error of the logits and the leading greedy ids
+		if "$bin/infer" --model "$work/mnt-$f" --tokens "$ids" -n 16 --ignore-eos --threads 2 \
+			--dump-logits "$work/$f-fast.st" >/dev/null 2>"$work/$f-fast.err"; then
+			"$gcmp" "$ref" "$work/$f-fast.st" --max-rel "$fast_rel" --min-ids 8 --label "$f fast" |
+				grep '^@@' | sed 's/^@@/   fast path:/'
+			"$gcmp" "$ref" "$work/$f-fast.st" --max-rel "$fast_rel" --min-ids 8 >/dev/null ||
+				fail "$f: the fast path beyond its bound (rel < $fast_rel, 8 greedy ids)"
+		else
+			fail "$f fast path: $(cat "$work/$f-fast.err")"
+		fi
 	fi
 	umount_pack "$work/mnt-$f"
 done

@@ -65,7 +65,7 @@ mount_scratch it_infer_cuda
 cuda() {
 	m=$1 ids=$2 out=$3
 	shift 3
-	"$infer" --model "$m" --backend cuda --tokens "$ids" -n 16 --ignore-eos --threads 2 \
+	"$infer" --model "$m" --backend cuda --tokens "$ids" -n 16 --ignore-eos --threads 2 --exact \
 		--dump-logits "$out.st" --trace "$out.trace" --stats "$@" >"$out.stdout" 2>"$out.stderr"
 }
 stat_of() { grep -o "\"$1\":[0-9.eE+-]*" "$2" | head -1 | cut -d: -f2; }
@@ -200,9 +200,9 @@ if [ -x "$bin/k2gen" ]; then
 		--set bos_token_id=0 --set eos_token_id=1 "$work/gen" >"$work/gen.log" 2>&1 &&
 	   "$bin/k2pack" "$work/gen" "$work/gen.k2" >"$work/gen.log" 2>&1 &&
 	   mount_pack "$work/gen.k2" "$work/mnt-gen"; then
-		g=$("$infer" --model "$work/mnt-gen" --backend cuda --tokens 1,5,9,13,17 -n 8 --ignore-eos \
+		g=$("$infer" --model "$work/mnt-gen" --backend cuda --exact --tokens 1,5,9,13,17 -n 8 --ignore-eos \
 			--expert-cache 3experts --prefetch router --trace "$work/gg.trace" 2>"$work/gg.err")
-		c=$("$bin/infer" --model "$work/mnt-gen" --backend cpu --tokens 1,5,9,13,17 -n 8 --ignore-eos \
+		c=$("$bin/infer" --model "$work/mnt-gen" --backend cpu --exact --tokens 1,5,9,13,17 -n 8 --ignore-eos \
 			--trace "$work/gc.trace" 2>"$work/gc.err")
 		if [ -n "$g" ] && [ "$g" = "$c" ] && cmp -s "$work/gg.trace" "$work/gc.trace"; then
 			echo "== k2gen model (no q LoRA, 4 groups top 2, 2 dense layers): cuda = cpu: $g"

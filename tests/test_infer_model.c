@@ -156,7 +156,7 @@ static inf_engine *engine(inf_model *m, uint32_t batch, uint32_t cache, const ch
 {
 	k2_err err;
 	inf_engine_opts o = {.max_ctx = 64, .max_batch = batch, .cache_experts = cache,
-			     .policy = pol, .prefetch = prefetch};
+			     .policy = pol, .prefetch = prefetch, .exact = 1};
 	inf_engine *e;
 	ck_assert_msg(inf_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
 	return e;
@@ -283,7 +283,7 @@ START_TEST(long_prompt_paths_agree)
 		p[i] = (int32_t)((i * 7919u + 13u) % V);
 	float *a = malloc(sizeof(float) * n * V), *b = malloc(sizeof(float) * n * V);
 	k2_err e2;
-	inf_engine_opts o = {.max_ctx = n, .max_batch = n};
+	inf_engine_opts o = {.max_ctx = n, .max_batch = n, .exact = 1};
 	inf_engine *e;
 	ck_assert_msg(inf_engine_create(m, &o, &e, &e2) == 0, "%s", e2.msg);
 	ck_assert_int_eq(inf_engine_forward(e, p, n, a, 1, &err), 0);
@@ -374,7 +374,7 @@ START_TEST(device_tier_matches_cpu)
 	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
 		kern_backend *sb;
 		ck_assert_int_eq(script_backend_open(cs[i].polls, &sb, &err), 0);
-		inf_engine_opts o = {.max_ctx = 64, .be = sb, .cache_experts = cs[i].slots,
+		inf_engine_opts o = {.max_ctx = 64, .be = sb, .exact = 1, .cache_experts = cs[i].slots,
 				     .policy = cs[i].pol, .prefetch = cs[i].prefetch,
 				     .cpu_experts = cs[i].cpu_experts != 0,
 				     .cpu_cache_bytes = cs[i].cpu_experts == 1};

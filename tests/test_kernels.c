@@ -384,6 +384,52 @@ START_TEST(test_matmul_fp8_all_codes)
 }
 END_TEST
 
+/* kern_matmul_fast on bf16 weights: the product of x rounded to bf16 (to
+ * nearest, ties to even), whatever the path — the AVX-512 BF16 dot product
+ * where the CPU has it (batches up to 4), kern_matmul on the rounded x
+ * otherwise. Checked against kern_matmul_ref of the rounded x on odd shapes,
+ * with every path this CPU has forced in turn; other formats equal
+ * kern_matmul exactly. */
+START_TEST(test_matmul_fast)
+{
+	static const uint32_t cols[] = {7, 32, 33, 100, 129, 416, 7168};
+	static const uint32_t batches[] = {1, 2, 3, 4, 5, 9};
+	rng_state = 77;
+	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
+		kern_isa_limit(isa);
+		for (size_t ci = 0; ci < sizeof(cols) / sizeof(cols[0]); ci++) {
+			tmat t = tmat_make(K2_FORMAT_BF16, 5 + (uint32_t)ci * 13, cols[ci]);
+			for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
+				const uint32_t B = batches[bi], n = B * t.m.cols;
+				float *x = random_vec(n), *xr = malloc(sizeof(float) * n);
+				float *y = nan_vec((size_t)B * t.m.rows), *ref = nan_vec((size_t)B * t.m.rows);
+				for (uint32_t i = 0; i < n; i++)
+					xr[i] = kern_bf16(k2q_f32_to_bf16(x[i]));
+				ck_assert_int_eq(kern_matmul_fast(&t.m, x, B, y), 0);
+				kern_matmul_ref(&t.m, xr, B, ref);
+				double e = rel_err(y, ref, (size_t)B * t.m.rows);
+				ck_assert_msg(e < 1e-5, "bf16 %ux%u batch %u (%s%s): relative error %g "
+					      "against the rounded x", t.m.rows, t.m.cols, B,
+					      isa_names[kern_isa()],
+					      kern_has_bf16dot() && B <= KERN_FUSED_BATCH ? ", bf16 dot" : "",
+					      e);
+				free(x), free(xr), free(y), free(ref);
+			}
+			tmat_free(&t);
+		}
+		/* other formats: kern_matmul itself */
+		tmat t = tmat_make(K2_FORMAT_INT4_G32, 9, 96);
+		float *x = random_vec(2 * 96), *a = nan_vec(18), *b = nan_vec(18);
+		kern_matmul(&t.m, x, 2, a);
+		ck_assert_int_eq(kern_matmul_fast(&t.m, x, 2, b), 0);
+		ck_assert_mem_eq(a, b, sizeof(float) * 18);
+		free(x), free(a), free(b);
+		tmat_free(&t);
+	}
+	kern_isa_limit(-1);
+}
+END_TEST
+
 START_TEST(test_matmul_degenerate)
 {
 	tmat t = tmat_make(K2_FORMAT_BF16, 4, 32);
@@ -647,6 +693,7 @@ static Suite *kernels_suite(void)
 	tcase_add_test(tc, test_matmul_threads_identical);
 	tcase_add_test(tc, test_matmul_paths_agree);
 	tcase_add_test(tc, test_matmul_fp8_all_codes);
+	tcase_add_test(tc, test_matmul_fast);
 	tcase_add_test(tc, test_matmul_degenerate);
 	tcase_add_test(tc, test_mat_get_vs_dequant);
 	tcase_add_test(tc, test_mat_bytes);
