@@ -126,7 +126,7 @@ static int backend_expert(inf_engine *e, uint32_t layer, uint32_t x, uint32_t of
 	if (rc < 0)
 		return rc;
 	rc = e->ops->expert_ffn(e->be, ex->mat, e->xk, cnt, e->rows_d + off, e->wsel_d + off,
-				e->moe_out);
+				e->moe_out, e->mm);
 	const uint64_t bytes = ex->lay.image_bytes;
 	inf_experts_release(e->experts, e->tier, ex);
 	if (rc < 0)
@@ -161,7 +161,7 @@ static int cpu_expert(inf_engine *e, uint32_t layer, uint32_t x, uint32_t off, u
 	for (uint32_t r = 0; r < cnt; r++)
 		memset(e->cpu_out + (size_t)e->rows_h[off + r] * H, 0, sizeof(float) * H);
 	rc = e->cpu->ops->expert_ffn(e->cpu, ex->mat, e->xk_h, cnt, e->rows_h + off,
-				     e->wsel_h + off, e->cpu_out);
+				     e->wsel_h + off, e->cpu_out, e->mm);
 	const uint64_t bytes = ex->lay.image_bytes;
 	inf_experts_release(e->experts, INF_TIER_RAM, ex);
 	if (rc < 0)
@@ -317,7 +317,8 @@ int inf_offload_calibrate(inf_engine *e, k2_err *err)
 	double best = 0;
 	for (int rep = 0; rep < 3 && rc == 0; rep++) {
 		t0 = k2_now();
-		rc = e->cpu->ops->expert_ffn(e->cpu, ex->mat, e->xk_h, 1, NULL, NULL, e->cpu_out);
+		rc = e->cpu->ops->expert_ffn(e->cpu, ex->mat, e->xk_h, 1, NULL, NULL, e->cpu_out,
+					     e->mm);
 		const double dt = k2_now() - t0;
 		if (rep == 0 || dt < best)
 			best = dt;

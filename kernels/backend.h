@@ -109,9 +109,10 @@ struct kern_backend_ops {
 		    float mscale);                                           /* kern_rope_rows */
 	int (*router)(kern_backend *b, const kern_router_params *p, const float *logits,
 		      const float *bias, uint32_t T, int32_t *idx, float *w); /* kern_router */
+	/* flags: KERN_MM_EXACT or 0, as for matmul */
 	int (*expert_ffn)(kern_backend *b, const kern_mat mats[3], const float *x,
 			  uint32_t batch, const int32_t *rows, const float *weights,
-			  float *y);                                         /* kern_expert_ffn */
+			  float *y, unsigned flags);                         /* kern_expert_ffn */
 	int (*mla_cache_write)(kern_backend *b, const kern_mla_dims *d, const float *kv_a,
 			       uint32_t T, uint32_t pos0, const float *norm_w, float eps,
 			       const float *inv_freq, float mscale, float *ckv,

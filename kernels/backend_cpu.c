@@ -182,9 +182,11 @@ static int cpu_router(kern_backend *b, const kern_router_params *p, const float 
 }
 
 static int cpu_expert_ffn(kern_backend *b, const kern_mat mats[3], const float *x,
-			  uint32_t batch, const int32_t *rows, const float *weights, float *y)
+			  uint32_t batch, const int32_t *rows, const float *weights, float *y,
+			  unsigned flags)
 {
-	int rc = kern_expert_ffn(mats, x, batch, rows, weights, y, cpu(b)->arena);
+	int rc = kern_expert_ffn(mats, x, batch, rows, weights, y, (flags & KERN_MM_EXACT) != 0,
+				 cpu(b)->arena);
 	return rc < 0 ? cpu_fail(b, rc, "expert_ffn", rc == -ENOMEM ? "out of memory"
 							      : "unknown weight format") : 0;
 }

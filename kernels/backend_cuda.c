@@ -221,9 +221,11 @@ static int cu_router(kern_backend *b, const kern_router_params *p, const float *
 	return cu_check(b, kcu_router(cu(b)->ctx, p, logits, bias, T, idx, w), "router");
 }
 
+/* flags: the dequantizing kernels keep float32 activations either way. */
 static int cu_expert_ffn(kern_backend *b, const kern_mat mats[3], const float *x, uint32_t batch,
-			 const int32_t *rows, const float *weights, float *y)
+			 const int32_t *rows, const float *weights, float *y, unsigned flags)
 {
+	(void)flags;
 	void *scratch;
 	int rc = grow_to(b, &cu(b)->ffn, sizeof(float) * (size_t)batch * mats[0].rows + 4, &scratch);
 	if (rc < 0)

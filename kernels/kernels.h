@@ -56,9 +56,13 @@ int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
  * product, so that it can run on the processor's dot-product instructions.
  * bf16 weights take x rounded to bf16 (to nearest, ties to even) and use the
  * AVX-512 BF16 dot product where the processor has it (batches up to
- * KERN_FUSED_BATCH), else kern_matmul on the rounded x: so the rounding, not
- * the instruction set, decides the result, up to the order of the sums. Other
- * formats run kern_matmul as it is. Returns as kern_matmul, or -ENOMEM. */
+ * KERN_FUSED_BATCH), else kern_matmul on the rounded x. int4-g32 weights take
+ * x quantized to 8 bits per block of 32 (dx = max |x| / 127, x / dx rounded
+ * to nearest) and use the AVX-512 VNNI integer dot product where the processor
+ * has it (batches up to KERN_FUSED_BATCH), else kern_matmul on the values the
+ * quantized x stands for. So the rounding, not the instruction set, decides
+ * the result, up to the order of the sums. Other formats run kern_matmul as it
+ * is. Returns as kern_matmul, or -ENOMEM. */
 int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y);
 
 /* The plain single-threaded scalar reference of kern_matmul: dequantize each
@@ -159,11 +163,13 @@ int kern_router(const kern_router_params *p, const float *logits, const float *b
  *   for b < batch:  t = rows ? rows[b] : b
  *     h = silu(gate · x[t]) ⊙ (up · x[t])
  *     y[t] += (weights ? weights[b] : 1) · (down · h)
- * mats: gate, up [I, H], down [H, I]; x, y [*, H]; rows distinct. Scratch
+ * mats: gate, up [I, H], down [H, I]; x, y [*, H]; rows distinct. The three
+ * products are kern_matmul's with exact, else kern_matmul_fast's. Scratch
  * from a (reset by the call). Returns 0, -EINVAL (a matrix format) or
  * -ENOMEM. */
 int kern_expert_ffn(const kern_mat mats[3], const float *x, uint32_t batch,
-		    const int32_t *rows, const float *weights, float *y, kern_arena *a);
+		    const int32_t *rows, const float *weights, float *y, int exact,
+		    kern_arena *a);
 
 /* ---------------------------------------------------------------- MLA attention */
 

@@ -45,6 +45,25 @@ void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
  * every row rearranged by kern_i4_pair_split. */
 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, float *y,
 			 uint32_t r0, uint32_t r1);
+/* Activations quantized to 8 bits per block of 32 for int4-g32 products: for
+ * row b of x and block g, dx = max |x| / 127 over the block, xq = x / dx
+ * rounded to nearest (ties to even) in [-127, 127], stored as the block's 16
+ * even elements (xe) and 16 odd ones (xo), and xc = -8 · dx · Σ xq. Rows are
+ * ng16 blocks long (ng rounded up to 16, zeros after ng) so that vector loads
+ * of 4 blocks of bytes or 16 blocks of scales stay inside. */
+typedef struct kern_q8 {
+	uint32_t ng, ng16;
+	int8_t *xe, *xo;   /* [batch][ng16 · 16] */
+	float *dx, *xc;    /* [batch][ng16] */
+} kern_q8;
+
+/* int4-g32 weights times q on the AVX-512 VNNI dot product (matmul_i4dot.c),
+ * batches up to KERN_FUSED_BATCH. */
+void kern_rows_i4q8(const kern_mat *m, const kern_q8 *q, uint32_t batch, float *y,
+		    uint32_t r0, uint32_t r1);
+/* 1 when kern_rows_i4q8 may run: AVX-512 VNNI and the AVX-512 path in use. */
+int kern_has_i4dot(void);
+
 /* bf16 weights times xh, x rounded to bf16 [batch, cols], on the AVX-512 BF16
  * dot-product instruction (matmul_bf16dot.c), batches up to KERN_FUSED_BATCH. */
 void kern_rows_bf16dot(const kern_mat *m, const uint16_t *xh, uint32_t batch, float *y,

@@ -23,7 +23,7 @@
 
 /* ---------------------------------------------------------------- dispatch */
 
-static int cpu_isa, cpu_bf16dot;
+static int cpu_isa, cpu_bf16dot, cpu_vnni;
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 static int isa_cap = -1;
 
@@ -51,6 +51,7 @@ static void cpu_detect(void)
 		    __builtin_cpu_supports("avx512vl")) {
 			cpu_isa = KERN_ISA_AVX512;
 			cpu_bf16dot = __builtin_cpu_supports("avx512bf16");
+			cpu_vnni = __builtin_cpu_supports("avx512vnni");
 		}
 	}
 #endif
@@ -79,6 +80,12 @@ int kern_has_bf16dot(void)
 	return cpu_bf16dot && kern_isa() == KERN_ISA_AVX512;
 }
 
+int kern_has_i4dot(void)
+{
+	pthread_once(&cpu_once, cpu_detect);
+	return cpu_vnni && kern_isa() == KERN_ISA_AVX512;
+}
+
 /* ---------------------------------------------------------------- tasks */
 
 /* Bytes of weights one task should stream at batch 1; large enough that a
@@ -94,6 +101,7 @@ struct mm_job {
 	const float *x;
 	const float *xp; /* when set, x rearranged for kern_rows_avx512_i4, which runs */
 	const uint16_t *xh; /* when set, x rounded to bf16 for kern_rows_bf16dot, which runs */
+	const kern_q8 *q8;  /* when set, x quantized for kern_rows_i4q8, which runs */
 	uint32_t batch;
 	float *y;
 	uint32_t rows_per_task;
@@ -101,7 +109,9 @@ struct mm_job {
 
 static void mm_rows(const struct mm_job *j, uint32_t r0, uint32_t r1)
 {
-	if (j->xh)
+	if (j->q8)
+		kern_rows_i4q8(j->m, j->q8, j->batch, j->y, r0, r1);
+	else if (j->xh)
 		kern_rows_bf16dot(j->m, j->xh, j->batch, j->y, r0, r1);
 	else if (j->xp)
 		kern_rows_avx512_i4(j->m, j->xp, j->batch, j->y, r0, r1);
@@ -130,12 +140,13 @@ void kern_i4_pair_split(const float *x, uint32_t cols, float *xp)
 }
 
 /* The product on the pool; xh (x rounded to bf16, bf16 weights) selects
- * kern_rows_bf16dot. Formats are checked by the callers. */
-static void mm_run(const kern_mat *m, const float *x, const uint16_t *xh, uint32_t batch,
-		   float *y)
+ * kern_rows_bf16dot, q8 (x quantized, int4 weights) kern_rows_i4q8. Formats
+ * are checked by the callers. */
+static void mm_run(const kern_mat *m, const float *x, const uint16_t *xh, const kern_q8 *q8,
+		   uint32_t batch, float *y)
 {
 	struct mm_job j = {
-		.m = m, .x = x, .xh = xh, .batch = batch, .y = y,
+		.m = m, .x = x, .xh = xh, .q8 = q8, .batch = batch, .y = y,
 	};
 	switch (kern_isa()) {
 	case KERN_ISA_AVX512:
@@ -161,7 +172,7 @@ static void mm_run(const kern_mat *m, const float *x, const uint16_t *xh, uint32
 	j.rows_per_task = (uint32_t)rpt;
 
 	float xp_stack[XP_STACK], *xp_heap = NULL;
-	if (!xh && j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 &&
+	if (!xh && !q8 && j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 &&
 	    batch <= KERN_FUSED_BATCH) {
 		size_t n = (size_t)batch * m->cols;
 		float *xp = n <= XP_STACK ? xp_stack : (xp_heap = malloc(n * sizeof(float)));
@@ -201,18 +212,73 @@ int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y)
 		memset(y, 0, (size_t)batch * m->rows * sizeof(*y));
 		return 0;
 	}
-	mm_run(m, x, NULL, batch, y);
+	mm_run(m, x, NULL, NULL, batch, y);
 	return 0;
 }
 
 /* Elements of x kern_matmul_fast rounds on its own stack; more go to the heap. */
 #define XH_STACK 16384u
 
+/* Quantizes block g (32 values) of x into q's row b; xr (when non-NULL) gets
+ * the values the quantized block stands for, xq · dx. */
+static void q8_block(const float *x, kern_q8 *q, uint32_t b, uint32_t g, float *xr)
+{
+	float amax = 0;
+	for (int i = 0; i < 32; i++)
+		amax = fmaxf(amax, fabsf(x[i]));
+	const float dx = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+	int8_t *xe = q->xe + ((size_t)b * q->ng16 + g) * 16, *xo = q->xo + ((size_t)b * q->ng16 + g) * 16;
+	int sum = 0;
+	for (int i = 0; i < 32; i++) {
+		float v = nearbyintf(x[i] * inv);
+		int8_t qv = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+		sum += qv;
+		if (i & 1)
+			xo[i / 2] = qv;
+		else
+			xe[i / 2] = qv;
+		if (xr)
+			xr[i] = (float)qv * dx;
+	}
+	q->dx[(size_t)b * q->ng16 + g] = dx;
+	q->xc[(size_t)b * q->ng16 + g] = -8.0f * dx * (float)sum;
+}
+
+/* int4-g32 fast: x quantized per block (kern_q8), then the VNNI dot product,
+ * or kern_matmul on the values the quantized x stands for. */
+static int matmul_fast_i4(const kern_mat *m, const float *x, uint32_t batch, float *y)
+{
+	const uint32_t ng = m->cols / 32, ng16 = (ng + 15) / 16 * 16;
+	const int dot = kern_has_i4dot() && batch <= KERN_FUSED_BATCH;
+	const size_t bytes = (size_t)batch * ng16 * (32 + 2 * sizeof(float)) +
+			     (dot ? 0 : (size_t)batch * m->cols * sizeof(float));
+	uint8_t *buf = calloc(1, bytes);
+	if (!buf)
+		return -ENOMEM;
+	kern_q8 q = {.ng = ng, .ng16 = ng16};
+	q.dx = (float *)buf;
+	q.xc = q.dx + (size_t)batch * ng16;
+	q.xe = (int8_t *)(q.xc + (size_t)batch * ng16);
+	q.xo = q.xe + (size_t)batch * ng16 * 16;
+	float *xr = dot ? NULL : (float *)(q.xo + (size_t)batch * ng16 * 16);
+	for (uint32_t b = 0; b < batch; b++)
+		for (uint32_t g = 0; g < ng; g++)
+			q8_block(x + (size_t)b * m->cols + (size_t)g * 32, &q, b, g,
+				 xr ? xr + (size_t)b * m->cols + (size_t)g * 32 : NULL);
+	mm_run(m, xr, NULL, dot ? &q : NULL, batch, y);
+	free(buf);
+	return 0;
+}
+
 int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y)
 {
 	if (mm_format_ok(m) < 0)
 		return -EINVAL;
-	if (m->format != K2_FORMAT_BF16 || batch == 0 || m->rows == 0 || m->cols == 0)
+	if (batch == 0 || m->rows == 0 || m->cols == 0)
+		return kern_matmul(m, x, batch, y);
+	if (m->format == K2_FORMAT_INT4_G32)
+		return matmul_fast_i4(m, x, batch, y);
+	if (m->format != K2_FORMAT_BF16)
 		return kern_matmul(m, x, batch, y);
 	const size_t n = (size_t)batch * m->cols;
 	const int dot = kern_has_bf16dot() && batch <= KERN_FUSED_BATCH;
@@ -229,12 +295,12 @@ int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y
 		uint16_t *xh = buf;
 		for (size_t i = 0; i < n; i++)
 			xh[i] = k2q_f32_to_bf16(x[i]);
-		mm_run(m, NULL, xh, batch, y);
+		mm_run(m, NULL, xh, NULL, batch, y);
 	} else {
 		float *xr = buf;
 		for (size_t i = 0; i < n; i++)
 			xr[i] = kern_bf16(k2q_f32_to_bf16(x[i]));
-		mm_run(m, xr, NULL, batch, y);
+		mm_run(m, xr, NULL, NULL, batch, y);
 	}
 	free(heap);
 	return 0;

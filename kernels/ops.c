@@ -73,8 +73,11 @@ int kern_embed(const kern_mat *m, const int32_t *ids, uint32_t n, float *out)
 }
 
 int kern_expert_ffn(const kern_mat mats[3], const float *x, uint32_t batch,
-		    const int32_t *rows, const float *weights, float *y, kern_arena *a)
+		    const int32_t *rows, const float *weights, float *y, int exact,
+		    kern_arena *a)
 {
+	int (*mm)(const kern_mat *, const float *, uint32_t, float *) =
+		exact ? kern_matmul : kern_matmul_fast;
 	const uint32_t H = mats[0].cols, I = mats[0].rows;
 	int rc;
 	if (batch == 0)
@@ -90,11 +93,10 @@ int kern_expert_ffn(const kern_mat mats[3], const float *x, uint32_t batch,
 		for (uint32_t b = 0; b < batch; b++)
 			memcpy(xs + (size_t)b * H, x + (size_t)rows[b] * H, sizeof(float) * H);
 	const float *xin = rows ? xs : x;
-	if ((rc = kern_matmul(&mats[0], xin, batch, g)) < 0 ||
-	    (rc = kern_matmul(&mats[1], xin, batch, u)) < 0)
+	if ((rc = mm(&mats[0], xin, batch, g)) < 0 || (rc = mm(&mats[1], xin, batch, u)) < 0)
 		return rc;
 	kern_silu_mul(g, u, batch * I);
-	if ((rc = kern_matmul(&mats[2], g, batch, ys)) < 0)
+	if ((rc = mm(&mats[2], g, batch, ys)) < 0)
 		return rc;
 	for (uint32_t b = 0; b < batch; b++)
 		kern_axpy(y + (size_t)(rows ? (uint32_t)rows[b] : b) * H, weights ? weights[b] : 1.0f,

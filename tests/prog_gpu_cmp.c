@@ -210,7 +210,7 @@ int main(int argc, char **argv)
 	const int ok_e = e < max_rel, ok_ids = (long)prefix >= min_ids;
 	if (!label)
 		label = pos[1];
-	printf("@@ %s: prompt logits rel err | %.2e | < %.0e | %s\n", label, e, max_rel,
+	printf("@@ %s: prompt logits rel err | %.2e | < %.3g | %s\n", label, e, max_rel,
 	       ok_e ? "PASS" : "FAIL");
 	printf("@@ %s: leading greedy ids equal | %llu/%llu | >= %ld | %s\n", label,
 	       (unsigned long long)prefix, (unsigned long long)n_ids, min_ids, ok_ids ? "PASS" : "FAIL");

@@ -529,7 +529,7 @@ static void expert_case(kcu_cache *cache, uint32_t slot, uint32_t f, uint32_t H,
 		wts[b] = 0.1f + (float)urand();
 	memcpy(ref, y0, nx * 4);
 	ref_call("kern_expert_ffn", kern_expert_ffn(hm, x, batch, gather ? rows : NULL,
-						    gather ? wts : NULL, ref, ref_arena));
+						    gather ? wts : NULL, ref, 1, ref_arena));
 
 	float *dx = dup_to_dev(x, nx * 4), *dy = dup_to_dev(y0, nx * 4);
 	int32_t *drows = dup_to_dev(rows, batch * 4);
@@ -1203,7 +1203,7 @@ static void test_cache(void)
 	float *x = xmalloc(H * 4), *ref = xmalloc(H * 4), *out = xmalloc(H * 4);
 	fill_normal(x, H, 1.0f);
 	memset(ref, 0, H * 4);
-	ref_call("kern_expert_ffn", kern_expert_ffn(hm, x, 1, NULL, NULL, ref, ref_arena));
+	ref_call("kern_expert_ffn", kern_expert_ffn(hm, x, 1, NULL, NULL, ref, 1, ref_arena));
 	for (uint32_t i = 0; i < H; i++)
 		ref[i] *= (float)reps;
 	float *dx = dup_to_dev(x, H * 4), *dy = dalloc(H * 4), *dscr = dalloc(I * 4);

@@ -62,8 +62,8 @@ SCRIPT_FWD(rope, (kern_backend *b, float *x, uint32_t t, uint32_t h, uint32_t ts
 SCRIPT_FWD(router, (kern_backend *b, const kern_router_params *p, const float *l, const float *bias,
 		    uint32_t T, int32_t *idx, float *w), (script_cpu(b), p, l, bias, T, idx, w))
 SCRIPT_FWD(expert_ffn, (kern_backend *b, const kern_mat m[3], const float *x, uint32_t n,
-			const int32_t *rows, const float *w, float *y),
-	   (script_cpu(b), m, x, n, rows, w, y))
+			const int32_t *rows, const float *w, float *y, unsigned f),
+	   (script_cpu(b), m, x, n, rows, w, y, f))
 SCRIPT_FWD(mla_cache_write, (kern_backend *b, const kern_mla_dims *d, const float *kv_a, uint32_t T,
 			     uint32_t pos, const float *nw, float eps, const float *inv, float ms,
 			     float *ckv, float *kpe),

@@ -418,13 +418,67 @@ START_TEST(test_matmul_fast)
 			tmat_free(&t);
 		}
 		/* other formats: kern_matmul itself */
-		tmat t = tmat_make(K2_FORMAT_INT4_G32, 9, 96);
-		float *x = random_vec(2 * 96), *a = nan_vec(18), *b = nan_vec(18);
+		tmat t = tmat_make(K2_FORMAT_FP8_B128, 9, 200);
+		float *x = random_vec(2 * 200), *a = nan_vec(18), *b = nan_vec(18);
 		kern_matmul(&t.m, x, 2, a);
 		ck_assert_int_eq(kern_matmul_fast(&t.m, x, 2, b), 0);
 		ck_assert_mem_eq(a, b, sizeof(float) * 18);
 		free(x), free(a), free(b);
 		tmat_free(&t);
+	}
+	kern_isa_limit(-1);
+}
+END_TEST
+
+/* x quantized as kern_matmul_fast quantizes it for int4-g32: per block of 32,
+ * dx = max |x| / 127, the values xq · dx with xq = x / dx rounded. */
+static void q8_reference(const float *x, uint32_t n, float *xr)
+{
+	for (uint32_t g = 0; g < n; g += 32) {
+		float amax = 0;
+		for (uint32_t i = 0; i < 32; i++)
+			amax = fmaxf(amax, fabsf(x[g + i]));
+		float dx = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+		for (uint32_t i = 0; i < 32; i++)
+			xr[g + i] = nearbyintf(x[g + i] * inv) * dx;
+	}
+}
+
+/* kern_matmul_fast on int4-g32 weights: the product of x quantized to 8 bits
+ * per block of 32, whatever the path — the AVX-512 VNNI dot product where
+ * the CPU has it (batches up to 4), kern_matmul on the quantized values
+ * otherwise; against kern_matmul_ref of those values, odd group counts (the
+ * masked tails of the 4- and 16-group steps), every path forced in turn, a
+ * block of zeros, and a block with one huge value. */
+START_TEST(test_matmul_fast_int4)
+{
+	static const uint32_t cols[] = {32, 64, 96, 160, 416, 544, 7168};
+	static const uint32_t batches[] = {1, 2, 3, 4, 5, 9};
+	rng_state = 91;
+	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
+		kern_isa_limit(isa);
+		for (size_t ci = 0; ci < sizeof(cols) / sizeof(cols[0]); ci++) {
+			tmat t = tmat_make(K2_FORMAT_INT4_G32, 3 + (uint32_t)ci * 11, cols[ci]);
+			for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
+				const uint32_t B = batches[bi], n = B * t.m.cols;
+				float *x = random_vec(n), *xr = malloc(sizeof(float) * n);
+				for (uint32_t i = 0; i < 32 && i < n; i++)
+					x[i] = 0; /* a block of zeros */
+				if (n > 40)
+					x[40] = 1e4f; /* a block whose other values quantize to 0 */
+				float *y = nan_vec((size_t)B * t.m.rows), *ref = nan_vec((size_t)B * t.m.rows);
+				q8_reference(x, n, xr);
+				ck_assert_int_eq(kern_matmul_fast(&t.m, x, B, y), 0);
+				kern_matmul_ref(&t.m, xr, B, ref);
+				double e = rel_err(y, ref, (size_t)B * t.m.rows);
+				ck_assert_msg(e < 1e-5, "int4 %ux%u batch %u (%s%s): relative error %g "
+					      "against the quantized x", t.m.rows, t.m.cols, B,
+					      isa_names[kern_isa()],
+					      kern_has_i4dot() && B <= KERN_FUSED_BATCH ? ", vnni" : "", e);
+				free(x), free(xr), free(y), free(ref);
+			}
+			tmat_free(&t);
+		}
 	}
 	kern_isa_limit(-1);
 }
@@ -694,6 +748,7 @@ static Suite *kernels_suite(void)
 	tcase_add_test(tc, test_matmul_paths_agree);
 	tcase_add_test(tc, test_matmul_fp8_all_codes);
 	tcase_add_test(tc, test_matmul_fast);
+	tcase_add_test(tc, test_matmul_fast_int4);
 	tcase_add_test(tc, test_matmul_degenerate);
 	tcase_add_test(tc, test_mat_get_vs_dequant);
 	tcase_add_test(tc, test_mat_bytes);
