@@ -124,8 +124,8 @@ int inf_expert_read(const char *dir, const k2_model_config *cfg, uint32_t layer,
 	if (fd < 0)
 		return fd;
 	if (*cap < size) {
-		void *nb = NULL;
-		if (posix_memalign(&nb, 4096, size) != 0) {
+		void *nb = k2_alloc_large(size);
+		if (!nb) {
 			close(fd);
 			return k2_err_set(err, -ENOMEM, "%s: out of memory for %" PRIu64 " bytes",
 					  path, size);

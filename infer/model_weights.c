@@ -193,9 +193,7 @@ static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint6
 				path, k2_dtype_name(dtype));
 		goto out_close;
 	}
-	void *data = NULL; /* not zeroed: k2_pread_exact fills it */
-	if (posix_memalign(&data, 64, size ? size : 64) != 0)
-		data = NULL;
+	void *data = k2_alloc_large(size); /* not zeroed: k2_pread_exact fills it */
 	if ((rc = own(m, data)) < 0) {
 		k2_err_set(err, rc, "%s: out of memory for %" PRIu64 " bytes", path, size);
 		goto out_close;

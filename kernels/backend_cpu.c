@@ -55,14 +55,8 @@ static int cpu_info(kern_backend *b, kern_backend_info *out)
 
 static int cpu_alloc(kern_backend *b, size_t bytes, void **p)
 {
-	*p = NULL;
-	size_t n = (bytes + 63) & ~(size_t)63;
-	if (n == 0)
-		n = 64;
-	if (posix_memalign(p, 64, n) != 0) {
-		*p = NULL;
+	if (!(*p = k2_alloc_large(bytes)))
 		return cpu_fail(b, -ENOMEM, "alloc", "out of memory");
-	}
 	return 0;
 }
 

@@ -395,6 +395,13 @@ int k2_pread_exact(int fd, void *buf, size_t n, uint64_t off, const char *path,
 		   k2_err *err);
 /* Reads a whole file into a malloc'd, NUL-terminated buffer. */
 int k2_read_file(const char *path, char **data, size_t *n, k2_err *err);
+/* Memory for large buffers read in streams (weights, expert images): 64-byte
+ * aligned, and from 2 MiB on aligned to 2 MiB and advised for transparent huge
+ * pages (madvise MADV_HUGEPAGE; ignored where the kernel refuses), which
+ * streaming reads need to keep the TLB out of the way, and which a machine
+ * that faults 4 KiB pages in slowly fills far faster. Uninitialised; release
+ * with free(). NULL when memory runs out. */
+void *k2_alloc_large(size_t bytes);
 /* Formats bytes as "1.50 GiB" into buf. */
 const char *k2_format_bytes(uint64_t bytes, char *buf, size_t n);
 /* Monotonic seconds. */

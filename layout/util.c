@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -152,6 +153,25 @@ int k2_parse_size(const char *s, uint64_t *out)
 		return -EINVAL;
 	*out = whole * mul + part;
 	return 0;
+}
+
+/* Huge pages are 2 MiB on x86-64 and most arm64 kernels. */
+#define K2_HUGE_PAGE ((size_t)2 << 20)
+
+void *k2_alloc_large(size_t bytes)
+{
+	void *p = NULL;
+	if (bytes == 0)
+		bytes = 64;
+	if (bytes < K2_HUGE_PAGE)
+		return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+	bytes = (bytes + K2_HUGE_PAGE - 1) & ~(K2_HUGE_PAGE - 1);
+	if (posix_memalign(&p, K2_HUGE_PAGE, bytes) != 0)
+		return NULL;
+#ifdef MADV_HUGEPAGE
+	(void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+	return p;
 }
 
 int k2_pread_exact(int fd, void *buf, size_t n, uint64_t off, const char *path,
