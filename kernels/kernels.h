@@ -82,7 +82,8 @@ void kern_mat_row(const kern_mat *m, uint32_t row, float *out);
 
 /* out[i] = x[i] / sqrt(mean(x²) + eps) · w[i] for i < n. out may equal x. */
 void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps);
-/* kern_rmsnorm of each row of x [rows, n] into out [rows, n]. */
+/* kern_rmsnorm of each row of x [rows, n] into out [rows, n], the rows on the
+ * kernels' threads. */
 void kern_rmsnorm_rows(float *out, const float *x, const float *w, uint32_t rows, uint32_t n,
 		       float eps);
 
@@ -153,7 +154,8 @@ typedef struct kern_router_params {
  * for groups of one); the topk_group best groups are kept and b of every other
  * expert becomes 0.0; top_k experts by b, descending, ties to the lower index,
  * NaN last, into idx [T, top_k]; their weights s (divided by their sum + 1e-20
- * when norm_topk_prob) × routed_scaling_factor into w [T, top_k].
+ * when norm_topk_prob) × routed_scaling_factor into w [T, top_k]. The tokens
+ * run on the kernels' threads.
  * logits [T, E], bias [E]. Returns 0 or -EINVAL (parameters outside the
  * above; nothing written). */
 int kern_router(const kern_router_params *p, const float *logits, const float *bias,

@@ -191,9 +191,78 @@ int kern_mla_prepare(const kern_mla_dims *d, const kern_mat *kv_b, kern_mla_w **
 
 /* ---------------------------------------------------------------- attention */
 
+/* What one head's share of an attention call needs. */
+struct attn_ctx {
+	const kern_mla_w *w;
+	const float *q, *ckv, *kpe;
+	uint32_t T, pos0, k0, nb;   /* the queries; the key block in hand */
+	float scale;
+	float *out;
+	/* batch path: kvblk [nb, nh·(nope+v)] expanded keys / values; qT [nh, T, qk];
+	 * per head h: kh [B, qk], vth [v, B], sblk [T, B], oblk [T, v], corr [T] at
+	 * h · per_head; acc_m / acc_l [T, nh] online softmax state */
+	float *kvblk, *qT, *head_scratch, *acc_m, *acc_l;
+	size_t per_head;
+	/* absorbed path: oc [nh, R], scores [nh, total] */
+	float *oc, *scores;
+};
+
+/* One head over the key block k0 … k0 + nb of the batch path. */
+static void batch_head(void *arg, uint32_t h)
+{
+	const struct attn_ctx *c = arg;
+	const kern_mla_dims *d = &c->w->d;
+	const uint32_t nh = d->n_heads, nope = d->nope, rope = d->rope, vd = d->v;
+	const uint32_t qk = nope + rope, kvw = nope + vd, T = c->T, nb = c->nb, k0 = c->k0;
+	const uint32_t t0 = k0 > c->pos0 ? k0 - c->pos0 : 0; /* first query seeing the block */
+	const uint32_t nq = T - t0;
+	float *kh = c->head_scratch + h * c->per_head, *vth = kh + (size_t)MLA_KVBLK * qk;
+	float *sblk = vth + (size_t)vd * MLA_KVBLK, *oblk = sblk + (size_t)T * MLA_KVBLK;
+	float *corr = oblk + (size_t)T * vd;
+	for (uint32_t j = 0; j < nb; j++) {
+		const float *kv = c->kvblk + ((size_t)j * nh + h) * kvw;
+		memcpy(kh + (size_t)j * qk, kv, sizeof(float) * nope);
+		memcpy(kh + (size_t)j * qk + nope, c->kpe + (size_t)(k0 + j) * rope, sizeof(float) * rope);
+		for (uint32_t r = 0; r < vd; r++)
+			vth[(size_t)r * nb + j] = kv[nope + r];
+	}
+	const kern_mat km = {.format = KERN_FORMAT_F32, .rows = nb, .cols = qk, .w = kh};
+	const kern_mat vm = {.format = KERN_FORMAT_F32, .rows = vd, .cols = nb, .w = vth};
+	kern_matmul(&km, c->qT + ((size_t)h * T + t0) * qk, nq, sblk);
+	for (uint32_t i = 0; i < nq; i++) {
+		const uint32_t t = t0 + i, qpos = c->pos0 + t;
+		const uint32_t valid = qpos + 1 - k0 < nb ? qpos + 1 - k0 : nb;
+		float *row = sblk + (size_t)i * nb;
+		float mx = -INFINITY;
+		for (uint32_t j = 0; j < valid; j++) {
+			row[j] *= c->scale;
+			if (row[j] > mx)
+				mx = row[j];
+		}
+		float *am = &c->acc_m[t * nh + h], *al = &c->acc_l[t * nh + h];
+		const float mnew = *am > mx ? *am : mx;
+		corr[i] = *am == -INFINITY ? 0.0f : expf(*am - mnew);
+		float sum = 0;
+		for (uint32_t j = 0; j < nb; j++) {
+			row[j] = j < valid ? expf(row[j] - mnew) : 0.0f;
+			sum += row[j];
+		}
+		*al = *al * corr[i] + sum;
+		*am = mnew;
+	}
+	kern_matmul(&vm, sblk, nq, oblk);
+	for (uint32_t i = 0; i < nq; i++) {
+		float *o = c->out + ((size_t)(t0 + i) * nh + h) * vd;
+		const float *ob = oblk + (size_t)i * vd;
+		for (uint32_t r = 0; r < vd; r++)
+			o[r] = o[r] * corr[i] + ob[r];
+	}
+}
+
 /* Batch attention of T queries over positions [0, pos0 + T), keys expanded
  * from the cached c block by block (kv_b_proj); each head's scores and
- * weighted values are products and the softmax folds online across blocks:
+ * weighted values are products and the softmax is folded online across
+ * blocks, the heads of a block in parallel:
  *   s = Q_h K_hᵀ·scale (causal),  m' = max(m, max s),  l' = l·e^(m-m') + Σ e^(s-m'),
  *   o' = o·e^(m-m') + e^(s-m') V_h,  out = o / l. */
 static int attend_batch(const kern_mla_w *w, const float *q, const float *ckv,
@@ -204,78 +273,37 @@ static int attend_batch(const kern_mla_w *w, const float *q, const float *ckv,
 	const uint32_t nh = d->n_heads, nope = d->nope, rope = d->rope, vd = d->v;
 	const uint32_t R = d->kv_lora, qk = nope + rope, kvw = nope + vd;
 	const uint32_t total = pos0 + T, B = MLA_KVBLK;
-	float *kvblk = kern_arena_alloc(a, sizeof(float) * B * nh * kvw);
-	float *qT = kern_arena_alloc(a, sizeof(float) * T * nh * qk);
-	float *kh = kern_arena_alloc(a, sizeof(float) * B * qk);
-	float *vth = kern_arena_alloc(a, sizeof(float) * vd * B);
-	float *sblk = kern_arena_alloc(a, sizeof(float) * T * B);
-	float *oblk = kern_arena_alloc(a, sizeof(float) * T * vd);
-	float *corr = kern_arena_alloc(a, sizeof(float) * T);
-	float *acc_m = kern_arena_alloc(a, sizeof(float) * T * nh);
-	float *acc_l = kern_arena_alloc(a, sizeof(float) * T * nh);
-	if (!kvblk || !qT || !kh || !vth || !sblk || !oblk || !corr || !acc_m || !acc_l)
+	struct attn_ctx c = {.w = w, .q = q, .ckv = ckv, .kpe = kpe, .T = T, .pos0 = pos0,
+			     .scale = scale, .out = out};
+	c.per_head = (size_t)B * qk + (size_t)vd * B + (size_t)T * B + (size_t)T * vd + T;
+	c.per_head = (c.per_head + 15) & ~(size_t)15;
+	c.kvblk = kern_arena_alloc(a, sizeof(float) * B * nh * kvw);
+	c.qT = kern_arena_alloc(a, sizeof(float) * T * nh * qk);
+	c.head_scratch = kern_arena_alloc(a, sizeof(float) * c.per_head * nh);
+	c.acc_m = kern_arena_alloc(a, sizeof(float) * T * nh);
+	c.acc_l = kern_arena_alloc(a, sizeof(float) * T * nh);
+	if (!c.kvblk || !c.qT || !c.head_scratch || !c.acc_m || !c.acc_l)
 		return -ENOMEM;
 
 	/* queries per head: qT [nh, T, qk] */
 	for (uint32_t t = 0; t < T; t++)
 		for (uint32_t h = 0; h < nh; h++)
-			memcpy(qT + ((size_t)h * T + t) * qk, q + ((size_t)t * nh + h) * qk,
+			memcpy(c.qT + ((size_t)h * T + t) * qk, q + ((size_t)t * nh + h) * qk,
 			       sizeof(float) * qk);
 	for (uint32_t i = 0; i < T * nh; i++) {
-		acc_m[i] = -INFINITY;
-		acc_l[i] = 0;
+		c.acc_m[i] = -INFINITY;
+		c.acc_l[i] = 0;
 	}
 	memset(out, 0, sizeof(float) * T * nh * vd);
 	for (uint32_t k0 = 0; k0 < total; k0 += B) {
-		const uint32_t nb = total - k0 < B ? total - k0 : B;
-		const uint32_t t0 = k0 > pos0 ? k0 - pos0 : 0; /* first query seeing the block */
-		const uint32_t nq = T - t0;
-		kern_matmul(&w->kv_b, ckv + (size_t)k0 * R, nb, kvblk);
-		for (uint32_t h = 0; h < nh; h++) {
-			for (uint32_t j = 0; j < nb; j++) {
-				const float *kv = kvblk + ((size_t)j * nh + h) * kvw;
-				memcpy(kh + (size_t)j * qk, kv, sizeof(float) * nope);
-				memcpy(kh + (size_t)j * qk + nope, kpe + (size_t)(k0 + j) * rope,
-				       sizeof(float) * rope);
-				for (uint32_t r = 0; r < vd; r++)
-					vth[(size_t)r * nb + j] = kv[nope + r];
-			}
-			const kern_mat km = {.format = KERN_FORMAT_F32, .rows = nb, .cols = qk, .w = kh};
-			const kern_mat vm = {.format = KERN_FORMAT_F32, .rows = vd, .cols = nb, .w = vth};
-			kern_matmul(&km, qT + ((size_t)h * T + t0) * qk, nq, sblk);
-			for (uint32_t i = 0; i < nq; i++) {
-				const uint32_t t = t0 + i, qpos = pos0 + t;
-				const uint32_t valid = qpos + 1 - k0 < nb ? qpos + 1 - k0 : nb;
-				float *row = sblk + (size_t)i * nb;
-				float mx = -INFINITY;
-				for (uint32_t j = 0; j < valid; j++) {
-					row[j] *= scale;
-					if (row[j] > mx)
-						mx = row[j];
-				}
-				float *am = &acc_m[t * nh + h], *al = &acc_l[t * nh + h];
-				const float mnew = *am > mx ? *am : mx;
-				corr[i] = *am == -INFINITY ? 0.0f : expf(*am - mnew);
-				float sum = 0;
-				for (uint32_t j = 0; j < nb; j++) {
-					row[j] = j < valid ? expf(row[j] - mnew) : 0.0f;
-					sum += row[j];
-				}
-				*al = *al * corr[i] + sum;
-				*am = mnew;
-			}
-			kern_matmul(&vm, sblk, nq, oblk);
-			for (uint32_t i = 0; i < nq; i++) {
-				float *o = out + ((size_t)(t0 + i) * nh + h) * vd;
-				const float *ob = oblk + (size_t)i * vd;
-				for (uint32_t r = 0; r < vd; r++)
-					o[r] = o[r] * corr[i] + ob[r];
-			}
-		}
+		c.k0 = k0;
+		c.nb = total - k0 < B ? total - k0 : B;
+		kern_matmul(&w->kv_b, ckv + (size_t)k0 * R, c.nb, c.kvblk);
+		kern_parallel_for(nh, batch_head, &c);
 	}
 	for (uint32_t t = 0; t < T; t++)
 		for (uint32_t h = 0; h < nh; h++) {
-			float inv = 1.0f / acc_l[t * nh + h];
+			float inv = 1.0f / c.acc_l[t * nh + h];
 			float *o = out + ((size_t)t * nh + h) * vd;
 			for (uint32_t r = 0; r < vd; r++)
 				o[r] *= inv;
@@ -283,23 +311,39 @@ static int attend_batch(const kern_mla_w *w, const float *q, const float *ckv,
 	return 0;
 }
 
+/* One head of the absorbed path: softmax of its scores, o_c = Σ p·c, out. */
+static void one_head(void *arg, uint32_t h)
+{
+	const struct attn_ctx *c = arg;
+	const kern_mla_dims *d = &c->w->d;
+	const uint32_t R = d->kv_lora, total = c->pos0 + 1;
+	float *sc = c->scores + (size_t)h * total;
+	kern_softmax(sc, total);
+	float *o = c->oc + (size_t)h * R;
+	memset(o, 0, sizeof(float) * R);
+	for (uint32_t j = 0; j < total; j++)
+		kern_axpy(o, sc[j], c->ckv + (size_t)j * R, R);
+	kern_matmul(&c->w->wv[h], o, 1, c->out + (size_t)h * d->v);
+}
+
 /* One query at position pos0 with kv_b absorbed; writes out [nh·v]:
  *   q_c[h] = W_kn[h]ᵀ q_nope[h]                       (kn_t[h], per head)
  *   s[h, j] = (q_c[h]·c_j + q_pe[h]·k_pe_j)·scale     (the cache as a matrix, batch nh)
- *   o_c[h] = Σ_j softmax(s[h])_j c_j
+ *   o_c[h] = Σ_j softmax(s[h])_j c_j                  (the heads in parallel)
  *   out[h] = W_v[h] o_c[h]                            (wv[h], per head) */
 static int attend_one(const kern_mla_w *w, const float *q, const float *ckv, const float *kpe,
 		      uint32_t pos0, float scale, float *out, kern_arena *a)
 {
 	const kern_mla_dims *d = &w->d;
-	const uint32_t nh = d->n_heads, nope = d->nope, rope = d->rope, vd = d->v;
+	const uint32_t nh = d->n_heads, nope = d->nope, rope = d->rope;
 	const uint32_t R = d->kv_lora, qk = nope + rope, total = pos0 + 1;
+	struct attn_ctx c = {.w = w, .ckv = ckv, .pos0 = pos0, .out = out};
 	float *qc = kern_arena_alloc(a, sizeof(float) * nh * R);
-	float *oc = kern_arena_alloc(a, sizeof(float) * nh * R);
 	float *qpe = kern_arena_alloc(a, sizeof(float) * nh * rope);
-	float *scores = kern_arena_alloc(a, sizeof(float) * nh * total);
 	float *scores2 = kern_arena_alloc(a, sizeof(float) * nh * total);
-	if (!qc || !oc || !qpe || !scores || !scores2)
+	c.oc = kern_arena_alloc(a, sizeof(float) * nh * R);
+	c.scores = kern_arena_alloc(a, sizeof(float) * nh * total);
+	if (!qc || !c.oc || !qpe || !c.scores || !scores2)
 		return -ENOMEM;
 	for (uint32_t h = 0; h < nh; h++) {
 		kern_matmul(&w->kn_t[h], q + (size_t)h * qk, 1, qc + (size_t)h * R);
@@ -307,20 +351,11 @@ static int attend_one(const kern_mla_w *w, const float *q, const float *ckv, con
 	}
 	const kern_mat cm = {.format = KERN_FORMAT_F32, .rows = total, .cols = R, .w = ckv};
 	const kern_mat pm = {.format = KERN_FORMAT_F32, .rows = total, .cols = rope, .w = kpe};
-	kern_matmul(&cm, qc, nh, scores);
+	kern_matmul(&cm, qc, nh, c.scores);
 	kern_matmul(&pm, qpe, nh, scores2);
-	for (uint32_t h = 0; h < nh; h++) {
-		float *sc = scores + (size_t)h * total;
-		const float *s2 = scores2 + (size_t)h * total;
-		for (uint32_t j = 0; j < total; j++)
-			sc[j] = (sc[j] + s2[j]) * scale;
-		kern_softmax(sc, total);
-		float *o = oc + (size_t)h * R;
-		memset(o, 0, sizeof(float) * R);
-		for (uint32_t j = 0; j < total; j++)
-			kern_axpy(o, sc[j], ckv + (size_t)j * R, R);
-		kern_matmul(&w->wv[h], o, 1, out + (size_t)h * vd);
-	}
+	for (size_t i = 0; i < (size_t)nh * total; i++)
+		c.scores[i] = (c.scores[i] + scores2[i]) * scale;
+	kern_parallel_for(nh, one_head, &c);
 	return 0;
 }
 

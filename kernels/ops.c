@@ -22,11 +22,27 @@ void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float 
 		out[i] = (x[i] * scale) * w[i];
 }
 
+struct rmsnorm_job {
+	float *out;
+	const float *x, *w;
+	uint32_t n;
+	float eps;
+};
+
+static void rmsnorm_task(void *arg, uint32_t r)
+{
+	const struct rmsnorm_job *j = arg;
+	kern_rmsnorm(j->out + (size_t)r * j->n, j->x + (size_t)r * j->n, j->w, j->n, j->eps);
+}
+
 void kern_rmsnorm_rows(float *out, const float *x, const float *w, uint32_t rows, uint32_t n,
 		       float eps)
 {
-	for (uint32_t r = 0; r < rows; r++)
-		kern_rmsnorm(out + (size_t)r * n, x + (size_t)r * n, w, n, eps);
+	struct rmsnorm_job j = {.out = out, .x = x, .w = w, .n = n, .eps = eps};
+	if (rows == 1)
+		rmsnorm_task(&j, 0);
+	else
+		kern_parallel_for(rows, rmsnorm_task, &j); /* rows are independent */
 }
 
 void kern_silu_mul(float *gate, const float *up, uint32_t n)

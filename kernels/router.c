@@ -94,13 +94,29 @@ static void route_one(const kern_router_params *p, const float *logits, const fl
 		w[j] *= p->routed_scaling_factor;
 }
 
+struct route_job {
+	const kern_router_params *p;
+	const float *logits, *bias;
+	int32_t *idx;
+	float *w;
+};
+
+static void route_task(void *arg, uint32_t t)
+{
+	const struct route_job *j = arg;
+	route_one(j->p, j->logits + (size_t)t * j->p->n_experts, j->bias,
+		  j->idx + (size_t)t * j->p->top_k, j->w + (size_t)t * j->p->top_k);
+}
+
 int kern_router(const kern_router_params *p, const float *logits, const float *bias,
 		uint32_t T, int32_t *idx, float *w)
 {
 	if (!router_params_ok(p))
 		return -EINVAL;
-	for (uint32_t t = 0; t < T; t++)
-		route_one(p, logits + (size_t)t * p->n_experts, bias, idx + (size_t)t * p->top_k,
-			  w + (size_t)t * p->top_k);
+	struct route_job j = {.p = p, .logits = logits, .bias = bias, .idx = idx, .w = w};
+	if (T == 1)
+		route_task(&j, 0);
+	else
+		kern_parallel_for(T, route_task, &j); /* tokens route independently */
 	return 0;
 }
