@@ -96,6 +96,13 @@ void kern_softmax(float *x, uint32_t n);
 /* y[i] += a · x[i]. */
 void kern_axpy(float *y, float a, const float *x, uint32_t n);
 
+/* Reads buf[0 .. n) once on the kernels' threads, in the products' task size
+ * and with the widest loads the instruction-set path has, and does nothing
+ * else with the bytes (they are folded into *checksum so that the reads
+ * happen): the read rate a product reading each weight once can at best
+ * reach. Returns 0, -ENOMEM or -EINVAL (n too large). */
+int kern_read_pass(const void *buf, size_t n, uint64_t *checksum);
+
 /* Runs fn(ctx, i) once for every i < n on the kernels' threads (the caller's
  * included) and returns when all calls have returned. Calls run concurrently
  * and in no particular order; a call made from inside fn, or while another

@@ -57,6 +57,8 @@ typedef struct kern_q8 {
 	float *dx, *xc;    /* [batch][ng16] */
 } kern_q8;
 
+/* Quantizes row b of x [*, ng · 32] into q with AVX-512 (matmul_i4dot.c). */
+void kern_q8_row_avx512(const float *x, kern_q8 *q, uint32_t b);
 /* int4-g32 weights times q on the AVX-512 VNNI dot product (matmul_i4dot.c),
  * batches up to KERN_FUSED_BATCH. */
 void kern_rows_i4q8(const kern_mat *m, const kern_q8 *q, uint32_t batch, float *y,

@@ -262,9 +262,12 @@ static int matmul_fast_i4(const kern_mat *m, const float *x, uint32_t batch, flo
 	q.xo = q.xe + (size_t)batch * ng16 * 16;
 	float *xr = dot ? NULL : (float *)(q.xo + (size_t)batch * ng16 * 16);
 	for (uint32_t b = 0; b < batch; b++)
-		for (uint32_t g = 0; g < ng; g++)
-			q8_block(x + (size_t)b * m->cols + (size_t)g * 32, &q, b, g,
-				 xr ? xr + (size_t)b * m->cols + (size_t)g * 32 : NULL);
+		if (dot)
+			kern_q8_row_avx512(x + (size_t)b * m->cols, &q, b);
+		else
+			for (uint32_t g = 0; g < ng; g++)
+				q8_block(x + (size_t)b * m->cols + (size_t)g * 32, &q, b, g,
+					 xr + (size_t)b * m->cols + (size_t)g * 32);
 	mm_run(m, xr, NULL, dot ? &q : NULL, batch, y);
 	free(buf);
 	return 0;
