@@ -51,7 +51,9 @@ struct inf_model {
 	float *rope_inv_freq; /* [qk_rope/2] */
 	float rope_mscale, attn_scale;
 	uint32_t n_moe_layers;
-	uint64_t expert_image_bytes; /* of the first MoE layer's images (0: none) */
+	uint64_t expert_image_bytes; /* the largest expert image (0: none) */
+	struct deferred_read *deferred; /* matrices to read once all are checked */
+	size_t n_deferred, cap_deferred;
 };
 
 /* ---------------------------------------------------------------- weights on the backend */

@@ -4,6 +4,9 @@
  * stored format for kern_matmul (BF16, F8_E4M3 with its block-128
  * <name>_scale_inv, F32; F16 is widened to F32); vectors become float32.
  *
+ * The matrices are read after every tensor has been checked, on several
+ * threads at once (a mount serves parallel reads much faster than one).
+ *
  * Dtype and shape come from the xattrs user.k2.dtype and user.k2.shape that
  * k2fs puts on dense files. On a plain directory without them the dtype is
  * inferred from the file size against the element count config.json implies
@@ -14,6 +17,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,10 +110,37 @@ static int dense_has_scale(const inf_model *m, const char *name)
 	return access(path, F_OK) == 0;
 }
 
-/* Opens dense/<name>, checks its dtype and shape against `shape`, reads it.
- * allow_fp8: a matrix that may be F8_E4M3 with a _scale_inv. */
+/* A tensor whose bytes are read later, with the others, in parallel
+ * (read_deferred). */
+struct deferred_read {
+	char *path;
+	void *buf;
+	uint64_t size;
+};
+
+/* Remembers a deferred read. Returns 0 or -ENOMEM. */
+static int defer_read(inf_model *m, const char *path, void *buf, uint64_t size)
+{
+	if (m->n_deferred == m->cap_deferred) {
+		size_t cap = m->cap_deferred ? 2 * m->cap_deferred : 64;
+		struct deferred_read *nd = realloc(m->deferred, cap * sizeof(*nd));
+		if (!nd)
+			return -ENOMEM;
+		m->deferred = nd;
+		m->cap_deferred = cap;
+	}
+	char *p = strdup(path);
+	if (!p)
+		return -ENOMEM;
+	m->deferred[m->n_deferred++] = (struct deferred_read){.path = p, .buf = buf, .size = size};
+	return 0;
+}
+
+/* Opens dense/<name>, checks its dtype and shape against `shape`, and reads
+ * it — at once, or with defer (a matrix used as stored) later with the others
+ * (read_deferred). allow_fp8: a matrix that may be F8_E4M3 with a _scale_inv. */
 static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint64_t *shape,
-		      int allow_fp8, struct dense *out, k2_err *err)
+		      int allow_fp8, int defer, struct dense *out, k2_err *err)
 {
 	char path[INF_PATH_MAX], want[128], got[128], xa[256];
 	int rc;
@@ -198,7 +229,12 @@ static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint6
 		k2_err_set(err, rc, "%s: out of memory for %" PRIu64 " bytes", path, size);
 		goto out_close;
 	}
-	if ((rc = k2_pread_exact(fd, data, size, 0, path, err)) < 0)
+	if (defer && dtype != K2_DTYPE_F16) { /* F16 is converted below, once read */
+		if ((rc = defer_read(m, path, data, size)) < 0) {
+			k2_err_set(err, rc, "out of memory");
+			goto out_close;
+		}
+	} else if ((rc = k2_pread_exact(fd, data, size, 0, path, err)) < 0)
 		goto out_close;
 	close(fd);
 	fd = -1;
@@ -211,7 +247,7 @@ static int load_dense(inf_model *m, const char *name, uint32_t ndim, const uint6
 		uint64_t sshape[2] = {(shape[0] + 127) / 128, (shape[1] + 127) / 128};
 		struct dense sd;
 		snprintf(sname, sizeof(sname), "%s_scale_inv", name);
-		if ((rc = load_dense(m, sname, 2, sshape, 0, &sd, err)) < 0)
+		if ((rc = load_dense(m, sname, 2, sshape, 0, defer, &sd, err)) < 0)
 			return rc;
 		if (sd.dtype != K2_DTYPE_F32) {
 			snprintf(got, sizeof(got), "%s", k2_dtype_name(sd.dtype));
@@ -233,7 +269,7 @@ static int load_mat(inf_model *m, const char *name, uint32_t rows, uint32_t cols
 {
 	uint64_t shape[2] = {rows, cols};
 	struct dense d;
-	int rc = load_dense(m, name, 2, shape, 1, &d, err);
+	int rc = load_dense(m, name, 2, shape, 1, 1, &d, err);
 	if (rc < 0)
 		return rc;
 	km->rows = rows;
@@ -269,7 +305,7 @@ static int load_vec(inf_model *m, const char *name, uint32_t n, float **out, k2_
 {
 	uint64_t shape[1] = {n};
 	struct dense d;
-	int rc = load_dense(m, name, 1, shape, 0, &d, err);
+	int rc = load_dense(m, name, 1, shape, 0, 0, &d, err);
 	if (rc < 0)
 		return rc;
 	if (d.dtype == K2_DTYPE_F32) {
@@ -292,6 +328,77 @@ static int dense_exists(const inf_model *m, const char *name)
 	char path[INF_PATH_MAX];
 	(void)inf_path(path, sizeof(path), "%s/dense/%s", m->dir, name);
 	return access(path, F_OK) == 0;
+}
+
+/* Readers of the deferred tensors: a mount serves parallel reads far faster
+ * than one (each is a round trip through FUSE). */
+#define DENSE_READERS 4
+
+struct deferred_job {
+	inf_model *m;
+	atomic_size_t next;
+	atomic_int failed;
+	pthread_mutex_t lock;
+	int rc;
+	k2_err err;     /* the first failure (protected by lock) */
+};
+
+static void *deferred_main(void *arg)
+{
+	struct deferred_job *j = arg;
+	for (;;) {
+		size_t i = atomic_fetch_add(&j->next, 1);
+		if (i >= j->m->n_deferred || atomic_load(&j->failed))
+			return NULL;
+		const struct deferred_read *d = &j->m->deferred[i];
+		k2_err e;
+		int rc, fd = open(d->path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			rc = k2_err_set(&e, -errno, "%s: %s", d->path, strerror(errno));
+		else {
+			rc = k2_pread_exact(fd, d->buf, d->size, 0, d->path, &e);
+			close(fd);
+		}
+		if (rc < 0 && !atomic_exchange(&j->failed, 1)) {
+			pthread_mutex_lock(&j->lock);
+			j->rc = rc;
+			j->err = e;
+			pthread_mutex_unlock(&j->lock);
+		}
+	}
+}
+
+/* Reads every deferred tensor on DENSE_READERS threads. Returns 0 or the first
+ * error, with its message. */
+static int read_deferred(inf_model *m, k2_err *err)
+{
+	struct deferred_job j = {.m = m};
+	pthread_t th[DENSE_READERS];
+	int n_th = 0;
+	atomic_init(&j.next, 0);
+	atomic_init(&j.failed, 0);
+	pthread_mutex_init(&j.lock, NULL);
+	for (int i = 1; i < DENSE_READERS && (size_t)i < m->n_deferred; i++)
+		if (pthread_create(&th[n_th], NULL, deferred_main, &j) == 0)
+			n_th++;
+	deferred_main(&j);
+	for (int i = 0; i < n_th; i++)
+		pthread_join(th[i], NULL);
+	pthread_mutex_destroy(&j.lock);
+	if (atomic_load(&j.failed)) {
+		*err = j.err;
+		return j.rc;
+	}
+	return 0;
+}
+
+static void free_deferred(inf_model *m)
+{
+	for (size_t i = 0; i < m->n_deferred; i++)
+		free(m->deferred[i].path);
+	free(m->deferred);
+	m->deferred = NULL;
+	m->n_deferred = m->cap_deferred = 0;
 }
 
 /* Checks what this engine supports beyond what k2_model_config carries. */
@@ -523,6 +630,10 @@ int inf_model_open(const char *dir, inf_model **out, k2_err *err)
 	for (uint32_t l = 0; l < c->num_hidden_layers; l++)
 		if ((rc = load_layer(m, l, err)) < 0)
 			goto fail;
+	rc = read_deferred(m, err);
+	free_deferred(m);
+	if (rc < 0)
+		goto fail;
 
 	/* bytes one decode token reads */
 	m->bytes_per_token = mat_bytes(&m->lm_head) + mat_bytes(&m->embed) / V;
@@ -554,6 +665,7 @@ void inf_model_close(inf_model *m)
 {
 	if (!m)
 		return;
+	free_deferred(m);
 	for (size_t i = 0; i < m->n_bufs; i++)
 		free(m->bufs[i]);
 	free(m->bufs);
