@@ -19,16 +19,9 @@
 
 #include "matmul_x86.h"
 
-#define TGT "avx512f,avx512bw,avx512vl," KERN_AVX2_TARGET
+#define TGT KERN_AVX512_TARGET
 #define A512 __attribute__((target(TGT)))
 #define A512_INLINE static inline __attribute__((target(TGT), always_inline))
-
-/* Sum of the 16 lanes in a fixed order: the two halves, then kern_hsum8. */
-A512_INLINE float hsum16(__m512 v)
-{
-	return kern_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
-					_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
-}
 
 A512_INLINE __m512 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
 {
@@ -44,11 +37,6 @@ A512_INLINE __mmask16 m16(uint32_t n)
 A512_INLINE __mmask32 m32(uint32_t n)
 {
 	return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1);
-}
-
-A512_INLINE __m512 bf16x16(__m256i v)
-{
-	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
 A512_INLINE __m512 i8x16(__m128i v)
@@ -78,7 +66,7 @@ A512_INLINE __m512 ld_w16(const kern_mat *m, uint32_t f, size_t i)
 {
 	switch (f) {
 	case K2_FORMAT_BF16:
-		return bf16x16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)m->w + i)));
+		return kern_bf16x16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)m->w + i)));
 	case K2_FORMAT_INT8:
 		return i8x16(_mm_loadu_si128((const __m128i *)((const int8_t *)m->w + i)));
 	default:
@@ -91,7 +79,7 @@ A512_INLINE __m512 ld_w16_masked(const kern_mat *m, uint32_t f, size_t i, __mmas
 {
 	switch (f) {
 	case K2_FORMAT_BF16:
-		return bf16x16(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)m->w + i));
+		return kern_bf16x16(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)m->w + i));
 	case K2_FORMAT_INT8:
 		return i8x16(_mm_maskz_loadu_epi8(mk, (const int8_t *)m->w + i));
 	default:
@@ -124,7 +112,7 @@ A512_INLINE void mv_plain(const kern_mat *m, const float *x, float *y, uint32_t 
 			a1 = _mm512_fmadd_ps(ld_w16_masked(m, F, row + k, mk),
 					     _mm512_maskz_loadu_ps(mk, x + k), a1);
 		}
-		float s = hsum16(sum4(a0, a1, a2, a3));
+		float s = kern_hsum16(sum4(a0, a1, a2, a3));
 		y[r] = F == K2_FORMAT_INT8 ? s * ((const float *)m->s)[r] : s;
 	}
 }
@@ -167,7 +155,7 @@ A512 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0
 			a2 = _mm512_fmadd_ps(b2, s, a2);
 			a3 = _mm512_fmadd_ps(b3, s, a3);
 		}
-		y[r] = fp8_nan_seen(nan) ? NAN : hsum16(sum4(a0, a1, a2, a3));
+		y[r] = fp8_nan_seen(nan) ? NAN : kern_hsum16(sum4(a0, a1, a2, a3));
 	}
 }
 
@@ -213,7 +201,7 @@ A512_INLINE void i4_rows(const kern_mat *m, const float *xp, float *y, uint32_t 
 	} while (0)
 		/* Sixteen groups a step, their scales converted together. */
 		for (; g + 16 <= ng; g += 16) {
-			__m512 sv = bf16x16(_mm256_loadu_si256((const __m256i *)(s + g)));
+			__m512 sv = kern_bf16x16(_mm256_loadu_si256((const __m256i *)(s + g)));
 #define I4_STEP(J) I4_GROUP(g + (J), _mm512_permutexvar_ps(_mm512_set1_epi32(J), sv), (J) & 1)
 			I4_STEP(0); I4_STEP(1); I4_STEP(2); I4_STEP(3);
 			I4_STEP(4); I4_STEP(5); I4_STEP(6); I4_STEP(7);
@@ -230,11 +218,11 @@ A512_INLINE void i4_rows(const kern_mat *m, const float *xp, float *y, uint32_t 
 		}
 #undef I4_GROUP
 		if (B == 1)
-			y[r] = hsum16(sum4(a[0][0], a[0][1], a[1][0], a[1][1]));
+			y[r] = kern_hsum16(sum4(a[0][0], a[0][1], a[1][0], a[1][1]));
 		else
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++)
-				y[(size_t)b * rows + r] = hsum16(_mm512_add_ps(a[b][0], a[b][1]));
+				y[(size_t)b * rows + r] = kern_hsum16(_mm512_add_ps(a[b][0], a[b][1]));
 	}
 }
 
@@ -286,7 +274,7 @@ A512_INLINE void mvb_plain(const kern_mat *m, const float *x, float *y, uint32_t
 		float s = m->format == K2_FORMAT_INT8 ? ((const float *)m->s)[r] : 1.0f;
 #pragma GCC unroll 4
 		for (int b = 0; b < B; b++) {
-			float v = hsum16(_mm512_add_ps(a[b][0], a[b][1]));
+			float v = kern_hsum16(_mm512_add_ps(a[b][0], a[b][1]));
 			y[(size_t)b * rows + r] = m->format == K2_FORMAT_INT8 ? v * s : v;
 		}
 	}
@@ -343,7 +331,7 @@ A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, float *y, uint32_t r
 		int isnan_row = fp8_nan_seen(nan);
 #pragma GCC unroll 4
 		for (int b = 0; b < B; b++)
-			y[(size_t)b * rows + r] = isnan_row ? NAN : hsum16(_mm512_add_ps(a[b][0], a[b][1]));
+			y[(size_t)b * rows + r] = isnan_row ? NAN : kern_hsum16(_mm512_add_ps(a[b][0], a[b][1]));
 	}
 }
 

@@ -18,14 +18,9 @@
 
 #include "matmul_x86.h"
 
-#define TGT "avx512f,avx512bw,avx512vl,avx512bf16," KERN_AVX2_TARGET
+#define TGT KERN_AVX512_TARGET ",avx512bf16"
 #define ABF static inline __attribute__((target(TGT), always_inline))
 
-ABF float hsum16(__m512 v)
-{
-	return kern_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
-					_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
-}
 
 ABF __m512bh ld32(const uint16_t *p)
 {
@@ -81,7 +76,7 @@ ABF void dot_rows(const kern_mat *m, const uint16_t *xh, float *y, uint32_t r0, 
 		}
 #pragma GCC unroll 4
 		for (int b = 0; b < B; b++)
-			y[(size_t)b * rows + r] = hsum16(_mm512_add_ps(_mm512_add_ps(a[b][0], a[b][1]),
+			y[(size_t)b * rows + r] = kern_hsum16(_mm512_add_ps(_mm512_add_ps(a[b][0], a[b][1]),
 								       _mm512_add_ps(a[b][2], a[b][3])));
 	}
 }

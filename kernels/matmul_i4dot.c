@@ -22,19 +22,10 @@
 
 #include "matmul_x86.h"
 
-#define TGT "avx512f,avx512bw,avx512vl,avx512vnni," KERN_AVX2_TARGET
+#define TGT KERN_AVX512_TARGET ",avx512vnni"
 #define AVN static inline __attribute__((target(TGT), always_inline))
 
-AVN float hsum16(__m512 v)
-{
-	return kern_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
-					_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
-}
 
-AVN __m512 bf16x16(__m256i v)
-{
-	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
 
 /* Quantizes row b of x [*, ng · 32] into q (kern_q8's rule, as matmul.c's
  * scalar q8_block: dx = amax / 127, x · (127 / amax) rounded to nearest even
@@ -84,7 +75,7 @@ AVN void i4q8_rows(const kern_mat *m, const kern_q8 *q, uint32_t b0, float *y, u
 		for (uint32_t g16 = 0; g16 < ng; g16 += 16) {
 			const uint32_t left = ng - g16;
 			const __mmask16 gm = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-			const __m512 sw = bf16x16(_mm256_maskz_loadu_epi16(gm, s + g16));
+			const __m512 sw = kern_bf16x16(_mm256_maskz_loadu_epi16(gm, s + g16));
 			__m512 sv[4];
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++) {
@@ -116,62 +107,8 @@ AVN void i4q8_rows(const kern_mat *m, const kern_q8 *q, uint32_t b0, float *y, u
 		}
 #pragma GCC unroll 4
 		for (int b = 0; b < B; b++)
-			y[(size_t)b * rows + r] = hsum16(acc[b]) + hsum16(accc[b]);
+			y[(size_t)b * rows + r] = kern_hsum16(acc[b]) + kern_hsum16(accc[b]);
 	}
-}
-
-/* Batch 1, two rows at a time: each step's activations loaded once for both. */
-AVN void i4q8_rows2(const kern_mat *m, const kern_q8 *q, float *y, uint32_t r0, uint32_t r1)
-{
-	const uint32_t ng = q->ng;
-	const __m512i nib = _mm512_set1_epi8(0x0f);
-	const __m512i idx[4] = {
-		_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-		_mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
-		_mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
-		_mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15),
-	};
-	uint32_t r = r0;
-	for (; r + 2 <= r1; r += 2) {
-		const uint8_t *w0 = (const uint8_t *)m->w + (size_t)r * ng * 16, *w1 = w0 + (size_t)ng * 16;
-		const uint16_t *s0 = (const uint16_t *)m->s + (size_t)r * ng, *s1 = s0 + ng;
-		__m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, accc0 = acc0, accc1 = acc0;
-		for (uint32_t g16 = 0; g16 < ng; g16 += 16) {
-			const uint32_t left = ng - g16;
-			const __mmask16 gm = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-			const __m512 dx = _mm512_loadu_ps(q->dx + g16), xc = _mm512_loadu_ps(q->xc + g16);
-			const __m512 sw0 = bf16x16(_mm256_maskz_loadu_epi16(gm, s0 + g16));
-			const __m512 sw1 = bf16x16(_mm256_maskz_loadu_epi16(gm, s1 + g16));
-			const __m512 sv0 = _mm512_mul_ps(sw0, dx), sv1 = _mm512_mul_ps(sw1, dx);
-			accc0 = _mm512_fmadd_ps(sw0, xc, accc0);
-			accc1 = _mm512_fmadd_ps(sw1, xc, accc1);
-#pragma GCC unroll 4
-			for (uint32_t j = 0; j < 4; j++) {
-				if (4 * j >= left)
-					break;
-				const uint32_t g = g16 + 4 * j, n = left - 4 * j;
-				const __mmask64 wm = n >= 4 ? ~(__mmask64)0 : ((__mmask64)1 << (16 * n)) - 1;
-				const __m512i xe = _mm512_loadu_si512(q->xe + (size_t)g * 16);
-				const __m512i xo = _mm512_loadu_si512(q->xo + (size_t)g * 16);
-				const __m512i v0 = _mm512_maskz_loadu_epi8(wm, w0 + (size_t)g * 16);
-				const __m512i v1 = _mm512_maskz_loadu_epi8(wm, w1 + (size_t)g * 16);
-				__m512i i0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
-								 _mm512_and_si512(v0, nib), xe);
-				__m512i i1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
-								 _mm512_and_si512(v1, nib), xe);
-				i0 = _mm512_dpbusd_epi32(i0, _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib), xo);
-				i1 = _mm512_dpbusd_epi32(i1, _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib), xo);
-				acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0),
-						       _mm512_permutexvar_ps(idx[j], sv0), acc0);
-				acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1),
-						       _mm512_permutexvar_ps(idx[j], sv1), acc1);
-			}
-		}
-		y[r] = hsum16(acc0) + hsum16(accc0);
-		y[r + 1] = hsum16(acc1) + hsum16(accc1);
-	}
-	if (r < r1)
-		i4q8_rows(m, q, 0, y, r, r1, 1);
 }
 
 __attribute__((target(TGT))) void kern_rows_i4q8(const kern_mat *m, const kern_q8 *q,
@@ -181,12 +118,7 @@ __attribute__((target(TGT))) void kern_rows_i4q8(const kern_mat *m, const kern_q
 		const uint32_t nb = batch - b0 < 4 ? batch - b0 : 4;
 		float *yb = y + (size_t)b0 * m->rows;
 		switch (nb) {
-		case 1:
-			if (batch == 1)
-				i4q8_rows2(m, q, yb, r0, r1);
-			else
-				i4q8_rows(m, q, b0, yb, r0, r1, 1);
-			break;
+		case 1: i4q8_rows(m, q, b0, yb, r0, r1, 1); break;
 		case 2: i4q8_rows(m, q, b0, yb, r0, r1, 2); break;
 		case 3: i4q8_rows(m, q, b0, yb, r0, r1, 3); break;
 		default: i4q8_rows(m, q, b0, yb, r0, r1, 4); break;

@@ -21,4 +21,22 @@ kern_hsum8(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
+/* The AVX-512 paths' target features (matmul_avx512.c adds nothing, the
+ * dot-product paths add avx512bf16 or avx512vnni). */
+#define KERN_AVX512_TARGET "avx512f,avx512bw,avx512vl," KERN_AVX2_TARGET
+#define KERN_AVX512_INLINE static inline __attribute__((target(KERN_AVX512_TARGET), always_inline))
+
+/* Sum of the 16 lanes in a fixed order: the two halves, then kern_hsum8. */
+KERN_AVX512_INLINE float kern_hsum16(__m512 v)
+{
+	return kern_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v),
+					_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+
+/* Sixteen bf16 values as floats. */
+KERN_AVX512_INLINE __m512 kern_bf16x16(__m256i v)
+{
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
 #endif /* K2_MATMUL_X86_H */

@@ -384,51 +384,13 @@ START_TEST(test_matmul_fp8_all_codes)
 }
 END_TEST
 
-/* kern_matmul_fast on bf16 weights: the product of x rounded to bf16 (to
- * nearest, ties to even), whatever the path — the AVX-512 BF16 dot product
- * where the CPU has it (batches up to 4), kern_matmul on the rounded x
- * otherwise. Checked against kern_matmul_ref of the rounded x on odd shapes,
- * with every path this CPU has forced in turn; other formats equal
- * kern_matmul exactly. */
-START_TEST(test_matmul_fast)
+/* x as kern_matmul_fast rounds it for bf16 weights: to bf16, to nearest,
+ * ties to even. */
+static void bf16_reference(const float *x, uint32_t n, float *xr)
 {
-	static const uint32_t cols[] = {7, 32, 33, 100, 129, 416, 7168};
-	static const uint32_t batches[] = {1, 2, 3, 4, 5, 9};
-	rng_state = 77;
-	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
-		kern_isa_limit(isa);
-		for (size_t ci = 0; ci < sizeof(cols) / sizeof(cols[0]); ci++) {
-			tmat t = tmat_make(K2_FORMAT_BF16, 5 + (uint32_t)ci * 13, cols[ci]);
-			for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
-				const uint32_t B = batches[bi], n = B * t.m.cols;
-				float *x = random_vec(n), *xr = malloc(sizeof(float) * n);
-				float *y = nan_vec((size_t)B * t.m.rows), *ref = nan_vec((size_t)B * t.m.rows);
-				for (uint32_t i = 0; i < n; i++)
-					xr[i] = kern_bf16(k2q_f32_to_bf16(x[i]));
-				ck_assert_int_eq(kern_matmul_fast(&t.m, x, B, y), 0);
-				kern_matmul_ref(&t.m, xr, B, ref);
-				double e = rel_err(y, ref, (size_t)B * t.m.rows);
-				ck_assert_msg(e < 1e-5, "bf16 %ux%u batch %u (%s%s): relative error %g "
-					      "against the rounded x", t.m.rows, t.m.cols, B,
-					      isa_names[kern_isa()],
-					      kern_has_bf16dot() && B <= KERN_FUSED_BATCH ? ", bf16 dot" : "",
-					      e);
-				free(x), free(xr), free(y), free(ref);
-			}
-			tmat_free(&t);
-		}
-		/* other formats: kern_matmul itself */
-		tmat t = tmat_make(K2_FORMAT_FP8_B128, 9, 200);
-		float *x = random_vec(2 * 200), *a = nan_vec(18), *b = nan_vec(18);
-		kern_matmul(&t.m, x, 2, a);
-		ck_assert_int_eq(kern_matmul_fast(&t.m, x, 2, b), 0);
-		ck_assert_mem_eq(a, b, sizeof(float) * 18);
-		free(x), free(a), free(b);
-		tmat_free(&t);
-	}
-	kern_isa_limit(-1);
+	for (uint32_t i = 0; i < n; i++)
+		xr[i] = kern_bf16(k2q_f32_to_bf16(x[i]));
 }
-END_TEST
 
 /* x quantized as kern_matmul_fast quantizes it for int4-g32: per block of 32,
  * dx = max |x| / 127, the values xq · dx with xq = x / dx rounded. */
@@ -444,43 +406,82 @@ static void q8_reference(const float *x, uint32_t n, float *xr)
 	}
 }
 
-/* kern_matmul_fast on int4-g32 weights: the product of x quantized to 8 bits
- * per block of 32, whatever the path — the AVX-512 VNNI dot product where
- * the CPU has it (batches up to 4), kern_matmul on the quantized values
- * otherwise; against kern_matmul_ref of those values, odd group counts (the
- * masked tails of the 4- and 16-group steps), every path forced in turn, a
- * block of zeros, and a block with one huge value. */
-START_TEST(test_matmul_fast_int4)
+/* One fast-path check: kern_matmul_fast on `format` weights of each width in
+ * cols (rows rows0 + i · rows_step) at batches 1 … 9, against kern_matmul_ref
+ * of x rounded as round_x rounds it, relative error < 1e-5, with every
+ * instruction-set path this CPU has forced in turn. With odd_blocks, x's
+ * first block is zeros and its second holds one huge value (whose neighbours
+ * quantize to 0). dot() says whether the dot-product path ran. */
+static void check_fast(uint32_t format, const uint32_t *cols, size_t n_cols, uint32_t rows0,
+		       uint32_t rows_step, void (*round_x)(const float *, uint32_t, float *),
+		       int odd_blocks, int (*dot)(void), const char *dot_name)
 {
-	static const uint32_t cols[] = {32, 64, 96, 160, 416, 544, 7168};
 	static const uint32_t batches[] = {1, 2, 3, 4, 5, 9};
-	rng_state = 91;
 	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
 		kern_isa_limit(isa);
-		for (size_t ci = 0; ci < sizeof(cols) / sizeof(cols[0]); ci++) {
-			tmat t = tmat_make(K2_FORMAT_INT4_G32, 3 + (uint32_t)ci * 11, cols[ci]);
+		for (size_t ci = 0; ci < n_cols; ci++) {
+			tmat t = tmat_make(format, rows0 + (uint32_t)ci * rows_step, cols[ci]);
 			for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
 				const uint32_t B = batches[bi], n = B * t.m.cols;
 				float *x = random_vec(n), *xr = malloc(sizeof(float) * n);
-				for (uint32_t i = 0; i < 32 && i < n; i++)
-					x[i] = 0; /* a block of zeros */
-				if (n > 40)
-					x[40] = 1e4f; /* a block whose other values quantize to 0 */
+				if (odd_blocks) {
+					for (uint32_t i = 0; i < 32 && i < n; i++)
+						x[i] = 0;
+					if (n > 40)
+						x[40] = 1e4f;
+				}
 				float *y = nan_vec((size_t)B * t.m.rows), *ref = nan_vec((size_t)B * t.m.rows);
-				q8_reference(x, n, xr);
+				round_x(x, n, xr);
 				ck_assert_int_eq(kern_matmul_fast(&t.m, x, B, y), 0);
 				kern_matmul_ref(&t.m, xr, B, ref);
 				double e = rel_err(y, ref, (size_t)B * t.m.rows);
-				ck_assert_msg(e < 1e-5, "int4 %ux%u batch %u (%s%s): relative error %g "
-					      "against the quantized x", t.m.rows, t.m.cols, B,
-					      isa_names[kern_isa()],
-					      kern_has_i4dot() && B <= KERN_FUSED_BATCH ? ", vnni" : "", e);
+				ck_assert_msg(e < 1e-5, "%s %ux%u batch %u (%s%s): relative error %g "
+					      "against the rounded x", fmt_name(format), t.m.rows,
+					      t.m.cols, B, isa_names[kern_isa()],
+					      dot() && B <= KERN_FUSED_BATCH ? dot_name : "", e);
 				free(x), free(xr), free(y), free(ref);
 			}
 			tmat_free(&t);
 		}
 	}
 	kern_isa_limit(-1);
+}
+
+/* kern_matmul_fast on bf16 weights: the product of x rounded to bf16, whatever
+ * the path — the AVX-512 BF16 dot product where the CPU has it (batches up to
+ * 4), kern_matmul on the rounded x otherwise; on odd shapes. Other formats
+ * but int4 equal kern_matmul exactly. */
+START_TEST(test_matmul_fast)
+{
+	static const uint32_t cols[] = {7, 32, 33, 100, 129, 416, 7168};
+	rng_state = 77;
+	check_fast(K2_FORMAT_BF16, cols, sizeof(cols) / sizeof(cols[0]), 5, 13, bf16_reference, 0,
+		   kern_has_bf16dot, ", bf16 dot");
+	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
+		kern_isa_limit(isa);
+		tmat t = tmat_make(K2_FORMAT_FP8_B128, 9, 200);
+		float *x = random_vec(2 * 200), *a = nan_vec(18), *b = nan_vec(18);
+		kern_matmul(&t.m, x, 2, a);
+		ck_assert_int_eq(kern_matmul_fast(&t.m, x, 2, b), 0);
+		ck_assert_mem_eq(a, b, sizeof(float) * 18);
+		free(x), free(a), free(b);
+		tmat_free(&t);
+	}
+	kern_isa_limit(-1);
+}
+END_TEST
+
+/* kern_matmul_fast on int4-g32 weights: the product of x quantized to 8 bits
+ * per block of 32, whatever the path — the AVX-512 VNNI dot product where
+ * the CPU has it (batches up to 4), kern_matmul on the quantized values
+ * otherwise; odd group counts (the masked tails of the 4- and 16-group
+ * steps), a block of zeros, and a block with one huge value. */
+START_TEST(test_matmul_fast_int4)
+{
+	static const uint32_t cols[] = {32, 64, 96, 160, 416, 544, 7168};
+	rng_state = 91;
+	check_fast(K2_FORMAT_INT4_G32, cols, sizeof(cols) / sizeof(cols[0]), 3, 11, q8_reference, 1,
+		   kern_has_i4dot, ", vnni");
 }
 END_TEST
 
