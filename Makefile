@@ -18,11 +18,11 @@
 CC      ?= cc
 BUILD   ?= build
 BIN     ?= bin
-PKGS    := fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson
+PKGS    := fuse3 liburing libzstd liblz4 libxxhash libpcre2-8 jansson libmicrohttpd
 OPT     ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 CFLAGS  += -std=gnu11 $(OPT) $(WARN) -pthread -fno-strict-aliasing -D_FILE_OFFSET_BITS=64 \
-           -Ilayout -Ikernels -Iinfer -Ik2fs -Icli $(shell pkg-config --cflags $(PKGS))
+           -Ilayout -Ikernels -Iinfer -Ik2fs -Icli -Iserve $(shell pkg-config --cflags $(PKGS))
 # Every package, for the tests and fuzzers; each program links its own list
 # (<name>_LDLIBS below).
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -pthread
@@ -40,6 +40,7 @@ INFER_SRC   := $(filter-out infer/main.c,$(wildcard infer/*.c))
 K2FS_SRC    := $(filter-out k2fs/main.c,$(wildcard k2fs/*.c))
 TOOLLIB_SRC := $(wildcard tools/lib/*.c)
 CLI_SRC     := $(wildcard cli/*.c)
+SERVE_SRC   := $(filter-out serve/main.c,$(wildcard serve/*.c))
 CUDA_SRC    := $(wildcard kernels/*.cu)
 TOOLS       := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/*.c))
 TESTS       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -58,7 +59,9 @@ LIB_TOOLS   := $(BUILD)/libtools.a
 # k2_err, k2_parse_size and the format names), which has no business with
 # command lines.
 LIB_CLI     := $(BUILD)/libcli.a
-ALL_LIBS    := $(LIB_TOOLS) $(LIB_INFER) $(LIB_K2FS) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
+# serve/: k2serve's HTTP API (request parsing, responses, the scheduler).
+LIB_SERVE   := $(BUILD)/libserve.a
+ALL_LIBS    := $(LIB_SERVE) $(LIB_TOOLS) $(LIB_INFER) $(LIB_K2FS) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
 
 # The CUDA backend: compiled where nvcc exists (K2_HAVE_CUDA=1); elsewhere
 # kernels/backend_cuda.h stubs its entry points to return -ENOTSUP.
@@ -121,6 +124,7 @@ $(LIB_INFER):   $(call obj,$(INFER_SRC));   @rm -f $@; ar rcs $@ $^
 $(LIB_K2FS):    $(call obj,$(K2FS_SRC));    @rm -f $@; ar rcs $@ $^
 $(LIB_TOOLS):   $(call obj,$(TOOLLIB_SRC)); @rm -f $@; ar rcs $@ $^
 $(LIB_CLI):     $(call obj,$(CLI_SRC));     @rm -f $@; ar rcs $@ $^
+$(LIB_SERVE):   $(call obj,$(SERVE_SRC));   @rm -f $@; ar rcs $@ $^
 
 $(BIN)/k2fs: $(call obj,k2fs/main.c) $(k2fs_LIBS)
 	@mkdir -p $(BIN)
@@ -151,10 +155,11 @@ asan:
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" NVCC= test
 
 FUZZ_SECONDS ?= 60
-FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout -Iinfer $(shell pkg-config --cflags $(PKGS)) \
+FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout -Iinfer -Iserve $(shell pkg-config --cflags $(PKGS)) \
                -fsanitize=fuzzer,address,undefined -D_FILE_OFFSET_BITS=64
 # A target that needs more than layout/ names its sources here.
 $(BUILD)/fuzz/fuzz_tok_json: $(wildcard infer/tok_*.c)
+$(BUILD)/fuzz/fuzz_serve_request: $(wildcard serve/api_*.c)
 $(BUILD)/fuzz/%: tests/%.c $(LAYOUT_SRC)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $^ -o $@ $(LDLIBS)
