@@ -55,11 +55,11 @@ int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
 /* The fast path of kern_matmul: the activations are rounded before the
  * product, so that it can run on the processor's dot-product instructions.
  * bf16 weights take x rounded to bf16 (to nearest, ties to even) and use the
- * AVX-512 BF16 dot product where the processor has it (batches up to
- * KERN_FUSED_BATCH), else kern_matmul on the rounded x. int4-g32 weights take
+ * AVX-512 BF16 dot product where the processor has it, else kern_matmul on
+ * the rounded x. int4-g32 weights take
  * x quantized to 8 bits per block of 32 (dx = max |x| / 127, x / dx rounded
  * to nearest) and use the AVX-512 VNNI integer dot product where the processor
- * has it (batches up to KERN_FUSED_BATCH), else kern_matmul on the values the
+ * has it, else kern_matmul on the values the
  * quantized x stands for. So the rounding, not the instruction set, decides
  * the result, up to the order of the sums. Other formats run kern_matmul as it
  * is. Returns as kern_matmul, or -ENOMEM. */

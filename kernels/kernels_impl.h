@@ -60,14 +60,15 @@ typedef struct kern_q8 {
 /* Quantizes row b of x [*, ng · 32] into q with AVX-512 (matmul_i4dot.c). */
 void kern_q8_row_avx512(const float *x, kern_q8 *q, uint32_t b);
 /* int4-g32 weights times q on the AVX-512 VNNI dot product (matmul_i4dot.c),
- * batches up to KERN_FUSED_BATCH. */
+ * any batch, four rows of x at a time over the rows [r0, r1): the caller's
+ * row tasks are small, so their weights stay in cache across those passes. */
 void kern_rows_i4q8(const kern_mat *m, const kern_q8 *q, uint32_t batch, float *y,
 		    uint32_t r0, uint32_t r1);
 /* 1 when kern_rows_i4q8 may run: AVX-512 VNNI and the AVX-512 path in use. */
 int kern_has_i4dot(void);
 
 /* bf16 weights times xh, x rounded to bf16 [batch, cols], on the AVX-512 BF16
- * dot-product instruction (matmul_bf16dot.c), batches up to KERN_FUSED_BATCH. */
+ * dot-product instruction (matmul_bf16dot.c), any batch, as kern_rows_i4q8. */
 void kern_rows_bf16dot(const kern_mat *m, const uint16_t *xh, uint32_t batch, float *y,
 		       uint32_t r0, uint32_t r1);
 /* 1 when kern_rows_bf16dot may run: the CPU has AVX-512 BF16 and the path in

@@ -249,7 +249,7 @@ static void q8_block(const float *x, kern_q8 *q, uint32_t b, uint32_t g, float *
 static int matmul_fast_i4(const kern_mat *m, const float *x, uint32_t batch, float *y)
 {
 	const uint32_t ng = m->cols / 32, ng16 = (ng + 15) / 16 * 16;
-	const int dot = kern_has_i4dot() && batch <= KERN_FUSED_BATCH;
+	const int dot = kern_has_i4dot();
 	const size_t bytes = (size_t)batch * ng16 * (32 + 2 * sizeof(float)) +
 			     (dot ? 0 : (size_t)batch * m->cols * sizeof(float));
 	uint8_t *buf = calloc(1, bytes);
@@ -284,7 +284,7 @@ int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y
 	if (m->format != K2_FORMAT_BF16)
 		return kern_matmul(m, x, batch, y);
 	const size_t n = (size_t)batch * m->cols;
-	const int dot = kern_has_bf16dot() && batch <= KERN_FUSED_BATCH;
+	const int dot = kern_has_bf16dot();
 	/* x rounded to bf16 (to nearest, ties to even): as bf16 bits for the dot
 	 * instruction, else as floats for kern_matmul */
 	uint16_t xh_stack[XH_STACK];

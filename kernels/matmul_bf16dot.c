@@ -1,8 +1,7 @@
 /* matmul_bf16dot.c — bf16 weights times bf16 activations on the AVX-512 BF16
  * dot-product instruction (vdpbf16ps: 32 products a step, each exact in
- * float32, summed in float32), for kern_matmul_fast at batches up to
- * KERN_FUSED_BATCH. The activations were rounded to bf16 once per product by
- * the caller; the weights are read where they lie, two bytes an element, with
+ * float32, summed in float32), for kern_matmul_fast at any batch. The
+ * activations were rounded to bf16 once per product by the caller; the weights are read where they lie, two bytes an element, with
  * no widening. Compiled with a target attribute; matmul.c calls it only where
  * the CPU has AVX-512 BF16.
  *

@@ -1,7 +1,7 @@
 /* matmul_i4dot.c — int4-g32 weights times activations quantized to 8 bits per
  * block of 32 (kern_q8), on the AVX-512 VNNI integer dot product (vpdpbusd:
  * 64 unsigned × signed byte products a step, summed exactly in 32 bits), for
- * kern_matmul_fast at batches up to KERN_FUSED_BATCH. Compiled with a target
+ * kern_matmul_fast at any batch. Compiled with a target
  * attribute; matmul.c calls it only where the CPU has AVX-512 VNNI.
  *
  * A group of 32 weights is 16 bytes, element 2i in the low nibble of byte i

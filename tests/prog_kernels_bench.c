@@ -1,10 +1,12 @@
-/* prog_kernels_bench.c — microbenchmark of kern_matmul: the rate at which a
+/* prog_kernels_bench.c — microbenchmark of kern_matmul (kern_matmul_fast
+ * with --fast): the rate at which a
  * product streams weight bytes (kern_mat_bytes / time) at Kimi-K2 expert
  * shapes (2048 x 7168 and 7168 x 2048), next to memcpy of a buffer of the same
  * size timed in the same run, and the ratio of the two.
  *
  *   prog_kernels_bench [--threads N] [--seconds S] [--batch B] [--cpu-time]
  *                      [--isa portable|avx2|avx512] [--formats int4-g32,bf16,...]
+ *                      [--fast]
  *
  * Two regimes: "hot" multiplies one matrix again and again (it may stay in
  * the last-level cache, and so does the memcpy of its size); "stream" cycles
@@ -28,6 +30,9 @@
 
 #define STREAM_BYTES (256ull << 20)
 #define ROUNDS 6
+
+/* The product timed: kern_matmul, or kern_matmul_fast with --fast. */
+static int (*mm)(const kern_mat *, const float *, uint32_t, float *) = kern_matmul;
 
 static uint64_t rng = 88172645463325252ull;
 static int use_cpu_time;
@@ -195,7 +200,7 @@ static double matmul_round(const struct set *st, const float *x, uint32_t batch,
 	uint64_t bytes = kern_mat_bytes(&st->m[0]), it = 0;
 	double t0 = now(), t;
 	do {
-		kern_matmul(&st->m[(*next)++ % st->n], x, batch, y);
+		mm(&st->m[(*next)++ % st->n], x, batch, y);
 		it++;
 	} while ((t = now() - t0) < seconds);
 	return (double)bytes * it / t;
@@ -223,7 +228,7 @@ static int bench_case(const char *name, uint32_t format, uint32_t rows, uint32_t
 	double copy1 = 0, copyn = 0, rate = 0, round = seconds / (3 * ROUNDS);
 	uint64_t next = 0;
 	for (uint32_t i = 0; i < st.n; i++) /* warm: touch every matrix once */
-		kern_matmul(&st.m[i], x, batch, y);
+		mm(&st.m[i], x, batch, y);
 	memcpy_round(&cb, round / 4, 0);
 	for (int r = 0; r < ROUNDS; r++) {
 		double c1 = memcpy_round(&cb, round, 0);
@@ -272,12 +277,14 @@ int main(int argc, char **argv)
 					isa_names[kern_isa_best()]);
 				return 2;
 			}
+		} else if (!strcmp(argv[i], "--fast")) {
+			mm = kern_matmul_fast;
 		} else if (!strcmp(argv[i], "--cpu-time")) {
 			use_cpu_time = 1;
 		} else if (!strcmp(argv[i], "--formats") && i + 1 < argc) {
 			snprintf(formats, sizeof(formats), "%s", argv[++i]);
 		} else {
-			fprintf(stderr, "usage: %s [--threads N] [--seconds S] [--batch B] [--cpu-time] "
+			fprintf(stderr, "usage: %s [--threads N] [--seconds S] [--batch B] [--cpu-time] [--fast] "
 					"[--isa portable|avx2|avx512] "
 					"[--formats int4-g32,bf16,fp8-b128,int8,f32]\n",
 				argv[0]);

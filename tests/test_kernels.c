@@ -407,7 +407,7 @@ static void q8_reference(const float *x, uint32_t n, float *xr)
 }
 
 /* One fast-path check: kern_matmul_fast on `format` weights of each width in
- * cols (rows rows0 + i · rows_step) at batches 1 … 9, against kern_matmul_ref
+ * cols (rows rows0 + i · rows_step) at batches 1 … 33, against kern_matmul_ref
  * of x rounded as round_x rounds it, relative error < 1e-5, with every
  * instruction-set path this CPU has forced in turn. With odd_blocks, x's
  * first block is zeros and its second holds one huge value (whose neighbours
@@ -416,7 +416,7 @@ static void check_fast(uint32_t format, const uint32_t *cols, size_t n_cols, uin
 		       uint32_t rows_step, void (*round_x)(const float *, uint32_t, float *),
 		       int odd_blocks, int (*dot)(void), const char *dot_name)
 {
-	static const uint32_t batches[] = {1, 2, 3, 4, 5, 9};
+	static const uint32_t batches[] = {1, 2, 3, 4, 5, 9, 33};
 	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
 		kern_isa_limit(isa);
 		for (size_t ci = 0; ci < n_cols; ci++) {
@@ -473,7 +473,7 @@ END_TEST
 
 /* kern_matmul_fast on int4-g32 weights: the product of x quantized to 8 bits
  * per block of 32, whatever the path — the AVX-512 VNNI dot product where
- * the CPU has it (batches up to 4), kern_matmul on the quantized values
+ * the CPU has it, kern_matmul on the quantized values
  * otherwise; odd group counts (the masked tails of the 4- and 16-group
  * steps), a block of zeros, and a block with one huge value. */
 START_TEST(test_matmul_fast_int4)
