@@ -95,7 +95,7 @@ k2gen_LDLIBS      = $(call pkg_libs,jansson libxxhash) -lm
 k2inspect_LIBS   := $(LIB_LAYOUT)
 k2inspect_LDLIBS  = $(call pkg_libs,libzstd liblz4 libxxhash)
 k2bench_LIBS     := $(LIB_TOOLS) $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
-k2bench_LDLIBS    = $(call pkg_libs,jansson libzstd liblz4 libxxhash) -lm $(CUDA_LIBS)
+k2bench_LDLIBS    = $(call pkg_libs,libpcre2-8 jansson libzstd liblz4 libxxhash) -lm $(CUDA_LIBS)
 # Links a program from its objects and libraries ($^) with its own packages.
 link_program = $(CC) $(CFLAGS) $(SAN) $^ -o $@ $(or $($(@F)_LDLIBS),$(LDLIBS) $(CUDA_LIBS)) -pthread
 
@@ -159,6 +159,7 @@ FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout -Iinfer -Iserve $(shell pkg-config --c
                -fsanitize=fuzzer,address,undefined -D_FILE_OFFSET_BITS=64
 # A target that needs more than layout/ names its sources here.
 $(BUILD)/fuzz/fuzz_tok_json: $(wildcard infer/tok_*.c)
+$(BUILD)/fuzz/fuzz_tiktoken: $(wildcard infer/tok_*.c)
 $(BUILD)/fuzz/fuzz_serve_request: $(wildcard serve/api_*.c)
 $(BUILD)/fuzz/%: tests/%.c $(LAYOUT_SRC)
 	@mkdir -p $(dir $@)

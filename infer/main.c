@@ -19,7 +19,8 @@ static const char usage_text[] =
 	"(config.json, dense/*, experts/LLL/EEE).\n"
 	"\n"
 	"  --model DIR          the mount (or a directory laid out like it)\n"
-	"  --prompt TEXT        prompt text (needs DIR/tokenizer.json)\n"
+	"  --prompt TEXT        prompt text (needs DIR/tokenizer.json or\n"
+	"                       DIR/tiktoken.model)\n"
 	"  --tokens IDS         prompt as comma-separated token ids\n"
 	"  -n N                 tokens to generate (default 32)\n"
 	"  --backend NAME       compute backend (the names are listed below; default: the\n"
@@ -296,16 +297,12 @@ int main(int argc, char **argv)
 		return fail("--expert-cache: '%s' is not a size (64M, 2G) or a count (4experts)",
 			    o.cache);
 
-	/* tokenizer: optional unless --prompt / --tokenize */
-	char tpath[4096];
+	/* tokenizer (tokenizer.json or tiktoken.model): optional unless --prompt /
+	 * --tokenize; -ENOENT means neither file is there */
 	inf_tok *tok = NULL;
-	int w = snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", o.model);
-	if (w < 0 || (size_t)w >= sizeof(tpath))
-		return fail("--model: '%s' is too long a path", o.model);
-	if (access(tpath, F_OK) == 0 || o.prompt || o.tokenize) {
-		if (inf_tok_load(tpath, &tok, &err) < 0)
-			return fail("%s", err.msg);
-	}
+	int trc = inf_tok_open_dir(o.model, &tok, &err);
+	if (trc < 0 && (trc != -ENOENT || o.prompt || o.tokenize))
+		return fail("%s", err.msg);
 	if (o.tokenize) {
 		int32_t *ids;
 		size_t n;

@@ -2,13 +2,14 @@
  * whole in tokenizer.h). Not for use outside infer/tok_*.c and the
  * tokenizer's tests and fuzz target.
  *
- * A vocabulary loader (tok_load.c for tokenizer.json) creates the object with
- * tok_new, fills the tables of tok_vocab.c (ids and token strings, model
- * vocabulary, merges, added tokens) and the pre-tokenizer (t->splits,
- * t->bl_*), then calls tok_decode_build and tok_pretok_init. Token strings are
- * kept in the GPT-2 byte-level alphabet (tok_byte_level_tables); a format
- * whose tokens are raw bytes converts them to it, and everything after
- * loading (tok_pretok.c, tok_encode.c, tok_decode.c) serves it unchanged.
+ * A vocabulary loader (tok_load.c for tokenizer.json, tok_tiktoken.c for a
+ * tiktoken file) creates the object with tok_new, fills the tables of
+ * tok_vocab.c (ids and token strings, model vocabulary, merges, added tokens)
+ * and the pre-tokenizer (t->splits, t->bl_*), then calls tok_decode_build and
+ * tok_pretok_init. Token strings are kept in the GPT-2 byte-level alphabet
+ * (tok_byte_level_tables); a format whose tokens are raw bytes (tiktoken)
+ * converts them to it, and everything after loading (tok_pretok.c,
+ * tok_encode.c, tok_decode.c) serves it unchanged.
  *
  *   tok_containers.c  arena, int and piece vectors, hash maps, added-token trie
  *   tok_utf8.c        UTF-8 and the byte-level alphabet
@@ -16,7 +17,9 @@
  *   tok_json.c        model.vocab / model.merges of tokenizer.json: fast path
  *                     and the jansson reader it must agree with
  *   tok_load.c        inf_tok_load: the rest of tokenizer.json, and
- *                     tokenizer_config.json
+ *                     tokenizer_config.json; inf_tok_open_dir
+ *   tok_tiktoken.c    a tiktoken vocabulary (Kimi-K2's tiktoken.model), its
+ *                     special tokens, and Kimi's pre-tokenizer pattern
  *   tok_pretok.c      regexes, added-token splitting, Split pre-tokenizers
  *   tok_encode.c      ByteLevel and BPE (merge heap, cache), inf_tok_encode
  *   tok_decode.c      decoded bytes per token, decoding, streaming decoder
@@ -312,6 +315,50 @@ int tok_json_vocab(inf_tok *t, const json_t *model, const char *text,
 /* The same for model.merges (after the vocabulary). */
 int tok_json_merges(inf_tok *t, const json_t *model, const char *text,
 		    const struct tok_json_big *big, k2_err *err);
+
+/* ---- tok_load.c: files */
+
+/* Reads t->path whole into a malloc'd buffer (*text, *len; the caller frees
+ * it). 0, or -errno with the message naming t->path. */
+int tok_read_file(const inf_tok *t, char **text, size_t *len, k2_err *err);
+/* Reads tokenizer_config.json beside t->path. 0 with *root the parsed object
+ * (the caller json_decref's it) or NULL when there is no such file; *cpath
+ * (malloc'd, the caller frees it, also on error) its path. -EINVAL for
+ * invalid JSON or not an object, -errno when it cannot be read. */
+int tok_config_read(const inf_tok *t, json_t **root, char **cpath, k2_err *err);
+/* Takes add_bos_token, bos_token and eos_token from the config root (NULL:
+ * none) once every token is in t; sets bos_id / eos_id to -1 where absent.
+ * -EINVAL (message names cpath) for a wrong type or a token t lacks. */
+int tok_config_apply(inf_tok *t, const json_t *root, const char *cpath, k2_err *err);
+
+/* ---- tok_tiktoken.c: tiktoken vocabularies */
+
+/* inf_tok_load for a tiktoken vocabulary file (path, tokenizer_config.json
+ * beside it); contract of inf_tok_load. */
+int tok_tiktoken_load(const char *path, inf_tok **out, k2_err *err);
+/* Reads the ranks of a tiktoken file, text[0..len) (not NUL-terminated), into
+ * t's vocabulary: rank r is id r, the token kept in the byte-level alphabet.
+ * Strict: every line is "BASE64 RANK" (canonical padded base64 of 1 or more
+ * bytes, one space, a decimal rank), ranks run 0, 1, 2, ... in order, no
+ * token twice, no line longer than TOK_TIKTOKEN_MAX_LINE; the last line may
+ * lack its '\n', and a '\r' before a '\n' is allowed. -EINVAL with the message
+ * naming t->path and the line, or -ENOMEM. */
+int tok_tiktoken_parse(inf_tok *t, const char *text, size_t len, k2_err *err);
+#define TOK_TIKTOKEN_MAX_LINE 1024
+/* Everything after the ranks: checks that every byte has a token, then the
+ * merges, the special tokens (added_tokens_decoder of the config root, may be
+ * NULL; cpath names it in messages), BOS / EOS, the pre-tokenizer, the
+ * decoder tables and the match state. -EINVAL with the message naming the
+ * file at fault, or -ENOMEM. */
+int tok_tiktoken_build(inf_tok *t, const json_t *root, const char *cpath, k2_err *err);
+
+/* Kimi-K2's pat_str (tokenization_kimi.py) as PCRE2 compiles it: the
+ * original, and the rewrite of its two intersection classes and of \p{Han}
+ * (tok_tiktoken.c says why), for the tests that prove them equal. */
+extern const char tok_kimi_pat_original[];
+extern const char tok_kimi_pat_pcre2[];
+extern const char tok_kimi_class_upper[]; /* [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]] */
+extern const char tok_kimi_class_lower[]; /* [\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]] */
 
 /* ---- tok_pretok.c: regexes and the pre-tokenizer */
 

@@ -3,7 +3,9 @@
  * model.merges when the file's outline allows (tok_json.c); this file reads
  * the rest (model options, added_tokens, normalizer, pre_tokenizer, decoder)
  * into the tables of tok_vocab.c and tok_pretok.c, then tokenizer_config.json
- * beside it. */
+ * beside it (tok_config_*, which tok_tiktoken.c uses too). A tiktoken
+ * vocabulary is handed to tok_tiktoken.c by its file name, and
+ * inf_tok_open_dir picks the file of a model folder. */
 #include "tok_impl.h"
 
 #include <errno.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Reads an optional boolean member; absent or null keeps *out. */
 static int get_bool(const inf_tok *t, const json_t *obj, const char *key, const char *where,
@@ -270,36 +273,44 @@ static int check_decoder(const inf_tok *t, const json_t *d, k2_err *err)
 			  t->path, type ? type : "none");
 }
 
-/* tokenizer_config.json beside path: add_bos_token, bos_token, eos_token. */
-static int parse_config(inf_tok *t, k2_err *err)
+int tok_config_read(const inf_tok *t, json_t **root, char **cpath, k2_err *err)
 {
-	t->bos_id = t->eos_id = -1;
+	*root = NULL;
 	const char *slash = strrchr(t->path, '/');
 	size_t dlen = slash ? (size_t)(slash - t->path + 1) : 0;
-	char *cpath = malloc(dlen + sizeof("tokenizer_config.json"));
-	if (!cpath)
+	char *p = malloc(dlen + sizeof("tokenizer_config.json"));
+	if (!p)
 		return k2_err_set(err, -ENOMEM, "%s: out of memory", t->path);
-	memcpy(cpath, t->path, dlen);
-	strcpy(cpath + dlen, "tokenizer_config.json");
-	int rc = 0;
-	FILE *f = fopen(cpath, "rb");
-	if (!f) {
-		if (errno != ENOENT)
-			rc = k2_err_set(err, -errno, "%s: cannot open: %s", cpath, strerror(errno));
-		free(cpath);
-		return rc;
-	}
+	memcpy(p, t->path, dlen);
+	strcpy(p + dlen, "tokenizer_config.json");
+	*cpath = p;
+	FILE *f = fopen(p, "rb");
+	if (!f)
+		return errno == ENOENT ? 0
+				       : k2_err_set(err, -errno, "%s: cannot open: %s", p,
+						    strerror(errno));
 	json_error_t je;
-	json_t *root = json_loadf(f, JSON_ALLOW_NUL, &je);
+	json_t *r = json_loadf(f, JSON_ALLOW_NUL, &je);
 	fclose(f);
-	if (!root || !json_is_object(root)) {
-		rc = root ? k2_err_set(err, -EINVAL, "%s: expected a JSON object", cpath)
-			  : k2_err_set(err, -EINVAL, "%s: invalid JSON at line %d column %d: %s",
-				       cpath, je.line, je.column, je.text);
-		goto out;
+	if (!r)
+		return k2_err_set(err, -EINVAL, "%s: invalid JSON at line %d column %d: %s", p,
+				  je.line, je.column, je.text);
+	if (!json_is_object(r)) {
+		json_decref(r);
+		return k2_err_set(err, -EINVAL, "%s: expected a JSON object", p);
 	}
-	if ((rc = get_bool(t, root, "add_bos_token", "tokenizer_config", &t->add_bos, err)))
-		goto out;
+	*root = r;
+	return 0;
+}
+
+int tok_config_apply(inf_tok *t, const json_t *root, const char *cpath, k2_err *err)
+{
+	t->bos_id = t->eos_id = -1;
+	if (!root)
+		return 0;
+	int rc = get_bool(t, root, "add_bos_token", "tokenizer_config", &t->add_bos, err);
+	if (rc)
+		return rc;
 	const char *keys[2] = {"bos_token", "eos_token"};
 	int32_t *ids[2] = {&t->bos_id, &t->eos_id};
 	for (int i = 0; i < 2; i++) {
@@ -308,19 +319,25 @@ static int parse_config(inf_tok *t, k2_err *err)
 			v = json_object_get(v, "content");
 		if (!v || json_is_null(v))
 			continue;
-		if (!json_is_string(v)) {
-			rc = k2_err_set(err, -EINVAL, "%s: %s: expected a string or an AddedToken",
-					cpath, keys[i]);
-			goto out;
-		}
+		if (!json_is_string(v))
+			return k2_err_set(err, -EINVAL, "%s: %s: expected a string or an AddedToken",
+					  cpath, keys[i]);
 		*ids[i] = inf_tok_token_to_id(t, json_string_value(v), json_string_length(v));
-		if (*ids[i] < 0) {
-			rc = k2_err_set(err, -EINVAL, "%s: %s \"%.60s\" is not a token of %s", cpath,
-					keys[i], json_string_value(v), t->path);
-			goto out;
-		}
+		if (*ids[i] < 0)
+			return k2_err_set(err, -EINVAL, "%s: %s \"%.60s\" is not a token of %s",
+					  cpath, keys[i], json_string_value(v), t->path);
 	}
-out:
+	return 0;
+}
+
+/* tokenizer_config.json beside path: add_bos_token, bos_token, eos_token. */
+static int parse_config(inf_tok *t, k2_err *err)
+{
+	json_t *root;
+	char *cpath = NULL;
+	int rc = tok_config_read(t, &root, &cpath, err);
+	if (!rc)
+		rc = tok_config_apply(t, root, cpath, err);
 	json_decref(root);
 	free(cpath);
 	return rc;
@@ -328,8 +345,7 @@ out:
 
 #define TOK_MAX_FILE (1ull << 31) /* tokenizer.json files are megabytes */
 
-/* Reads t->path whole into a malloc'd buffer. 0 or -errno. */
-static int read_file(const inf_tok *t, char **text, size_t *len, k2_err *err)
+int tok_read_file(const inf_tok *t, char **text, size_t *len, k2_err *err)
 {
 	FILE *f = fopen(t->path, "rb");
 	if (!f)
@@ -370,9 +386,37 @@ static int read_file(const inf_tok *t, char **text, size_t *len, k2_err *err)
 }
 
 
+/* True when path names a tiktoken vocabulary: a file called tiktoken.model
+ * (Kimi-K2's name for it) or *.tiktoken (OpenAI's). */
+static bool is_tiktoken_path(const char *path)
+{
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	size_t n = strlen(base);
+	return strcmp(base, "tiktoken.model") == 0 ||
+	       (n > 9 && strcmp(base + n - 9, ".tiktoken") == 0);
+}
+
+int inf_tok_open_dir(const char *dir, inf_tok **out, k2_err *err)
+{
+	*out = NULL;
+	static const char *const names[] = {"tokenizer.json", "tiktoken.model"};
+	char path[4096];
+	for (int i = 0; i < 2; i++) {
+		int w = snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		if (w < 0 || (size_t)w >= sizeof(path))
+			return k2_err_set(err, -ENAMETOOLONG, "%s: path too long", dir);
+		if (access(path, F_OK) == 0)
+			return inf_tok_load(path, out, err);
+	}
+	return k2_err_set(err, -ENOENT, "%s: no tokenizer.json or tiktoken.model there", dir);
+}
+
 int inf_tok_load(const char *path, inf_tok **out, k2_err *err)
 {
 	*out = NULL;
+	if (is_tiktoken_path(path))
+		return tok_tiktoken_load(path, out, err);
 	inf_tok *t;
 	int rc = tok_new(path, &t, err);
 	if (rc)
@@ -382,7 +426,7 @@ int inf_tok_load(const char *path, inf_tok **out, k2_err *err)
 	size_t len = 0;
 	struct tok_json_big big;
 	bool fast;
-	if ((rc = read_file(t, &text, &len, err)) ||
+	if ((rc = tok_read_file(t, &text, &len, err)) ||
 	    (rc = tok_json_parse(t, text, len, true, &root, &big, &fast, err)))
 		goto fail;
 	if ((rc = parse_model(t, json_object_get(root, "model"), text, fast ? &big : NULL, err)) ||

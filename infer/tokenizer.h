@@ -1,23 +1,38 @@
-/* tokenizer.h — the byte-level BPE tokenizer of DeepSeek-V3 / Kimi-K2 style
- * `tokenizer.json` files (HuggingFace `tokenizers` format), in C.
+/* tokenizer.h — the byte-level BPE tokenizers of DeepSeek-V3 and Kimi-K2, in
+ * C: HuggingFace `tokenizer.json` files, and tiktoken vocabularies
+ * (`tiktoken.model`, Kimi-K2's).
  *
- * What is supported: model type "BPE" (vocab + merges, as "a b" strings or
- * [a, b] pairs; no dropout, no subword prefix/suffix, no byte fallback);
- * normalizer null or an empty Sequence; pre_tokenizer a Sequence of Split
- * (Regex or String pattern, any behavior, invert) ending in one ByteLevel
- * (add_prefix_space and use_regex honoured); decoder ByteLevel; added tokens
- * with their special / normalized / lstrip / rstrip / single_word flags.
- * Split patterns (Oniguruma syntax in the file) are compiled with PCRE2 after
- * translating \s and \S to the Unicode White_Space property, which is what
- * Oniguruma means by them. Anything else is refused at load with one error
- * line naming the file and the unsupported feature. The file must be strict
- * JSON: a raw NUL byte, a key given twice in one object, or a key holding
- * \u0000 is refused.
+ * tokenizer.json — what is supported: model type "BPE" (vocab + merges, as
+ * "a b" strings or [a, b] pairs; no dropout, no subword prefix/suffix, no
+ * byte fallback); normalizer null or an empty Sequence; pre_tokenizer a
+ * Sequence of Split (Regex or String pattern, any behavior, invert) ending in
+ * one ByteLevel (add_prefix_space and use_regex honoured); decoder ByteLevel;
+ * added tokens with their special / normalized / lstrip / rstrip /
+ * single_word flags. Split patterns (Oniguruma syntax in the file) are
+ * compiled with PCRE2 after translating \s and \S to the Unicode White_Space
+ * property, which is what Oniguruma means by them. Anything else is refused
+ * at load with one error line naming the file and the unsupported feature.
+ * The file must be strict JSON: a raw NUL byte, a key given twice in one
+ * object, or a key holding \u0000 is refused.
  *
- * Encoding equals HuggingFace `Tokenizer.encode(text, add_special_tokens=False)`;
- * prepending BOS is the caller's choice (inf_tok_bos). Bytes that are not
- * valid UTF-8 are not an error: the regexes never match them, so they become
- * their own pieces and encode as their byte tokens.
+ * tiktoken.model (or *.tiktoken) — one "base64(token bytes) rank" line per
+ * token, ranks 0, 1, 2, ... in order; a bad line (base64, rank out of order,
+ * a token twice, longer than 1024 bytes) is refused naming the file and the
+ * line. Rank r is id r; the special tokens are tokenizer_config.json's
+ * added_tokens_decoder (ids in the 256 slots after the ranks; empty slots are
+ * "<|reserved_token_N|>"). Pre-tokenizer: Kimi-K2's pat_str from Moonshot's
+ * tokenization_kimi.py (rewritten for PCRE2, see tok_tiktoken.c); encoding
+ * equals tiktoken's `encode(text, allowed_special="all")`, which is what
+ * Kimi-K2's tokenizer calls.
+ *
+ * Either way, tokenizer_config.json beside the file gives bos_token,
+ * eos_token and add_bos_token.
+ *
+ * A tokenizer.json encodes as HuggingFace `Tokenizer.encode(text,
+ * add_special_tokens=False)`; prepending BOS is the caller's choice
+ * (inf_tok_bos). Bytes that are not valid UTF-8 are not an error: the
+ * regexes never match them, so they become their own pieces and encode as
+ * their byte tokens.
  *
  * Thread safety: inf_tok_encode serialises on a lock inside the tokenizer
  * (it fills a cache); every other function only reads and may run
@@ -28,7 +43,9 @@
  * nothing here exits or aborts on bad input.
  *
  * The implementation, in infer/ (internals shared through tok_impl.h):
- *   tok_load.c        inf_tok_load: tokenizer.json and tokenizer_config.json
+ *   tok_load.c        inf_tok_load, inf_tok_open_dir: tokenizer.json and
+ *                     tokenizer_config.json
+ *   tok_tiktoken.c    tiktoken.model: ranks, special tokens, Kimi's pattern
  *   tok_json.c        model.vocab / model.merges: a fast strict reader, and
  *                     jansson's, which it must agree with (fuzz_tok_json)
  *   tok_vocab.c       the tokenizer object, its tables, the token lookups
@@ -56,11 +73,17 @@ enum inf_tok_decode_flags {
 					   are, no U+FFFD repair of bad UTF-8 */
 };
 
-/* Loads `path` (a tokenizer.json) and, when it exists beside it,
- * tokenizer_config.json (add_bos_token, bos_token, eos_token). Returns 0 and
- * *out (owned by the caller, freed with inf_tok_free), or -errno with one
- * line in err naming the file and what is wrong or unsupported. */
+/* Loads `path` — a tiktoken vocabulary when the file is called
+ * tiktoken.model or *.tiktoken, else a tokenizer.json — and, when it exists
+ * beside it, tokenizer_config.json (add_bos_token, bos_token, eos_token, and
+ * for tiktoken the special tokens). Returns 0 and *out (owned by the caller,
+ * freed with inf_tok_free), or -errno with one line in err naming the file
+ * and what is wrong or unsupported. */
 int inf_tok_load(const char *path, inf_tok **out, k2_err *err);
+/* Loads the tokenizer of a model folder: dir/tokenizer.json when present,
+ * else dir/tiktoken.model, as inf_tok_load. -ENOENT (and nothing else gives
+ * it but a file vanishing meanwhile) when neither is there. */
+int inf_tok_open_dir(const char *dir, inf_tok **out, k2_err *err);
 void inf_tok_free(inf_tok *tok);
 
 /* Encodes len bytes of text (need not be NUL-terminated nor valid UTF-8).

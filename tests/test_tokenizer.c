@@ -18,13 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_tok_util.h"
 #include "test_util.h"
-
-static const char *tokenizers(void)
-{
-	const char *f = getenv("K2_TOKENIZERS");
-	return f && *f ? f : "tests/fixtures/tokenizers";
-}
 
 static double now(void)
 {
@@ -33,25 +28,16 @@ static double now(void)
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* CPU seconds of this process: the build machine is shared, so wall times
- * printed beside them can be inflated by other jobs. */
-static double cpu(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static inf_tok *ds; /* the DeepSeek-V3 tokenizer, loaded once before the forks */
 static char ds_path[1024];
 
 static void ds_setup(void)
 {
-	snprintf(ds_path, sizeof(ds_path), "%s/deepseek-v3/tokenizer.json", tokenizers());
+	snprintf(ds_path, sizeof(ds_path), "%s/deepseek-v3/tokenizer.json", tt_tokenizers());
 	k2_err err = {{0}};
-	double t0 = now(), c0 = cpu();
+	double t0 = now(), c0 = tt_cpu();
 	int rc = inf_tok_load(ds_path, &ds, &err);
-	double dt = now() - t0, dc = cpu() - c0;
+	double dt = now() - t0, dc = tt_cpu() - c0;
 	if (rc) {
 		fprintf(stderr, "cannot load %s: %s\n", ds_path, err.msg);
 		ds = NULL;
@@ -67,68 +53,10 @@ static void ds_teardown(void)
 	ds = NULL;
 }
 
-static int32_t *enc(inf_tok *t, const char *s, size_t len, size_t *n)
-{
-	int32_t *ids = NULL;
-	k2_err err = {{0}};
-	int rc = inf_tok_encode(t, s, len, &ids, n, &err);
-	EXPECT(rc == 0, "encode: %s", err.msg);
-	EXPECT(ids != NULL, "encode returned NULL ids");
-	return ids;
-}
-
 static int32_t *encs(const char *s, size_t *n)
 {
 	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
-	return enc(ds, s, strlen(s), n);
-}
-
-static char *dec(const inf_tok *t, const int32_t *ids, size_t n, unsigned flags, size_t *len)
-{
-	char *out = NULL;
-	EXPECT(inf_tok_decode(t, ids, n, flags, &out, len) == 0, "decode failed");
-	EXPECT(out && out[*len] == 0, "decode result not NUL-terminated");
-	return out;
-}
-
-/* Streams ids through a fresh stream decoder, returns the concatenation. */
-static char *stream_all(const inf_tok *t, const int32_t *ids, size_t n, unsigned flags,
-			size_t *len)
-{
-	inf_tok_stream *s = NULL;
-	EXPECT(inf_tok_stream_new(t, flags, &s) == 0, "stream_new");
-	size_t cap = 64, k = 0;
-	char *acc = malloc(cap);
-	const char *txt;
-	size_t tl;
-	for (size_t i = 0; i <= n; i++) {
-		if (i < n)
-			EXPECT(inf_tok_stream_feed(s, ids[i], &txt, &tl) == 0, "stream_feed");
-		else
-			EXPECT(inf_tok_stream_flush(s, &txt, &tl) == 0, "stream_flush");
-		while (k + tl + 1 > cap)
-			acc = realloc(acc, cap *= 2);
-		memcpy(acc + k, txt, tl);
-		k += tl;
-	}
-	acc[k] = 0;
-	*len = k;
-	inf_tok_stream_free(s);
-	return acc;
-}
-
-static void expect_ids(const int32_t *got, size_t ng, const int32_t *want, size_t nw,
-		       const char *what)
-{
-	char buf[512];
-	size_t o = 0;
-	for (size_t i = 0; i < ng && o < sizeof(buf) - 16; i++)
-		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%d,", got[i]);
-	buf[o] = 0;
-	EXPECT(ng == nw, "%s: %zu ids, expected %zu (got %s)", what, ng, nw, buf);
-	for (size_t i = 0; i < nw; i++)
-		EXPECT(got[i] == want[i], "%s: id %zu is %d, expected %d (got %s)", what, i,
-		       got[i], want[i], buf);
+	return tt_enc(ds, s, strlen(s), n);
 }
 
 /* encode(a + b + ...) must equal encode(a) ++ encode(b) ++ ... */
@@ -146,7 +74,7 @@ static void expect_concat(const char *whole, const char *const *parts, size_t np
 		nc += np;
 		free(p);
 	}
-	expect_ids(w, nw, cat, nc, whole);
+	tt_expect_ids(w, nw, cat, nc, whole);
 	free(w);
 }
 
@@ -154,7 +82,7 @@ static void expect_concat(const char *whole, const char *const *parts, size_t np
 static void check_jsonl(inf_tok *tok)
 {
 	char path[1024];
-	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tokenizers());
+	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tt_tokenizers());
 	FILE *f = fopen(path, "r");
 	EXPECT(f != NULL, "cannot open %s", path);
 	char *line = NULL;
@@ -176,21 +104,21 @@ static void check_jsonl(inf_tok *tok)
 		for (size_t i = 0; i < nw; i++)
 			want[i] = (int32_t)json_integer_value(json_array_get(jids, i));
 		size_t n;
-		int32_t *ids = enc(tok, json_string_value(jt), json_string_length(jt), &n);
+		int32_t *ids = tt_enc(tok, json_string_value(jt), json_string_length(jt), &n);
 		char what[128];
 		snprintf(what, sizeof(what), "line %d \"%.40s\"", lines + 1, json_string_value(jt));
-		expect_ids(ids, n, want, nw, what);
+		tt_expect_ids(ids, n, want, nw, what);
 		/* the same again, now from the piece cache */
 		free(ids);
-		ids = enc(tok, json_string_value(jt), json_string_length(jt), &n);
-		expect_ids(ids, n, want, nw, what);
+		ids = tt_enc(tok, json_string_value(jt), json_string_length(jt), &n);
+		tt_expect_ids(ids, n, want, nw, what);
 
 		size_t dl;
-		char *d = dec(tok, want, nw, 0, &dl);
+		char *d = tt_dec(tok, want, nw, 0, &dl);
 		EXPECT(dl == json_string_length(jdec) && memcmp(d, json_string_value(jdec), dl) == 0,
 		       "%s: decode gives \"%s\", expected \"%s\"", what, d, json_string_value(jdec));
 		size_t sl;
-		char *st = stream_all(tok, want, nw, 0, &sl);
+		char *st = tt_stream_all(tok, want, nw, 0, &sl);
 		EXPECT(sl == dl && memcmp(st, d, dl) == 0, "%s: stream gives \"%s\", decode \"%s\"",
 		       what, st, d);
 		free(st);
@@ -256,10 +184,10 @@ START_TEST(test_empty)
 	ck_assert_uint_eq(n, 0);
 	free(ids);
 	size_t dl = 99;
-	char *d = dec(ds, NULL, 0, 0, &dl);
+	char *d = tt_dec(ds, NULL, 0, 0, &dl);
 	ck_assert_uint_eq(dl, 0);
 	free(d);
-	d = stream_all(ds, NULL, 0, 0, &dl);
+	d = tt_stream_all(ds, NULL, 0, 0, &dl);
 	ck_assert_uint_eq(dl, 0);
 	free(d);
 }
@@ -285,18 +213,18 @@ START_TEST(test_invalid_utf8)
 	};
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
 		size_t n;
-		int32_t *ids = enc(ds, cases[c].in, cases[c].len, &n);
+		int32_t *ids = tt_enc(ds, cases[c].in, cases[c].len, &n);
 		EXPECT(n >= 1, "case %zu: no ids", c);
 		size_t dl;
-		char *raw = dec(ds, ids, n, INF_TOK_RAW, &dl);
+		char *raw = tt_dec(ds, ids, n, INF_TOK_RAW, &dl);
 		EXPECT(dl == cases[c].len && memcmp(raw, cases[c].in, dl) == 0,
 		       "case %zu: raw decode does not give the input back", c);
 		free(raw);
-		char *d = dec(ds, ids, n, 0, &dl);
+		char *d = tt_dec(ds, ids, n, 0, &dl);
 		EXPECT(dl == strlen(cases[c].lossy) && memcmp(d, cases[c].lossy, dl) == 0,
 		       "case %zu: lossy decode gives \"%s\"", c, d);
 		size_t sl;
-		char *st = stream_all(ds, ids, n, 0, &sl);
+		char *st = tt_stream_all(ds, ids, n, 0, &sl);
 		EXPECT(sl == dl && memcmp(st, d, dl) == 0, "case %zu: stream differs from decode", c);
 		free(st);
 		free(d);
@@ -304,11 +232,11 @@ START_TEST(test_invalid_utf8)
 	}
 	/* a lone byte is its own byte token: 0xff is "ÿ" (id 190), 0xc3 is "Ã" (130) */
 	size_t n;
-	int32_t *ids = enc(ds, "\xff", 1, &n);
+	int32_t *ids = tt_enc(ds, "\xff", 1, &n);
 	ck_assert_uint_eq(n, 1);
 	ck_assert_int_eq(ids[0], 190);
 	free(ids);
-	ids = enc(ds, "\xc3", 1, &n);
+	ids = tt_enc(ds, "\xc3", 1, &n);
 	ck_assert_uint_eq(n, 1);
 	ck_assert_int_eq(ids[0], 130);
 	free(ids);
@@ -330,18 +258,18 @@ START_TEST(test_random_bytes_roundtrip)
 	}
 	size_t n;
 	double t0 = now();
-	int32_t *ids = enc(ds, buf, len, &n);
+	int32_t *ids = tt_enc(ds, buf, len, &n);
 	double dt = now() - t0;
 	printf("tokenizer: %zu random-ish bytes -> %zu ids in %.1f ms\n", len, n, dt * 1e3);
 	for (size_t i = 0; i < n; i++)
 		EXPECT(ids[i] >= 0 && (uint32_t)ids[i] < inf_tok_vocab_size(ds), "bad id %d", ids[i]);
 	size_t dl;
-	char *raw = dec(ds, ids, n, INF_TOK_RAW, &dl);
+	char *raw = tt_dec(ds, ids, n, INF_TOK_RAW, &dl);
 	EXPECT(dl == len && memcmp(raw, buf, len) == 0, "random bytes do not round-trip");
 	free(raw);
-	char *d = dec(ds, ids, n, 0, &dl);
+	char *d = tt_dec(ds, ids, n, 0, &dl);
 	size_t sl;
-	char *st = stream_all(ds, ids, n, 0, &sl);
+	char *st = tt_stream_all(ds, ids, n, 0, &sl);
 	EXPECT(sl == dl && memcmp(st, d, dl) == 0, "stream differs from decode on random bytes");
 	free(st);
 	free(d);
@@ -361,12 +289,12 @@ START_TEST(test_long_run)
 	s[len] = 0;
 	size_t n;
 	double t0 = now();
-	int32_t *ids = enc(ds, s, len, &n);
+	int32_t *ids = tt_enc(ds, s, len, &n);
 	double dt = now() - t0;
 	printf("tokenizer: a run of %zu 'x' -> %zu ids in %.1f ms\n", len, n, dt * 1e3);
 	EXPECT(n < len / 4, "a long run merged into only %zu tokens", n);
 	size_t dl;
-	char *d = dec(ds, ids, n, 0, &dl);
+	char *d = tt_dec(ds, ids, n, 0, &dl);
 	EXPECT(dl == len && memcmp(d, s, len) == 0, "run does not round-trip");
 	free(d);
 	free(ids);
@@ -374,11 +302,11 @@ START_TEST(test_long_run)
 	memset(s, ' ', len);
 	s[len - 1] = 'a';
 	t0 = now();
-	ids = enc(ds, s, len, &n);
+	ids = tt_enc(ds, s, len, &n);
 	dt = now() - t0;
 	printf("tokenizer: %zu spaces + 'a' -> %zu ids in %.1f ms\n", len, n, dt * 1e3);
 	EXPECT(dt < 5.0, "spaces took %.1f s", dt);
-	d = dec(ds, ids, n, 0, &dl);
+	d = tt_dec(ds, ids, n, 0, &dl);
 	EXPECT(dl == len && memcmp(d, s, len) == 0, "spaces do not round-trip");
 	free(d);
 	free(ids);
@@ -405,18 +333,18 @@ START_TEST(test_added_token_in_middle)
 	memcpy(want + k, b, nb * 4), k += nb;
 	want[k++] = 1;
 	memcpy(want + k, c, nc * 4), k += nc;
-	expect_ids(ids, n, want, k, text);
+	tt_expect_ids(ids, n, want, k, text);
 	size_t dl;
-	char *d = dec(ds, ids, n, 0, &dl);
+	char *d = tt_dec(ds, ids, n, 0, &dl);
 	ck_assert_str_eq(d, text);
 	free(d);
 	/* skipping special tokens drops <｜end▁of▁sentence｜> but keeps <｜User｜> */
 	char want_skip[256];
 	snprintf(want_skip, sizeof(want_skip), "Hello, world%sHow are you? 42", user);
-	d = dec(ds, ids, n, INF_TOK_SKIP_SPECIAL, &dl);
+	d = tt_dec(ds, ids, n, INF_TOK_SKIP_SPECIAL, &dl);
 	ck_assert_str_eq(d, want_skip);
 	free(d);
-	d = stream_all(ds, ids, n, INF_TOK_SKIP_SPECIAL, &dl);
+	d = tt_stream_all(ds, ids, n, INF_TOK_SKIP_SPECIAL, &dl);
 	ck_assert_str_eq(d, want_skip);
 	free(d);
 	free(ids), free(a), free(b), free(c);
@@ -433,7 +361,7 @@ START_TEST(test_digit_groups)
 	size_t n;
 	int32_t *ids = encs("1234567", &n);
 	int32_t want[] = {6895, 18009, 25}; /* "123" "456" "7" */
-	expect_ids(ids, n, want, 3, "1234567");
+	tt_expect_ids(ids, n, want, 3, "1234567");
 	free(ids);
 	const char *p1[] = {"abc", "123", "456", "78", "def"};
 	expect_concat("abc12345678def", p1, 5);
@@ -463,7 +391,7 @@ START_TEST(test_cjk_runs)
 	size_t n;
 	int32_t *ids = encs("\xe6\xb7\xb1\xe5\xba\xa6", &n); /* 深度 */
 	int32_t want[] = {17180};
-	expect_ids(ids, n, want, 1, "shendu");
+	tt_expect_ids(ids, n, want, 1, "shendu");
 	free(ids);
 }
 END_TEST
@@ -504,7 +432,7 @@ START_TEST(test_throughput)
 {
 	EXPECT(ds != NULL, "tokenizer not loaded from %s", ds_path);
 	char path[1024];
-	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tokenizers());
+	snprintf(path, sizeof(path), "%s/deepseek-v3/encodings.jsonl", tt_tokenizers());
 	FILE *f = fopen(path, "r");
 	EXPECT(f != NULL, "cannot open %s", path);
 	char sample[8192];
@@ -518,18 +446,18 @@ START_TEST(test_throughput)
 		k += c;
 	}
 	size_t n;
-	double t0 = now(), c0 = cpu();
-	int32_t *ids = enc(ds, sample, sl, &n);
-	double t1 = now(), c1 = cpu();
+	double t0 = now(), c0 = tt_cpu();
+	int32_t *ids = tt_enc(ds, sample, sl, &n);
+	double t1 = now(), c1 = tt_cpu();
 	free(ids);
-	ids = enc(ds, buf, len, &n);
-	double t2 = now(), c2 = cpu();
+	ids = tt_enc(ds, buf, len, &n);
+	double t2 = now(), c2 = tt_cpu();
 	printf("tokenizer: encode %zu bytes (cold cache) in %.2f ms (%.2f ms CPU); "
 	       "1 MiB in %.1f ms (%.1f ms CPU, %.1f MB/s of CPU, %zu ids)\n",
 	       sl, (t1 - t0) * 1e3, (c1 - c0) * 1e3, (t2 - t1) * 1e3, (c2 - c1) * 1e3,
 	       len / (c2 - c1) / 1e6, n);
 	size_t dl;
-	char *d = dec(ds, ids, n, INF_TOK_RAW, &dl);
+	char *d = tt_dec(ds, ids, n, INF_TOK_RAW, &dl);
 	EXPECT(dl == len && memcmp(d, buf, len) == 0, "1 MiB does not round-trip");
 	free(d);
 	free(ids);
@@ -637,10 +565,10 @@ static void expect_enc(inf_tok *t, const char *text, const int32_t *want, size_t
 		       bool round_trip)
 {
 	size_t n;
-	int32_t *ids = enc(t, text, strlen(text), &n);
-	expect_ids(ids, n, want, nw, text);
+	int32_t *ids = tt_enc(t, text, strlen(text), &n);
+	tt_expect_ids(ids, n, want, nw, text);
 	size_t dl;
-	char *d = dec(t, ids, n, 0, &dl);
+	char *d = tt_dec(t, ids, n, 0, &dl);
 	EXPECT(!round_trip || strcmp(d, text) == 0, "\"%s\" decodes to \"%s\"", text, d);
 	free(d);
 	free(ids);
@@ -729,11 +657,11 @@ START_TEST(test_split_behaviors)
 				   cases[c].invert, NULL, 0, false);
 			inf_tok *t = load_tiny();
 			size_t n;
-			int32_t *ids = enc(t, "a--b-", 5, &n);
+			int32_t *ids = tt_enc(t, "a--b-", 5, &n);
 			char what[64];
 			snprintf(what, sizeof(what), "%s invert=%d literal=%d", cases[c].behavior,
 				 cases[c].invert, lit);
-			expect_ids(ids, n, cases[c].want, cases[c].n, what);
+			tt_expect_ids(ids, n, cases[c].want, cases[c].n, what);
 			free(ids);
 			inf_tok_free(t);
 		}
@@ -742,9 +670,9 @@ START_TEST(test_split_behaviors)
 	write_tiny(tu_tmpdir, "\\s", false, "Removed", false, NULL, 0, false);
 	inf_tok *t = load_tiny();
 	size_t n;
-	int32_t *ids = enc(t, "a\xc2\x85" "b\xe1\xa0\x8e" "c", 8, &n);
+	int32_t *ids = tt_enc(t, "a\xc2\x85" "b\xe1\xa0\x8e" "c", 8, &n);
 	int32_t want[] = {'a', 'b', 0xe1, 0xa0, 0x8e, 'c'};
-	expect_ids(ids, n, want, 6, "white space");
+	tt_expect_ids(ids, n, want, 6, "white space");
 	free(ids);
 	inf_tok_free(t);
 }
@@ -785,7 +713,7 @@ START_TEST(test_added_flags)
 	ENC(t, "<S>x<S>y", 307, 303, 'y'); /* longest match */
 	int32_t seq[] = {'a', 303, 'b', 304};
 	size_t dl;
-	char *d = dec(t, seq, 4, INF_TOK_SKIP_SPECIAL, &dl);
+	char *d = tt_dec(t, seq, 4, INF_TOK_SKIP_SPECIAL, &dl);
 	ck_assert_str_eq(d, "ab<N>");
 	free(d);
 	ck_assert(!inf_tok_bos(t, NULL)); /* no tokenizer_config.json */
@@ -854,7 +782,7 @@ static void write_edited(const char *src, size_t len, const char *from, const ch
 static char *read_ds_json(size_t *len)
 {
 	char path[1024];
-	snprintf(path, sizeof(path), "%s/deepseek-v3/tokenizer.json", tokenizers());
+	snprintf(path, sizeof(path), "%s/deepseek-v3/tokenizer.json", tt_tokenizers());
 	char *src = tu_read_file(path, len);
 	EXPECT(*len > 1000000, "%s: short read", path);
 	return src;
@@ -964,9 +892,9 @@ START_TEST(test_fast_and_slow_paths)
 	k2_err err = {{0}};
 	EXPECT(inf_tok_load(path, &t, &err) == 0, "%s: %s", path, err.msg);
 	size_t n;
-	int32_t *ids = enc(t, "Hello", 5, &n);
+	int32_t *ids = tt_enc(t, "Hello", 5, &n);
 	int32_t want[] = {19923};
-	expect_ids(ids, n, want, 1, "escaped Hello");
+	tt_expect_ids(ids, n, want, 1, "escaped Hello");
 	free(ids);
 	inf_tok_free(t);
 
@@ -1031,9 +959,9 @@ START_TEST(test_mutated_files)
 			loaded++;
 			size_t ni;
 			const char *txt = "ab 12345 <L> x<W>y \xff";
-			int32_t *ids = enc(t, txt, strlen(txt), &ni);
+			int32_t *ids = tt_enc(t, txt, strlen(txt), &ni);
 			size_t dl;
-			free(dec(t, ids, ni, 0, &dl));
+			free(tt_dec(t, ids, ni, 0, &dl));
 			free(ids);
 			inf_tok_free(t);
 		} else {

@@ -26,7 +26,8 @@ static const char usage_text[] =
 	"  --set KEY=VALUE      override a config.json key (JSON value or string;\n"
 	"                       KEY may be dotted: rope_scaling.factor=40); repeatable\n"
 	"  --shard-size SIZE    shard above this size (default 5G)\n"
-	"  --tokenizer DIR      copy tokenizer.json / tokenizer_config.json from DIR\n"
+	"  --tokenizer DIR      copy tokenizer.json or tiktoken.model, tokenizer_config.json\n"
+	"                       (and the other tokenizer files there) from DIR\n"
 	"  --threads N          generation threads (default: online cores)\n"
 	"  --help               this text\n";
 

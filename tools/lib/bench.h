@@ -15,6 +15,9 @@ int bench_fs_main(int argc, char **argv);
 /* k2bench infer: decode tokens/s of the CPU engine on a Kimi-K2-shaped model,
  * weight bytes touched per token, vs a memory copy rate (tools/lib/bench_infer.c). */
 int bench_infer_main(int argc, char **argv);
+/* k2bench tok: encode MB/s of the tokenizer, Kimi-K2's tiktoken.model vs
+ * DeepSeek-V3's tokenizer.json on the same texts (tools/lib/bench_tok.c). */
+int bench_tok_main(int argc, char **argv);
 
 /* ---------------------------------------------------------------- shared helpers */
 

@@ -934,7 +934,8 @@ static int copy_tokenizer(struct gen *g, k2_err *err)
 			return rc;
 	}
 	if (!copied)
-		return k2_err_set(err, -ENOENT, "%s: no tokenizer.json or tokenizer_config.json there",
+		return k2_err_set(err, -ENOENT,
+				  "%s: no tokenizer.json, tiktoken.model or tokenizer_config.json there",
 				  g->o->tokenizer_dir);
 	return 0;
 }
