@@ -402,6 +402,12 @@ int k2_read_file(const char *path, char **data, size_t *n, k2_err *err);
  * that faults 4 KiB pages in slowly fills far faster. Uninitialised; release
  * with free(). NULL when memory runs out. */
 void *k2_alloc_large(size_t bytes);
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates (U+D800..DFFF),
+ * nothing above U+10FFFF, no truncated sequence at the end. NUL bytes are
+ * valid. Returns 1 when all n bytes of s are valid; else 0 with *bad_off (if
+ * non-NULL) set to the offset of the first byte of the first sequence that is
+ * not. Reads only s[0..n). */
+int k2_utf8_valid(const void *s, size_t n, size_t *bad_off);
 /* Formats bytes as "1.50 GiB" into buf. */
 const char *k2_format_bytes(uint64_t bytes, char *buf, size_t n);
 /* Monotonic seconds. */
