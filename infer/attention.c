@@ -89,8 +89,7 @@ int inf_attn_forward(inf_engine *e, uint32_t l, uint32_t n, float *out, k2_err *
 	const inf_blayer *bl = &e->w.layers[l];
 	const uint32_t nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
 	const uint32_t rope = c->qk_rope_head_dim, R = c->kv_lora_rank, qk = nope + rope;
-	float *ckv = e->ckv + (size_t)l * e->max_ctx * R;
-	float *kpe = e->kpe + (size_t)l * e->max_ctx * rope;
+	const size_t L = c->num_hidden_layers, P = e->max_ctx;
 	int rc;
 #define TRY(call, what) \
 	if ((rc = (call)) < 0) \
@@ -103,12 +102,22 @@ int inf_attn_forward(inf_engine *e, uint32_t l, uint32_t n, float *out, k2_err *
 	} else
 		TRY(B->matmul(be, &bl->q_proj, e->xn, n, e->q, e->mm), "q_proj");
 	TRY(B->matmul(be, &bl->kv_a, e->xn, n, e->kva, e->mm), "kv_a_proj_with_mqa");
-	TRY(B->rope(be, e->q, n, nh, nh * qk, qk, nope, rope, e->pos, e->w.inv_freq, m->rope_mscale),
-	    "rope of q");
-	TRY(B->mla_cache_write(be, &e->md, e->kva, n, e->pos, bl->kv_a_norm, INF_LORA_NORM_EPS,
-			       e->w.inv_freq, m->rope_mscale, ckv, kpe), "KV cache write");
-	TRY(B->mla_attn(be, bl->attn, e->q, ckv, kpe, n, e->pos, m->attn_scale, e->attn),
-	    "attention");
+	/* the products above ran for every token; positions, the cache and the
+	 * attention itself are each segment's own */
+	uint32_t t = 0;
+	for (uint32_t i = 0; i < e->n_segs; i++) {
+		const uint32_t s = e->segs[i].seq, sn = e->segs[i].n, pos = e->seq_pos[s];
+		float *ckv = e->ckv + ((size_t)s * L + l) * P * R;
+		float *kpe = e->kpe + ((size_t)s * L + l) * P * rope;
+		float *q = e->q + (size_t)t * nh * qk, *kva = e->kva + (size_t)t * (R + rope);
+		TRY(B->rope(be, q, sn, nh, nh * qk, qk, nope, rope, pos, e->w.inv_freq,
+			    m->rope_mscale), "rope of q");
+		TRY(B->mla_cache_write(be, &e->md, kva, sn, pos, bl->kv_a_norm, INF_LORA_NORM_EPS,
+				       e->w.inv_freq, m->rope_mscale, ckv, kpe), "KV cache write");
+		TRY(B->mla_attn(be, bl->attn, q, ckv, kpe, sn, pos, m->attn_scale,
+				e->attn + (size_t)t * nh * c->v_head_dim), "attention");
+		t += sn;
+	}
 	TRY(B->matmul(be, &bl->o_proj, e->attn, n, out, e->mm), "o_proj");
 #undef TRY
 	return 0;

@@ -10,7 +10,9 @@
  *   logits = lm_head(rmsnorm(x, norm))  → host
  *
  * A batch of tokens (the prompt) goes through every matrix as one product of
- * batch n, in chunks of at most max_batch tokens; decode runs one token. The
+ * batch n, in chunks of at most max_batch tokens; decode runs one token. A
+ * step of several sequences (inf_engine_step) is one batch too: only the
+ * attention runs per sequence, each on its own KV cache. The
  * host waits on the backend only for each MoE layer's routing (and, with
  * --prefetch router, the prediction) and for the logits. */
 #include "infer_impl.h"
@@ -121,8 +123,8 @@ static int experts_create(inf_engine *e, k2_err *err)
 #define BACKEND_BUFS(X) \
 	X(ids, sizeof(int32_t) * B) X(x, F * B * H) X(xn, F * B * H) X(y, F * B * H) \
 	X(qa, F * B * max2(c->q_lora_rank, R + rope)) X(q, F * B * nh * qk) \
-	X(kva, F * B * (R + rope)) X(attn, F * B * nh * vd) X(ckv, F * L * P * R) \
-	X(kpe, F * L * P * rope) X(mlp_g, F * B * I) X(mlp_u, F * B * I) \
+	X(kva, F * B * (R + rope)) X(attn, F * B * nh * vd) X(ckv, F * S * L * P * R) \
+	X(kpe, F * S * L * P * rope) X(mlp_g, F * B * I) X(mlp_u, F * B * I) \
 	X(logits, F * B * max2(c->vocab_size, E)) X(route, 2 * sizeof(int32_t) * B * k) \
 	X(xk, F * k * B * H) X(moe_out, F * k * B * H) X(rows_d, sizeof(int32_t) * B * k) \
 	X(wsel_d, F * B * k)
@@ -143,6 +145,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	e->opts = *o;
 	e->max_ctx = o->max_ctx ? o->max_ctx : INF_DEFAULT_CTX;
 	e->max_batch = o->max_batch ? o->max_batch : INF_DEFAULT_BATCH;
+	e->n_seqs = o->n_seqs ? o->n_seqs : 1;
 	if (e->max_batch > e->max_ctx)
 		e->max_batch = e->max_ctx;
 	if (o->be)
@@ -159,6 +162,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 				.v = c->v_head_dim};
 	const size_t F = sizeof(float);
 	const uint32_t B = e->max_batch, P = e->max_ctx, H = c->hidden_size;
+	const size_t S = e->n_seqs;
 	const uint32_t L = c->num_hidden_layers, nh = c->num_attention_heads;
 	const uint32_t rope = c->qk_rope_head_dim, vd = c->v_head_dim, R = c->kv_lora_rank;
 	const uint32_t qk = c->qk_nope_head_dim + rope;
@@ -186,6 +190,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	if (o->cpu_experts) {
 		CPU_EXPERT_BUFS(ALLOC_HOST)
 	}
+	e->seq_pos = calloc(S, sizeof(uint32_t));
 	e->route_h = malloc(2 * sizeof(int32_t) * B * k);
 	e->router_logits = malloc(F * L * B * E);
 	e->route_w = malloc(F * L * B * k);
@@ -201,7 +206,7 @@ int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out, 
 	e->pf_pred = calloc((size_t)L * E, sizeof(int32_t));
 	e->pf_list = malloc(sizeof(int32_t) * E);
 	e->pf_has = calloc(L, 1);
-	if (!e->route_h || !e->router_logits || !e->route_w || !e->start || !e->used ||
+	if (!e->seq_pos || !e->route_h || !e->router_logits || !e->route_w || !e->start || !e->used ||
 	    !e->miss || !e->miss_rows || !e->state || !e->on_cpu || !e->miss_ram || !e->plan ||
 	    !e->pinned || !e->pf_pred || !e->pf_list || !e->pf_has) {
 		rc = k2_err_set(err, -ENOMEM, "out of memory");
@@ -233,6 +238,7 @@ void inf_engine_destroy(inf_engine *e)
 		if (e->own_be)
 			kern_backend_close(e->be);
 	}
+	free(e->seq_pos);
 	free(e->route_h);
 	free(e->router_logits);
 	free(e->route_w);
@@ -252,10 +258,11 @@ void inf_engine_destroy(inf_engine *e)
 	free(e);
 }
 
-/* One chunk of n ≤ max_batch tokens at e->pos; logits [n or 1, V] downloaded
- * when non-NULL. */
-static int forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
-			 int all_logits, k2_err *err)
+/* One chunk: the n ≤ max_batch tokens of the segments segs (checked by the
+ * callers); logits downloaded when non-NULL: [n, V] when all_logits (one
+ * segment), else [n_segs, V], each segment's last token. */
+static int forward_chunk(inf_engine *e, const inf_seg *segs, uint32_t n_segs, const int32_t *ids,
+			 uint32_t n, float *logits, int all_logits, k2_err *err)
 {
 	const inf_model *m = e->m;
 	const k2_model_config *c = &m->cfg;
@@ -264,6 +271,8 @@ static int forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *l
 	const uint32_t H = c->hidden_size, V = c->vocab_size;
 	const float eps = c->rms_norm_eps;
 	int rc;
+	e->segs = segs;
+	e->n_segs = n_segs;
 	if ((rc = B->upload(be, e->ids, ids, sizeof(int32_t) * n)) < 0 ||
 	    (rc = B->embed(be, &e->w.embed, e->ids, n, e->x)) < 0)
 		return k2_err_set(err, rc, "embedding on the %s backend: %s", B->name, B->error(be));
@@ -285,36 +294,48 @@ static int forward_chunk(inf_engine *e, const int32_t *ids, uint32_t n, float *l
 		if ((rc = inf_prefetch_after_layer(e, l, n, err)) < 0)
 			return rc;
 	}
-	e->pos += n;
+	for (uint32_t i = 0; i < n_segs; i++)
+		e->seq_pos[segs[i].seq] += segs[i].n;
 	e->routes_n += n;
 	if (!logits)
 		return 0;
-	const uint32_t first = all_logits ? 0 : n - 1;
-	if ((rc = B->rmsnorm(be, e->xn, e->x + (size_t)first * H, e->w.final_norm, n - first, H,
-			     eps)) < 0 ||
-	    (rc = B->matmul(be, &e->w.lm_head, e->xn, n - first, e->logits, e->mm)) < 0 ||
-	    (rc = B->download(be, logits, e->logits, sizeof(float) * (size_t)(n - first) * V)) < 0)
+	/* the final norm of the rows whose logits are wanted, packed in xn */
+	uint32_t rows = 0, end = 0;
+	rc = 0;
+	if (all_logits)
+		rc = B->rmsnorm(be, e->xn, e->x, e->w.final_norm, rows = n, H, eps);
+	else
+		for (uint32_t i = 0; i < n_segs && rc >= 0; i++, rows++) {
+			end += segs[i].n;
+			rc = B->rmsnorm(be, e->xn + (size_t)rows * H, e->x + (size_t)(end - 1) * H,
+					e->w.final_norm, 1, H, eps);
+		}
+	if (rc < 0 || (rc = B->matmul(be, &e->w.lm_head, e->xn, rows, e->logits, e->mm)) < 0 ||
+	    (rc = B->download(be, logits, e->logits, sizeof(float) * (size_t)rows * V)) < 0)
 		return k2_err_set(err, rc, "lm_head on the %s backend: %s", B->name, B->error(be));
 	return 0;
 }
 
-int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
-		       int all_logits, k2_err *err)
+/* Every id within the vocabulary. */
+static int check_ids(const inf_engine *e, const int32_t *ids, uint32_t n, uint32_t seq,
+		     k2_err *err)
 {
-	const k2_model_config *c = &e->m->cfg;
-	const uint32_t L = c->num_hidden_layers, V = c->vocab_size;
-	const uint32_t k = c->num_experts_per_tok ? c->num_experts_per_tok : 1;
-	if (n == 0)
-		return 0;
+	const uint32_t V = e->m->cfg.vocab_size;
 	for (uint32_t t = 0; t < n; t++)
 		if (ids[t] < 0 || (uint32_t)ids[t] >= V)
 			return k2_err_set(err, -EINVAL,
-					  "token %" PRId32 " at position %u is out of range "
-					  "(vocab_size %u in %s/config.json)",
-					  ids[t], e->pos + t, V, e->m->dir);
-	if ((uint64_t)e->pos + n > e->max_ctx)
-		return k2_err_set(err, -ENOSPC, "context full: %u + %u tokens > %u positions",
-				  e->pos, n, e->max_ctx);
+					  "token %" PRId32 " at position %u of sequence %u is out of "
+					  "range (vocab_size %u in %s/config.json)",
+					  ids[t], e->seq_pos[seq] + t, seq, V, e->m->dir);
+	return 0;
+}
+
+/* Routes of the n tokens of a forward call, all -1 until their layer runs. */
+static int routes_reset(inf_engine *e, uint32_t n, k2_err *err)
+{
+	const k2_model_config *c = &e->m->cfg;
+	const uint32_t L = c->num_hidden_layers;
+	const uint32_t k = c->num_experts_per_tok ? c->num_experts_per_tok : 1;
 	int32_t *r = realloc(e->routes, sizeof(int32_t) * n * L * k);
 	if (!r)
 		return k2_err_set(err, -ENOMEM, "out of memory");
@@ -323,6 +344,23 @@ int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *log
 		r[i] = -1;
 	e->routes_n = 0;
 	e->expert_bytes_used = 0;
+	return 0;
+}
+
+int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
+		       int all_logits, k2_err *err)
+{
+	const uint32_t V = e->m->cfg.vocab_size;
+	int rc;
+	if (n == 0)
+		return 0;
+	if ((rc = check_ids(e, ids, n, 0, err)) < 0)
+		return rc;
+	if ((uint64_t)e->seq_pos[0] + n > e->max_ctx)
+		return k2_err_set(err, -ENOSPC, "context full: %u + %u tokens > %u positions",
+				  e->seq_pos[0], n, e->max_ctx);
+	if ((rc = routes_reset(e, n, err)) < 0)
+		return rc;
 	for (uint32_t t0 = 0; t0 < n; t0 += e->max_batch) {
 		uint32_t cn = n - t0 < e->max_batch ? n - t0 : e->max_batch;
 		int last = t0 + cn == n;
@@ -331,14 +369,57 @@ int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *log
 			lo = logits + (size_t)t0 * V;
 		else if (last)
 			lo = logits;
-		int rc = forward_chunk(e, ids + t0, cn, lo, all_logits, err);
-		if (rc < 0)
+		const inf_seg seg = {.seq = 0, .n = cn};
+		if ((rc = forward_chunk(e, &seg, 1, ids + t0, cn, lo, all_logits, err)) < 0)
 			return rc;
 	}
 	return 0;
 }
 
-uint32_t inf_engine_pos(const inf_engine *e) { return e->pos; }
+int inf_engine_step(inf_engine *e, const inf_seg *segs, uint32_t n_segs, const int32_t *ids,
+		    float *logits, k2_err *err)
+{
+	uint32_t n = 0;
+	int rc;
+	for (uint32_t i = 0; i < n_segs; i++) {
+		const uint32_t s = segs[i].seq;
+		if (s >= e->n_seqs || segs[i].n == 0)
+			return k2_err_set(err, -EINVAL, "step: segment %u: sequence %u of %u, %u tokens",
+					  i, s, e->n_seqs, segs[i].n);
+		for (uint32_t j = 0; j < i; j++)
+			if (segs[j].seq == s)
+				return k2_err_set(err, -EINVAL, "step: sequence %u appears twice", s);
+		if ((uint64_t)e->seq_pos[s] + segs[i].n > e->max_ctx)
+			return k2_err_set(err, -ENOSPC, "sequence %u: context full: %u + %u tokens > "
+					  "%u positions", s, e->seq_pos[s], segs[i].n, e->max_ctx);
+		if ((rc = check_ids(e, ids + n, segs[i].n, s, err)) < 0)
+			return rc;
+		n += segs[i].n;
+	}
+	if (n == 0)
+		return 0;
+	if (n > e->max_batch)
+		return k2_err_set(err, -EINVAL, "step: %u tokens > the batch of %u", n, e->max_batch);
+	if ((rc = routes_reset(e, n, err)) < 0)
+		return rc;
+	return forward_chunk(e, segs, n_segs, ids, n, logits, 0, err);
+}
+
+uint32_t inf_engine_pos(const inf_engine *e) { return e->seq_pos[0]; }
+uint32_t inf_engine_n_seqs(const inf_engine *e) { return e->n_seqs; }
+uint32_t inf_engine_max_ctx(const inf_engine *e) { return e->max_ctx; }
+uint32_t inf_engine_max_batch(const inf_engine *e) { return e->max_batch; }
+
+uint32_t inf_engine_seq_pos(const inf_engine *e, uint32_t seq)
+{
+	return seq < e->n_seqs ? e->seq_pos[seq] : 0;
+}
+
+void inf_engine_seq_reset(inf_engine *e, uint32_t seq)
+{
+	if (seq < e->n_seqs)
+		e->seq_pos[seq] = 0;
+}
 
 void inf_engine_set_exact(inf_engine *e, int exact)
 {
@@ -348,7 +429,7 @@ void inf_engine_set_exact(inf_engine *e, int exact)
 
 void inf_engine_reset(inf_engine *e)
 {
-	e->pos = 0;
+	memset(e->seq_pos, 0, sizeof(*e->seq_pos) * e->n_seqs);
 }
 
 const int32_t *inf_engine_routes(const inf_engine *e, uint32_t *n_tokens)

@@ -227,6 +227,9 @@ typedef struct inf_engine_opts {
 	 * uploading it */
 	int cpu_experts;
 	uint64_t cpu_cache_bytes; /* RAM tier for those (0 = the RAM default) */
+	/* sequences the engine holds at once, each with its own KV cache of
+	 * max_ctx positions (0 = 1); inf_engine_step runs several together */
+	uint32_t n_seqs;
 } inf_engine_opts;
 
 typedef struct inf_engine inf_engine;
@@ -242,12 +245,39 @@ void inf_engine_destroy(inf_engine *e);
  * backend op that failed). */
 int inf_engine_forward(inf_engine *e, const int32_t *ids, uint32_t n, float *logits,
 		       int all_logits, k2_err *err);
-/* Positions filled so far. */
+/* Positions filled so far (of sequence 0, the one inf_engine_forward runs). */
 uint32_t inf_engine_pos(const inf_engine *e);
+
+/* A run of n tokens of sequence seq (< inf_engine_opts.n_seqs) at its next
+ * free positions. */
+typedef struct inf_seg {
+	uint32_t seq;
+	uint32_t n;
+} inf_seg;
+
+/* One step of several sequences together: segment i's tokens are the next
+ * segs[i].n ids (the segments' tokens back to back in ids), appended to the
+ * KV cache of sequence segs[i].seq. Every product runs once for all the
+ * tokens; attention runs per segment on its own cache; a routed expert is
+ * computed once for every token, of any sequence, that chose it. logits
+ * (when non-NULL): [n_segs, vocab], each segment's last token. The tokens in
+ * all must number at most max_batch, each sequence appear at most once, each
+ * n be > 0 and fit its context: else -EINVAL / -ENOSPC and nothing runs.
+ * Returns 0 or -errno with a message, as inf_engine_forward. */
+int inf_engine_step(inf_engine *e, const inf_seg *segs, uint32_t n_segs, const int32_t *ids,
+		    float *logits, k2_err *err);
+/* Sequences the engine holds, and positions filled in sequence seq. */
+uint32_t inf_engine_n_seqs(const inf_engine *e);
+uint32_t inf_engine_seq_pos(const inf_engine *e, uint32_t seq);
+/* Empties sequence seq's KV cache (its next token is at position 0). */
+void inf_engine_seq_reset(inf_engine *e, uint32_t seq);
+/* Positions of each sequence's KV cache, and tokens a step may carry. */
+uint32_t inf_engine_max_ctx(const inf_engine *e);
+uint32_t inf_engine_max_batch(const inf_engine *e);
 /* Switches between the exact and the fast path (inf_engine_opts.exact) for the
  * forward calls that follow. */
 void inf_engine_set_exact(inf_engine *e, int exact);
-/* Drops the KV cache (next forward starts at position 0). */
+/* Drops every sequence's KV cache (next forward starts at position 0). */
 void inf_engine_reset(inf_engine *e);
 
 /* The routing of the last forward call: for token i (0 … n-1) and layer l,

@@ -124,7 +124,11 @@ struct inf_engine {
 	inf_bweights w;
 	inf_experts *experts;     /* NULL without MoE layers */
 	int tier;                 /* the compute tier */
-	uint32_t max_batch, max_ctx, pos;
+	uint32_t max_batch, max_ctx;
+	uint32_t n_seqs;
+	uint32_t *seq_pos;        /* [n_seqs] positions filled per sequence */
+	const inf_seg *segs;      /* the chunk running: its segments, back to back */
+	uint32_t n_segs;
 	kern_router_params rp;
 	kern_mla_dims md;
 	unsigned mm;              /* matmul flags of the dense products: KERN_MM_EXACT with
@@ -135,7 +139,8 @@ struct inf_engine {
 	float *x, *xn, *y;        /* [B, H] residual, normed, layer output */
 	float *qa, *q, *kva;      /* [B, max(Q, R+rope)], [B, nh·qk], [B, R+rope] */
 	float *attn;              /* [B, nh·v] */
-	float *ckv, *kpe;         /* [L][P][R], [L][P][rope] the compressed KV cache */
+	float *ckv, *kpe;         /* [S][L][P][R], [S][L][P][rope] the compressed KV cache
+	                             of each of the n_seqs sequences */
 	float *mlp_g, *mlp_u;     /* [B, max I] */
 	float *logits;            /* [B, max(V, E)] */
 	int32_t *route;           /* [B·k] expert ids, then [B·k] float weights */
@@ -170,8 +175,9 @@ struct inf_engine {
 /* Names the failed backend op in err: "layer L: what: <backend's line>". */
 int inf_op_failed(inf_engine *e, int rc, const char *what, uint32_t layer, k2_err *err);
 
-/* Layer steps: xn [n, H] (e->xn) of n tokens at positions e->pos … e->pos+n-1
- * in, out [n, H] (backend memory). Return 0 or -errno with a message. */
+/* Layer steps: xn [n, H] (e->xn) of the n tokens of the segments e->segs
+ * (each at its sequence's next positions, e->seq_pos) in, out [n, H] (backend
+ * memory). Return 0 or -errno with a message. */
 int inf_attn_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_err *err);
 /* Dense SwiGLU MLP of a layer (or its shared experts): out = (or += when
  * accumulate) mlp(xn). */

@@ -437,6 +437,102 @@ START_TEST(bad_inputs)
 }
 END_TEST
 
+/* Sequences stepped together (inf_engine_step) compute what each computes
+ * alone: three prompts prefilled in one step, then greedy decode steps of
+ * all three as one batch of three tokens (one sequence dropping out, then
+ * reset and refilled), logits equal to the sequence run alone on its own
+ * engine; and the step's errors. */
+START_TEST(sequences_together_equal_alone)
+{
+	enum { S = 3, STEPS = 4 };
+	k2_err err;
+	inf_model *m;
+	ck_assert_msg(inf_model_open(dir, &m, &err) == 0, "%s", err.msg);
+	int32_t prompt[S][64];
+	uint32_t len[S] = {T, T - 5, 10};
+	for (uint32_t i = 0; i < T; i++)
+		prompt[0][i] = ids[i];
+	for (uint32_t i = 0; i < len[1]; i++)
+		prompt[1][i] = ids[i + 5];
+	for (uint32_t i = 0; i < len[2]; i++)
+		prompt[2][i] = ids[T - 1 - i];
+	/* alone: prompt, then STEPS greedy tokens; want[s][j] the logits after
+	 * the prompt (j = 0) and after each decoded token */
+	float *want = malloc(sizeof(float) * S * (STEPS + 1) * V);
+	for (uint32_t s = 0; s < S; s++) {
+		inf_engine *e = engine(m, 64, 0, NULL, 0);
+		float *w = want + (size_t)s * (STEPS + 1) * V;
+		ck_assert_int_eq(inf_engine_forward(e, prompt[s], len[s], w, 0, &err), 0);
+		for (uint32_t j = 1; j <= STEPS; j++) {
+			int32_t id = inf_argmax(w + (size_t)(j - 1) * V, V);
+			ck_assert_int_eq(inf_engine_forward(e, &id, 1, w + (size_t)j * V, 0, &err), 0);
+		}
+		inf_engine_destroy(e);
+	}
+	inf_engine_opts o = {.max_ctx = 64, .max_batch = 64, .exact = 1, .n_seqs = S};
+	inf_engine *e;
+	ck_assert_msg(inf_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(inf_engine_n_seqs(e), S);
+	float *lg = malloc(sizeof(float) * S * V);
+	int32_t all[64 * S];
+	uint32_t n = 0;
+	inf_seg segs[S];
+	for (uint32_t s = 0; s < S; s++) {
+		memcpy(all + n, prompt[s], sizeof(int32_t) * len[s]);
+		n += len[s];
+		segs[s] = (inf_seg){.seq = s, .n = len[s]};
+	}
+	ck_assert_msg(inf_engine_step(e, segs, S, all, lg, &err) == 0, "%s", err.msg);
+	for (uint32_t j = 1; j <= STEPS; j++) {
+		/* sequence 2 sits out step 2 */
+		uint32_t ns = 0;
+		int32_t next[S];
+		for (uint32_t s = 0; s < S; s++) {
+			const float *w = want + ((size_t)s * (STEPS + 1) + j - 1) * V;
+			double d = max_abs(lg + (size_t)ns * V, w, V);
+			ck_assert_msg(d < 1e-4, "step %u sequence %u: logits differ from alone by %g",
+				      j, s, d);
+			if (j == 2 && s == 2)
+				continue;
+			next[ns] = inf_argmax(w, V);
+			segs[ns++] = (inf_seg){.seq = s, .n = 1};
+		}
+		if (j == 2) { /* sequence 2 is one step behind: it runs alone now */
+			ck_assert_int_eq(inf_engine_step(e, segs, ns, next, lg, &err), 0);
+			int32_t id2 = inf_argmax(want + ((size_t)2 * (STEPS + 1) + 1) * V, V);
+			inf_seg one = {.seq = 2, .n = 1};
+			float *l2 = malloc(sizeof(float) * V);
+			ck_assert_int_eq(inf_engine_step(e, &one, 1, &id2, l2, &err), 0);
+			memcpy(lg + (size_t)ns * V, l2, sizeof(float) * V);
+			free(l2);
+			continue;
+		}
+		ck_assert_int_eq(inf_engine_step(e, segs, ns, next, lg, &err), 0);
+	}
+	for (uint32_t s = 0; s < S; s++)
+		ck_assert_uint_eq(inf_engine_seq_pos(e, s), len[s] + STEPS);
+	/* a reset sequence starts over while the others keep their caches */
+	inf_engine_seq_reset(e, 1);
+	ck_assert_uint_eq(inf_engine_seq_pos(e, 1), 0);
+	segs[0] = (inf_seg){.seq = 1, .n = len[1]};
+	ck_assert_int_eq(inf_engine_step(e, segs, 1, prompt[1], lg, &err), 0);
+	ck_assert_msg(max_abs(lg, want + (size_t)1 * (STEPS + 1) * V, V) < 1e-4,
+		      "a reset sequence does not start over");
+	/* errors: nothing runs */
+	inf_seg twice[2] = {{.seq = 0, .n = 1}, {.seq = 0, .n = 1}};
+	ck_assert_int_eq(inf_engine_step(e, twice, 2, all, lg, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "twice"));
+	inf_seg beyond = {.seq = S, .n = 1};
+	ck_assert_int_eq(inf_engine_step(e, &beyond, 1, all, lg, &err), -EINVAL);
+	inf_seg full = {.seq = 0, .n = 64};
+	ck_assert_int_eq(inf_engine_step(e, &full, 1, all, lg, &err), -ENOSPC);
+	ck_assert_uint_eq(inf_engine_seq_pos(e, 0), len[0] + STEPS);
+	free(lg), free(want);
+	inf_engine_destroy(e);
+	inf_model_close(m);
+}
+END_TEST
+
 static Suite *infer_model_suite(void)
 {
 	Suite *s = suite_create("infer_model");
@@ -449,6 +545,7 @@ static Suite *infer_model_suite(void)
 	tcase_add_test(t, long_prompt_paths_agree);
 	tcase_add_test(t, cache_size_does_not_change_results);
 	tcase_add_test(t, device_tier_matches_cpu);
+	tcase_add_test(t, sequences_together_equal_alone);
 	tcase_add_test(t, bad_inputs);
 	suite_add_tcase(s, t);
 	return s;
