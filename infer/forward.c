@@ -417,8 +417,15 @@ uint32_t inf_engine_seq_pos(const inf_engine *e, uint32_t seq)
 
 void inf_engine_seq_reset(inf_engine *e, uint32_t seq)
 {
-	if (seq < e->n_seqs)
-		e->seq_pos[seq] = 0;
+	inf_engine_seq_truncate(e, seq, 0);
+}
+
+void inf_engine_seq_truncate(inf_engine *e, uint32_t seq, uint32_t pos)
+{
+	/* attention reads positions below a token's own only, so the cache
+	 * entries past pos are simply written over by the next tokens */
+	if (seq < e->n_seqs && pos < e->seq_pos[seq])
+		e->seq_pos[seq] = pos;
 }
 
 void inf_engine_set_exact(inf_engine *e, int exact)

@@ -271,6 +271,11 @@ uint32_t inf_engine_n_seqs(const inf_engine *e);
 uint32_t inf_engine_seq_pos(const inf_engine *e, uint32_t seq);
 /* Empties sequence seq's KV cache (its next token is at position 0). */
 void inf_engine_seq_reset(inf_engine *e, uint32_t seq);
+/* Keeps the first pos positions of sequence seq's KV cache and drops the rest
+ * (pos beyond the filled ones changes nothing): a conversation whose new
+ * rendering shares a prefix with what the cache holds computes only the
+ * tokens after it. */
+void inf_engine_seq_truncate(inf_engine *e, uint32_t seq, uint32_t pos);
 /* Positions of each sequence's KV cache, and tokens a step may carry. */
 uint32_t inf_engine_max_ctx(const inf_engine *e);
 uint32_t inf_engine_max_batch(const inf_engine *e);

@@ -518,6 +518,15 @@ START_TEST(sequences_together_equal_alone)
 	ck_assert_int_eq(inf_engine_step(e, segs, 1, prompt[1], lg, &err), 0);
 	ck_assert_msg(max_abs(lg, want + (size_t)1 * (STEPS + 1) * V, V) < 1e-4,
 		      "a reset sequence does not start over");
+	/* a truncated one recomputes only what follows the kept prefix */
+	inf_engine_seq_truncate(e, 1, 7);
+	ck_assert_uint_eq(inf_engine_seq_pos(e, 1), 7);
+	segs[0] = (inf_seg){.seq = 1, .n = len[1] - 7};
+	ck_assert_int_eq(inf_engine_step(e, segs, 1, prompt[1] + 7, lg, &err), 0);
+	ck_assert_msg(max_abs(lg, want + (size_t)1 * (STEPS + 1) * V, V) < 1e-4,
+		      "a truncated sequence does not continue from its prefix");
+	inf_engine_seq_truncate(e, 1, 1000); /* beyond: nothing changes */
+	ck_assert_uint_eq(inf_engine_seq_pos(e, 1), len[1]);
 	/* errors: nothing runs */
 	inf_seg twice[2] = {{.seq = 0, .n = 1}, {.seq = 0, .n = 1}};
 	ck_assert_int_eq(inf_engine_step(e, twice, 2, all, lg, &err), -EINVAL);
