@@ -3,6 +3,7 @@
  * stdout, with optional routing trace, logits dump and a stats line. */
 #include "cli.h"
 #include "infer.h"
+#include "main_chat.h"
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 
 static const char usage_text[] =
 	"usage: infer --model DIR (--prompt TEXT | --tokens 1,2,3) [options]\n"
+	"       infer --model DIR --chat [options]\n"
 	"       infer --model DIR --tokenize TEXT\n"
 	"\n"
 	"Generates tokens from a DeepSeek-V3 / Kimi-K2 model read through a k2fs mount\n"
@@ -22,7 +24,14 @@ static const char usage_text[] =
 	"  --prompt TEXT        prompt text (needs DIR/tokenizer.json or\n"
 	"                       DIR/tiktoken.model)\n"
 	"  --tokens IDS         prompt as comma-separated token ids\n"
-	"  -n N                 tokens to generate (default 32)\n"
+	"  -n N                 tokens to generate (default 32; with --chat, the most an\n"
+	"                       answer may have, default 512)\n"
+	"  --chat               a conversation: a line of stdin a turn, the answer\n"
+	"                       streamed as generated; the model's chat template\n"
+	"                       (tokenizer_config.json) renders it, and each turn computes\n"
+	"                       only the tokens the KV cache lacks; /stats, /reset, /quit;\n"
+	"                       Ctrl-C stops an answer\n"
+	"  --ctx N              positions of the KV cache with --chat (default 4096)\n"
 	"  --backend NAME       compute backend (the names are listed below; default: the\n"
 	"                       GPU backend when a device answers, else cpu); a GPU backend\n"
 	"                       keeps dense weights, the KV cache and a device tier of\n"
@@ -67,10 +76,10 @@ static void usage(FILE *to)
 struct opts {
 	const char *model, *prompt, *tokens, *tokenize, *trace, *dump, *backend;
 	const char *cache, *policy, *prefetch, *cpu_cache;
-	long n, threads, io_threads, batch, device;
+	long n, threads, io_threads, batch, device, ctx;
 	double temperature, top_p;
 	uint64_t seed;
-	int ignore_eos, stats, cpu_experts, exact;
+	int ignore_eos, stats, cpu_experts, exact, chat, n_given;
 };
 
 static int fail(const char *fmt, const char *a)
@@ -123,6 +132,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		else if (OPT("-n")) {
 			if (k2cli_parse_long("infer", "-n", v, 0, 1 << 24, &o->n) < 0)
 				return -EINVAL;
+			o->n_given = 1;
+		} else if (OPT("--ctx")) {
+			if (k2cli_parse_long("infer", "--ctx", v, 1, 1 << 24, &o->ctx) < 0)
+				return -EINVAL;
 		} else if (OPT("--threads")) {
 			if (k2cli_parse_long("infer", "--threads", v, 1, 1024, &o->threads) < 0)
 				return -EINVAL;
@@ -149,6 +162,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->cpu_experts = 1;
 		else if (strcmp(a, "--exact") == 0)
 			o->exact = 1;
+		else if (strcmp(a, "--chat") == 0)
+			o->chat = 1;
 		else if (bad)
 			return -EINVAL;
 		else {
@@ -263,7 +278,7 @@ static void emit_end(struct out *o)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.n = 32, .top_p = 1.0, .policy = "lru", .prefetch = "none"};
+	struct opts o = {.n = 32, .top_p = 1.0, .policy = "lru", .prefetch = "none", .ctx = 4096};
 	k2_err err = {{0}};
 	int rc = 1;
 	if (parse_args(argc, argv, &o) < 0)
@@ -301,7 +316,7 @@ int main(int argc, char **argv)
 	 * --tokenize; -ENOENT means neither file is there */
 	inf_tok *tok = NULL;
 	int trc = inf_tok_open_dir(o.model, &tok, &err);
-	if (trc < 0 && (trc != -ENOENT || o.prompt || o.tokenize))
+	if (trc < 0 && (trc != -ENOENT || o.prompt || o.tokenize || o.chat))
 		return fail("%s", err.msg);
 	if (o.tokenize) {
 		int32_t *ids;
@@ -317,7 +332,13 @@ int main(int argc, char **argv)
 		inf_tok_free(tok);
 		return 0;
 	}
-	if (!o.prompt == !o.tokens) {
+	if (o.chat && (o.prompt || o.tokens)) {
+		inf_tok_free(tok);
+		return fail("%s", "--chat reads its turns from stdin: no --prompt or --tokens");
+	}
+	if (o.chat && !o.n_given)
+		o.n = 512;
+	if (!o.chat && !o.prompt == !o.tokens) {
 		inf_tok_free(tok);
 		return fail("%s", "give exactly one of --prompt TEXT and --tokens IDS");
 	}
@@ -330,7 +351,7 @@ int main(int argc, char **argv)
 			return fail("--tokens: '%s' is not a comma-separated list of token ids",
 				    o.tokens);
 		}
-	} else {
+	} else if (o.prompt) {
 		int32_t *ids, bos = -1;
 		size_t n;
 		if (inf_tok_encode(tok, o.prompt, strlen(o.prompt), &ids, &n, &err) < 0) {
@@ -382,7 +403,7 @@ int main(int argc, char **argv)
 	if (eos < 0 && tok)
 		eos = inf_tok_eos_id(tok);
 	inf_engine_opts eo = {
-		.max_ctx = T + (uint32_t)o.n + 1,
+		.max_ctx = o.chat ? (uint32_t)o.ctx : T + (uint32_t)o.n + 1,
 		.max_batch = (uint32_t)o.batch,
 		.cache_experts = cache_count,
 		.cache_bytes = cache_bytes,
@@ -409,6 +430,10 @@ int main(int argc, char **argv)
 	}
 	if (o.trace && !(trace = fopen(o.trace, "w"))) {
 		fprintf(stderr, "infer: %s: %s\n", o.trace, strerror(errno));
+		goto out;
+	}
+	if (o.chat) {
+		rc = infer_chat(m, e, tok, smp, o.n, eos);
 		goto out;
 	}
 	if (tok && inf_tok_stream_new(tok, INF_TOK_SKIP_SPECIAL, &out.stream) < 0) {

@@ -196,6 +196,23 @@ if [ -x "$bin/k2gen" ] && [ -f "$tokdir/tokenizer.json" ]; then
 		else
 			fail "--prompt: $(cat "$work/tok.err")"
 		fi
+		# --chat: two turns from stdin and a command; the second turn reuses
+		# the first turn's tokens (prompt and answer) from the KV cache
+		if printf 'Hello\n/stats\nHow are you?\n' |
+			"$bin/infer" --model "$work/mnt-tok" --chat -n 5 >"$work/chat.out" 2>"$work/chat.err"; then
+			grep -q "template deepseek-v3" "$work/chat.err" ||
+				fail "--chat: the template is not named: $(head -2 "$work/chat.err")"
+			grep -q "^\[context: " "$work/chat.err" || fail "--chat: /stats printed nothing"
+			turns=$(grep -c "^\[prompt: " "$work/chat.err")
+			[ "$turns" -eq 2 ] || fail "--chat: $turns turns, want 2: $(cat "$work/chat.err")"
+			reused=$(grep "^\[prompt: " "$work/chat.err" | sed -n 2p | sed 's/\[prompt: \([0-9]*\) .*/\1/')
+			first=$(grep "^\[prompt: " "$work/chat.err" | sed -n 1p | sed 's/.*cache, \([0-9]*\) computed.*/\1/')
+			[ "${reused:-0}" -ge "$first" ] ||
+				fail "--chat: turn 2 reused $reused tokens, fewer than turn 1's prompt ($first)"
+			echo "== --chat: $(grep "^\[prompt: " "$work/chat.err" | paste -sd' ')"
+		else
+			fail "--chat: $(cat "$work/chat.err")"
+		fi
 		umount_pack "$work/mnt-tok"
 	else
 		fail "k2gen --tokenizer model: $(tail -3 "$work/tok.log")"
