@@ -189,11 +189,13 @@ int infer_chat(const inf_model *m, inf_engine *e, inf_tok *tok, inf_sampler *smp
 		}
 		uint32_t reused, computed;
 		interrupted = 0;
-		if (inf_chat_session_prompt(s, c.m, c.n, logits, &reused, &computed, &err) < 0 ||
-		    (fprintf(stderr, "[prompt: %u tokens reused from the cache, %u computed]\n",
-			     reused, computed),
-		     answer(s, tok, smp, logits, max_tokens, eot, eos_id, &c, &err) < 0)) {
-			/* the turn is dropped; the conversation goes on */
+		int trc = inf_chat_session_prompt(s, c.m, c.n, logits, &reused, &computed, &err);
+		if (trc == 0) {
+			fprintf(stderr, "[prompt: %u tokens reused from the cache, %u computed]\n",
+				reused, computed);
+			trc = answer(s, tok, smp, logits, max_tokens, eot, eos_id, &c, &err);
+		}
+		if (trc < 0) { /* the turn is dropped; the conversation goes on */
 			fprintf(stderr, "infer: %s\n", err.msg);
 			free((char *)c.m[--c.n].content);
 		}
