@@ -36,7 +36,7 @@ NVFLAGS ?= -O3 -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=comp
 
 LAYOUT_SRC  := $(wildcard layout/*.c)
 KERNELS_SRC := $(wildcard kernels/*.c)
-INFER_SRC   := $(filter-out infer/main.c infer/main_%.c,$(wildcard infer/*.c))
+INFER_SRC   := $(filter-out infer/main.c,$(wildcard infer/*.c))
 K2FS_SRC    := $(filter-out k2fs/main.c,$(wildcard k2fs/*.c))
 TOOLLIB_SRC := $(wildcard tools/lib/*.c)
 CLI_SRC     := $(wildcard cli/*.c)
@@ -129,7 +129,7 @@ $(LIB_SERVE):   $(call obj,$(SERVE_SRC));   @rm -f $@; ar rcs $@ $^
 $(BIN)/k2fs: $(call obj,k2fs/main.c) $(k2fs_LIBS)
 	@mkdir -p $(BIN)
 	$(link_program)
-$(BIN)/infer: $(call obj,infer/main.c $(wildcard infer/main_*.c)) $(infer_LIBS)
+$(BIN)/infer: $(call obj,infer/main.c) $(infer_LIBS)
 	@mkdir -p $(BIN)
 	$(link_program)
 # (second expansion: the stem $* picks the tool's own list of libraries)

@@ -3,7 +3,7 @@
  * stdout, with optional routing trace, logits dump and a stats line. */
 #include "cli.h"
 #include "infer.h"
-#include "main_chat.h"
+#include "chat_repl.h"
 #include "tokenizer.h"
 
 #include <errno.h>

@@ -1,8 +1,8 @@
-/* main_chat.c — `infer --chat` (contract in main_chat.h): the conversation
+/* chat_repl.c — `infer --chat` (contract in chat_repl.h): the conversation
  * is a list of messages; each turn renders it through an inf_chat_session,
  * which computes only the tokens the KV cache lacks. A status line on stderr
  * after each answer says how many prompt tokens were reused and computed. */
-#include "main_chat.h"
+#include "chat_repl.h"
 
 #include "chat.h"
 #include "chat_session.h"

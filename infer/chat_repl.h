@@ -1,6 +1,6 @@
-/* main_chat.h — `infer --chat`: the terminal conversation (main_chat.c). */
-#ifndef INF_MAIN_CHAT_H
-#define INF_MAIN_CHAT_H
+/* chat_repl.h — `infer --chat`: the terminal conversation (chat_repl.c). */
+#ifndef INF_CHAT_REPL_H
+#define INF_CHAT_REPL_H
 
 #include "infer.h"
 #include "tokenizer.h"
