@@ -74,7 +74,7 @@ CUDA_OBJ    :=
 CUDA_LIBS   :=
 endif
 
-PROGRAMS := $(BIN)/k2fs $(BIN)/infer $(TOOLS)
+PROGRAMS := $(BIN)/k2fs $(BIN)/infer $(BIN)/k2serve $(TOOLS)
 
 # What each program links, read off its objects (nm -u) and kept exact, so that
 # `readelf -d bin/<name>` names no library it does not call: <name>_LIBS, its
@@ -88,13 +88,16 @@ k2fs_LIBS        := $(LIB_K2FS) $(LIB_LAYOUT)
 k2fs_LDLIBS       = $(call pkg_libs,fuse3 liburing libzstd liblz4 libxxhash)
 infer_LIBS       := $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
 infer_LDLIBS      = $(call pkg_libs,libpcre2-8 jansson libzstd liblz4 libxxhash) -lm $(CUDA_LIBS)
+k2serve_LIBS     := $(LIB_SERVE) $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
+k2serve_LDLIBS    = $(call pkg_libs,libmicrohttpd libpcre2-8 jansson libzstd liblz4 libxxhash) -lm \
+                    $(CUDA_LIBS)
 k2pack_LIBS      := $(LIB_TOOLS) $(LIB_CLI) $(LIB_LAYOUT)
 k2pack_LDLIBS     = $(call pkg_libs,jansson libzstd liblz4 libxxhash) -lm
 k2gen_LIBS       := $(LIB_TOOLS) $(LIB_CLI) $(LIB_LAYOUT)
 k2gen_LDLIBS      = $(call pkg_libs,jansson libxxhash) -lm
 k2inspect_LIBS   := $(LIB_LAYOUT)
 k2inspect_LDLIBS  = $(call pkg_libs,libzstd liblz4 libxxhash)
-k2bench_LIBS     := $(LIB_TOOLS) $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
+k2bench_LIBS     := $(LIB_TOOLS) $(LIB_SERVE) $(LIB_INFER) $(LIB_KERNELS) $(LIB_CLI) $(LIB_LAYOUT)
 k2bench_LDLIBS    = $(call pkg_libs,libpcre2-8 jansson libzstd liblz4 libxxhash) -lm $(CUDA_LIBS)
 # Links a program from its objects and libraries ($^) with its own packages.
 link_program = $(CC) $(CFLAGS) $(SAN) $^ -o $@ $(or $($(@F)_LDLIBS),$(LDLIBS) $(CUDA_LIBS)) -pthread
@@ -124,12 +127,26 @@ $(LIB_INFER):   $(call obj,$(INFER_SRC));   @rm -f $@; ar rcs $@ $^
 $(LIB_K2FS):    $(call obj,$(K2FS_SRC));    @rm -f $@; ar rcs $@ $^
 $(LIB_TOOLS):   $(call obj,$(TOOLLIB_SRC)); @rm -f $@; ar rcs $@ $^
 $(LIB_CLI):     $(call obj,$(CLI_SRC));     @rm -f $@; ar rcs $@ $^
-$(LIB_SERVE):   $(call obj,$(SERVE_SRC));   @rm -f $@; ar rcs $@ $^
+$(LIB_SERVE):   $(call obj,$(SERVE_SRC)) $(BUILD)/obj/gen/page.o; @rm -f $@; ar rcs $@ $^
+
+# The page k2serve serves at GET /, embedded byte for byte as srv_page_html.
+$(BUILD)/gen/page.c: serve/page/index.html
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from $< by the Makefile */'; echo '#include <stddef.h>'; \
+	  echo 'const unsigned char srv_page_html[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0};'; \
+	  echo "const size_t srv_page_html_len = $$(wc -c < $<);"; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/obj/gen/page.o: $(BUILD)/gen/page.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SAN) -Wno-missing-prototypes -c $< -o $@
 
 $(BIN)/k2fs: $(call obj,k2fs/main.c) $(k2fs_LIBS)
 	@mkdir -p $(BIN)
 	$(link_program)
 $(BIN)/infer: $(call obj,infer/main.c) $(infer_LIBS)
+	@mkdir -p $(BIN)
+	$(link_program)
+$(BIN)/k2serve: $(call obj,serve/main.c) $(k2serve_LIBS)
 	@mkdir -p $(BIN)
 	$(link_program)
 # (second expansion: the stem $* picks the tool's own list of libraries)

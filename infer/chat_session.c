@@ -75,36 +75,56 @@ static int run(inf_chat_session *s, uint32_t from, uint32_t to, float *logits, k
 	return 0;
 }
 
-int inf_chat_session_prompt(inf_chat_session *s, const inf_chat_msg *msgs, size_t n,
-			    float *logits, uint32_t *reused, uint32_t *computed, k2_err *err)
+int inf_chat_encode(const inf_chat_template *t, inf_tok *tok, int32_t bos_id,
+		    const inf_chat_msg *msgs, size_t n, int32_t **ids, size_t *n_ids, k2_err *err)
 {
 	char *text;
 	size_t len, m;
-	int32_t *ids;
-	int rc = inf_chat_render(s->t, msgs, n, true, &text, &len, err);
+	int32_t *enc;
+	*ids = NULL;
+	*n_ids = 0;
+	int rc = inf_chat_render(t, msgs, n, true, &text, &len, err);
 	if (rc < 0)
 		return rc;
-	rc = inf_tok_encode(s->tok, text, len, &ids, &m, err);
+	rc = inf_tok_encode(tok, text, len, &enc, &m, err);
 	free(text);
 	if (rc < 0)
 		return rc;
-	const uint32_t lead = s->bos >= 0 && (m == 0 || ids[0] != s->bos);
-	if ((rc = ids_reserve(s, (uint32_t)(m + lead))) < 0) {
+	const size_t lead = bos_id >= 0 && (m == 0 || enc[0] != bos_id);
+	int32_t *out = malloc(sizeof(int32_t) * (m + lead));
+	if (!out) {
+		free(enc);
+		return k2_err_set(err, -ENOMEM, "out of memory");
+	}
+	if (lead)
+		out[0] = bos_id;
+	memcpy(out + lead, enc, sizeof(int32_t) * m);
+	free(enc);
+	*ids = out;
+	*n_ids = m + lead;
+	return 0;
+}
+
+int inf_chat_session_prompt(inf_chat_session *s, const inf_chat_msg *msgs, size_t n,
+			    float *logits, uint32_t *reused, uint32_t *computed, k2_err *err)
+{
+	int32_t *ids;
+	size_t m;
+	int rc = inf_chat_encode(s->t, s->tok, s->bos, msgs, n, &ids, &m, err);
+	if (rc < 0)
+		return rc;
+	if ((rc = ids_reserve(s, (uint32_t)m)) < 0) {
 		free(ids);
 		return k2_err_set(err, rc, "out of memory");
 	}
 	/* the common prefix of the cache and the new rendering */
 	uint32_t keep = 0;
-	const uint32_t total = (uint32_t)m + lead;
-	for (; keep < s->n && keep < total; keep++) {
-		int32_t want = keep < lead ? s->bos : ids[keep - lead];
-		if (s->ids[keep] != want)
-			break;
-	}
+	const uint32_t total = (uint32_t)m;
+	while (keep < s->n && keep < total && s->ids[keep] == ids[keep])
+		keep++;
 	if (keep == total && keep > 0)
 		keep--; /* the last token runs again: its logits are the answer's start */
-	for (uint32_t i = keep; i < total; i++)
-		s->ids[i] = i < lead ? s->bos : ids[i - lead];
+	memcpy(s->ids + keep, ids + keep, sizeof(int32_t) * (total - keep));
 	free(ids);
 	inf_engine_seq_truncate(s->e, s->seq, keep);
 	s->n = keep;

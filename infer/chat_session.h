@@ -27,6 +27,13 @@ void inf_chat_session_free(inf_chat_session *s);
 int inf_chat_session_prompt(inf_chat_session *s, const inf_chat_msg *msgs, size_t n,
 			    float *logits, uint32_t *reused, uint32_t *computed, k2_err *err);
 
+/* The ids of a conversation as the model reads it: msgs[0..n) rendered with
+ * the generation prompt, encoded, and bos_id (or -1) put first when the
+ * template did not write it. *ids is malloc'd (the caller frees it). 0 or
+ * -errno with a message. The server's chat requests and the session share it. */
+int inf_chat_encode(const inf_chat_template *t, inf_tok *tok, int32_t bos_id,
+		    const inf_chat_msg *msgs, size_t n, int32_t **ids, size_t *n_ids, k2_err *err);
+
 /* Runs one generated id after the prompt or the previous id; logits of it. */
 int inf_chat_session_feed(inf_chat_session *s, int32_t id, float *logits, k2_err *err);
 

@@ -409,6 +409,7 @@ uint32_t inf_engine_pos(const inf_engine *e) { return e->seq_pos[0]; }
 uint32_t inf_engine_n_seqs(const inf_engine *e) { return e->n_seqs; }
 uint32_t inf_engine_max_ctx(const inf_engine *e) { return e->max_ctx; }
 uint32_t inf_engine_max_batch(const inf_engine *e) { return e->max_batch; }
+const inf_model *inf_engine_model(const inf_engine *e) { return e->m; }
 
 uint32_t inf_engine_seq_pos(const inf_engine *e, uint32_t seq)
 {

@@ -234,6 +234,12 @@ typedef struct inf_engine_opts {
 
 typedef struct inf_engine inf_engine;
 
+/* --expert-cache's value: "4experts" sets *count (and *bytes 0), a size
+ * ("64M", "2G": k2_parse_size) sets *bytes (and *count 0). 0 or -EINVAL. */
+int inf_parse_expert_cache(const char *s, uint32_t *count, uint64_t *bytes);
+/* --prefetch's value: "none" or "router" as enum inf_prefetch_mode; -EINVAL. */
+int inf_prefetch_mode(const char *name);
+
 int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out,
 		      k2_err *err);
 void inf_engine_destroy(inf_engine *e);
@@ -279,6 +285,8 @@ void inf_engine_seq_truncate(inf_engine *e, uint32_t seq, uint32_t pos);
 /* Positions of each sequence's KV cache, and tokens a step may carry. */
 uint32_t inf_engine_max_ctx(const inf_engine *e);
 uint32_t inf_engine_max_batch(const inf_engine *e);
+/* The model the engine runs. */
+const inf_model *inf_engine_model(const inf_engine *e);
 /* Switches between the exact and the fast path (inf_engine_opts.exact) for the
  * forward calls that follow. */
 void inf_engine_set_exact(inf_engine *e, int exact);

@@ -221,30 +221,6 @@ static int parse_ids(const char *s, int32_t **ids, uint32_t *n)
 	return 0;
 }
 
-/* "4experts" -> count; else bytes. */
-static int parse_cache(const char *s, uint32_t *count, uint64_t *bytes)
-{
-	size_t l = strlen(s);
-	const char *suf = "experts";
-	size_t sl = strlen(suf);
-	*count = 0;
-	*bytes = 0;
-	if (l > sl && strcmp(s + l - sl, suf) == 0) {
-		char *end;
-		errno = 0;
-		unsigned long v = strtoul(s, &end, 10);
-		if (end != s + l - sl || errno || v == 0 || v > UINT32_MAX)
-			return -EINVAL;
-		*count = (uint32_t)v;
-		return 0;
-	}
-	if (l > 6 && strcmp(s + l - 6, "expert") == 0)
-		return -EINVAL;
-	if (k2_parse_size(s, bytes) < 0 || *bytes == 0)
-		return -EINVAL;
-	return 0;
-}
-
 /* Output of generated tokens: text through the tokenizer, else ids. */
 struct out {
 	inf_tok_stream *stream;
@@ -297,18 +273,14 @@ int main(int argc, char **argv)
 	uint64_t cpu_cache_bytes = 0;
 	if (o.cpu_cache && (k2_parse_size(o.cpu_cache, &cpu_cache_bytes) < 0 || !cpu_cache_bytes))
 		return fail("--cpu-cache: '%s' is not a size (64M, 2G)", o.cpu_cache);
-	int prefetch;
-	if (strcmp(o.prefetch, "none") == 0)
-		prefetch = INF_PREFETCH_NONE;
-	else if (strcmp(o.prefetch, "router") == 0)
-		prefetch = INF_PREFETCH_ROUTER;
-	else
+	int prefetch = inf_prefetch_mode(o.prefetch);
+	if (prefetch < 0)
 		return fail("--prefetch: unknown mode '%s' (none, router)", o.prefetch);
 	if (!inf_policy_find(o.policy))
 		return fail("--policy: unknown policy '%s' (lru, lfu)", o.policy);
 	uint32_t cache_count = 0;
 	uint64_t cache_bytes = 0;
-	if (o.cache && parse_cache(o.cache, &cache_count, &cache_bytes) < 0)
+	if (o.cache && inf_parse_expert_cache(o.cache, &cache_count, &cache_bytes) < 0)
 		return fail("--expert-cache: '%s' is not a size (64M, 2G) or a count (4experts)",
 			    o.cache);
 
@@ -352,24 +324,12 @@ int main(int argc, char **argv)
 				    o.tokens);
 		}
 	} else if (o.prompt) {
-		int32_t *ids, bos = -1;
 		size_t n;
-		if (inf_tok_encode(tok, o.prompt, strlen(o.prompt), &ids, &n, &err) < 0) {
+		if (inf_tok_encode_prompt(tok, o.prompt, strlen(o.prompt), &prompt, &n, &err) < 0) {
 			inf_tok_free(tok);
 			return fail("%s", err.msg);
 		}
-		int add_bos = inf_tok_bos(tok, &bos) && bos >= 0;
-		prompt = malloc(sizeof(int32_t) * (n + 1));
-		if (!prompt) {
-			free(ids);
-			inf_tok_free(tok);
-			return fail("%s", "out of memory");
-		}
-		if (add_bos)
-			prompt[T++] = bos;
-		memcpy(prompt + T, ids, sizeof(int32_t) * n);
-		T += (uint32_t)n;
-		free(ids);
+		T = (uint32_t)n;
 		if (T == 0) {
 			free(prompt);
 			inf_tok_free(tok);

@@ -272,3 +272,24 @@ out:
 	*n_ids = out.n;
 	return 0;
 }
+
+int inf_tok_encode_prompt(inf_tok *t, const char *text, size_t len, int32_t **ids,
+			  size_t *n_ids, k2_err *err)
+{
+	int32_t bos;
+	int rc = inf_tok_encode(t, text, len, ids, n_ids, err);
+	if (rc < 0 || !inf_tok_bos(t, &bos))
+		return rc;
+	int32_t *p = realloc(*ids, sizeof(int32_t) * (*n_ids + 1));
+	if (!p) {
+		free(*ids);
+		*ids = NULL;
+		*n_ids = 0;
+		return k2_err_set(err, -ENOMEM, "out of memory");
+	}
+	memmove(p + 1, p, sizeof(int32_t) * *n_ids);
+	p[0] = bos;
+	*ids = p;
+	(*n_ids)++;
+	return 0;
+}

@@ -93,6 +93,12 @@ void inf_tok_free(inf_tok *tok);
 int inf_tok_encode(inf_tok *tok, const char *text, size_t len, int32_t **ids,
 		   size_t *n_ids, k2_err *err);
 
+/* Encodes a prompt as the model reads it: the BOS id first when
+ * tokenizer_config.json asks for one (inf_tok_bos), then the text's ids.
+ * Otherwise as inf_tok_encode. */
+int inf_tok_encode_prompt(inf_tok *tok, const char *text, size_t len, int32_t **ids,
+			  size_t *n_ids, k2_err *err);
+
 /* One past the largest token id (model vocabulary and added tokens). Ids
  * below it that name no token (holes) give NULL / -EINVAL below. */
 uint32_t inf_tok_vocab_size(const inf_tok *tok);

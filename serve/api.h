@@ -54,10 +54,11 @@ const char *api_endpoint_name(enum api_endpoint ep);
  * unknown model or route (with status 404), server_error for 5xx. */
 #define API_ERR_INVALID_REQUEST "invalid_request_error"
 #define API_ERR_SERVER "server_error"
+#define API_ERR_REQUESTS "requests" /* 429: too many requests */
 
 /* An error reply: the HTTP status and the OpenAI error object. */
 struct api_error {
-	int status;          /* HTTP status: 400, 404, 405, 413, 500, 503 … */
+	int status;          /* HTTP status: 400, 404, 405, 413, 429, 500, 503 … */
 	const char *type;    /* a static string, API_ERR_* */
 	const char *code;    /* a static string ("invalid_type", "model_not_found" …) or NULL */
 	char param[128];     /* the offending parameter ("messages[2].role"); "" = null */
@@ -78,7 +79,8 @@ int api_error_set(struct api_error *err, int status, const char *type, const cha
  *   _context_length: 400, code "context_length_exceeded", param "messages" (chat)
  *            or "prompt": the prompt's tokens plus max_tokens exceed the model's
  *            context (OpenAI's sentence, with the numbers);
- *   _busy:   503 server_error, "the server is at capacity, retry later".
+ *   _busy:   429 "requests", code "rate_limit_exceeded": every slot is taken
+ *            and the queue is full (send a Retry-After header with it).
  * method and path may hold any bytes (they are quoted with bad UTF-8 repaired). */
 int api_error_route(struct api_error *err, const char *method, const char *path);
 int api_error_method(struct api_error *err, const char *method, const char *path);

@@ -99,8 +99,9 @@ int api_error_context_length(struct api_error *err, enum api_endpoint ep, uint32
 
 int api_error_busy(struct api_error *err)
 {
-	return api_error_set(err, 503, API_ERR_SERVER, NULL, "server_busy",
-			     "The server is at capacity; retry later");
+	return api_error_set(err, 429, API_ERR_REQUESTS, NULL, "rate_limit_exceeded",
+			     "Too many requests: every slot is taken and the queue is full; "
+			     "retry later");
 }
 
 static json_t *error_object(const struct api_error *err)

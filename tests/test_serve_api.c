@@ -527,8 +527,9 @@ START_TEST(test_error_json)
 	ck_assert_ptr_nonnull(strstr(e.message, "2000000 bytes"));
 	ck_assert_ptr_nonnull(strstr(e.message, "1048576"));
 	ck_assert_int_eq(api_error_busy(&e), -EBUSY);
-	ck_assert_int_eq(e.status, 503);
-	ck_assert_str_eq(e.type, "server_error");
+	ck_assert_int_eq(e.status, 429);
+	ck_assert_str_eq(e.type, "requests");
+	ck_assert_str_eq(e.code, "rate_limit_exceeded");
 	ck_assert_int_eq(api_error_context_length(&e, CHAT, 4096, 4000, 200), -EINVAL);
 	ck_assert_str_eq(e.param, "messages");
 	ck_assert_str_eq(e.code, "context_length_exceeded");
@@ -705,7 +706,7 @@ START_TEST(test_sse_chat)
 	json_decref(j);
 
 	struct api_error e;
-	api_error_busy(&e);
+	api_error_set(&e, 503, API_ERR_SERVER, NULL, NULL, "the server is shutting down");
 	j = event(api_sse_error(&e, &len), &len);
 	ck_assert_str_eq(jstr(json_object_get(j, "error"), "type"), "server_error");
 	json_decref(j);
