@@ -9,7 +9,7 @@
 set -eu
 pkgs="build-essential pkg-config clang libclang-rt-14-dev libfuse3-dev fuse3
       liburing-dev libzstd-dev liblz4-dev libxxhash-dev libpcre2-dev libjansson-dev
-      libmicrohttpd-dev check attr chromium"
+      libmicrohttpd-dev check attr chromium curl"
 # Node.js from Debian only where no node is installed already.
 command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
 command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
