@@ -336,6 +336,8 @@ struct api_metrics {
 	uint64_t bytes_read;          /* (set) cumulative bytes read from the mount */
 	uint64_t active_requests;     /* (set) gauge: requests decoding now */
 	uint64_t queued_requests;     /* (set) gauge: requests waiting for a slot */
+	uint64_t tokens_per_s_milli;  /* (set) gauge: tokens generated per second over
+	                                 the last seconds, times 1000 */
 };
 
 enum api_status_class api_status_class(int http_status);

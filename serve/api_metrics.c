@@ -214,6 +214,9 @@ char *api_metrics_text(const struct api_metrics *m, size_t *len)
 	      LOAD(m->active_requests));
 	gauge(&t, "k2serve_requests_queued", "Requests waiting for a decode slot.",
 	      LOAD(m->queued_requests));
+	family(&t, "k2serve_tokens_per_second", "gauge",
+	       "Tokens generated per second over the last seconds, all requests together.");
+	out(&t, "k2serve_tokens_per_second %.3f\n", (double)LOAD(m->tokens_per_s_milli) / 1000);
 	if (t.failed) {
 		free(t.p);
 		return NULL;

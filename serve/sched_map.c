@@ -206,5 +206,7 @@ void srv_sched_metrics(srv_sched *s, struct api_metrics *out)
 	__atomic_store_n(&out->bytes_read, bytes, __ATOMIC_RELAXED);
 	__atomic_store_n(&out->active_requests, active, __ATOMIC_RELAXED);
 	__atomic_store_n(&out->queued_requests, (uint64_t)s->n_queued, __ATOMIC_RELAXED);
+	__atomic_store_n(&out->tokens_per_s_milli, (uint64_t)(m->tokens_per_s * 1000 + 0.5),
+			 __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&s->mu);
 }
