@@ -213,6 +213,30 @@ if [ -x "$bin/k2gen" ] && [ -f "$tokdir/tokenizer.json" ]; then
 		else
 			fail "--chat: $(cat "$work/chat.err")"
 		fi
+		# --chat: Ctrl-C (SIGINT) while an answer streams ends the answer, not
+		# the program: it then reads /quit and exits 0
+		mkfifo "$work/chat.in"
+		"$bin/infer" --model "$work/mnt-tok" --chat -n 100000 --ctx 16384 \
+			<"$work/chat.in" >"$work/int.out" 2>"$work/int.err" &
+		ipid=$!
+		exec 3>"$work/chat.in"
+		echo "Tell me a long story" >&3
+		i=0
+		while [ ! -s "$work/int.out" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+		sleep 0.5
+		kill -INT "$ipid"
+		sleep 0.5
+		echo "/quit" >&3
+		exec 3>&-
+		wait "$ipid"
+		rc=$?
+		if [ "$rc" -ne 0 ]; then
+			fail "--chat: exit status $rc after Ctrl-C (0 expected): $(tail -2 "$work/int.err")"
+		elif ! grep -q "stopped" "$work/int.err"; then
+			fail "--chat: Ctrl-C did not stop the answer: $(tail -2 "$work/int.err")"
+		else
+			echo "== --chat, Ctrl-C: $(grep "stopped" "$work/int.err" | head -1)"
+		fi
 		umount_pack "$work/mnt-tok"
 	else
 		fail "k2gen --tokenizer model: $(tail -3 "$work/tok.log")"
