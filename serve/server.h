@@ -20,7 +20,7 @@
 
 #include "api.h"
 #include "chat.h"
-#include "sched.h"
+#include "scheduler.h"
 #include "tokenizer.h"
 
 /* The page, embedded byte for byte (page.c). */

@@ -1,11 +1,11 @@
-/* sched_impl.h — what sched.c (jobs, the step loop) and sched_map.c (the
+/* scheduler_impl.h — what scheduler.c (jobs, the step loop) and scheduler_map.c (the
  * expert map and the engine's counters) share. Not for other files. */
-#ifndef K2_SERVE_SCHED_IMPL_H
-#define K2_SERVE_SCHED_IMPL_H
+#ifndef K2_SERVE_SCHEDULER_IMPL_H
+#define K2_SERVE_SCHEDULER_IMPL_H
 
 #include <pthread.h>
 
-#include "sched.h"
+#include "scheduler.h"
 
 struct srv_job {
 	srv_sched *s;
@@ -74,7 +74,7 @@ struct srv_sched {
 	float *logits;
 };
 
-/* sched_map.c: sets up the map (0 or -ENOMEM); counts the routes of the step
+/* scheduler_map.c: sets up the map (0 or -ENOMEM); counts the routes of the step
  * just run; refreshes tiers and counters when `force` or 200 ms have passed.
  * The last two on the scheduler's thread, with mu held. */
 int sched_map_init(srv_sched *s);

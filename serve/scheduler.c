@@ -1,4 +1,4 @@
-/* sched.c — jobs and the step loop (contract in sched.h).
+/* scheduler.c — jobs and the step loop (contract in scheduler.h).
  *
  * One thread runs `loop`: admit queued jobs into free sequences, drop the
  * cancelled ones, plan one step (a token for each generating job, then prompt
@@ -6,7 +6,7 @@
  * released, then sample each finished segment's next id, turn it into text
  * and wake the pollers. Only this thread touches the engine and a running
  * job's sampler, decoder and stop matcher. */
-#include "sched_impl.h"
+#include "scheduler_impl.h"
 
 #include <errno.h>
 #include <stdarg.h>

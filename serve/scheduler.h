@@ -1,4 +1,4 @@
-/* sched.h — k2serve's scheduler: one thread owns the engine and runs every
+/* scheduler.h — k2serve's scheduler: one thread owns the engine and runs every
  * admitted request together. Each iteration is one inf_engine_step over all
  * of them: one token of each request that is generating, and the next chunk
  * of each prompt still being read, up to the engine's batch. So a routed
@@ -19,8 +19,8 @@
  *
  * Errors: 0 or -errno. Thread-safe: any thread may submit, poll, cancel and
  * release; the engine is touched only by the scheduler's thread. */
-#ifndef K2_SERVE_SCHED_H
-#define K2_SERVE_SCHED_H
+#ifndef K2_SERVE_SCHEDULER_H
+#define K2_SERVE_SCHEDULER_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,9 +1,9 @@
-/* sched_map.c — the expert map of GET /k2/experts and the engine's counters
- * for /metrics (contracts in sched.h and sched_impl.h). The scheduler's thread
+/* scheduler_map.c — the expert map of GET /k2/experts and the engine's counters
+ * for /metrics (contracts in scheduler.h and scheduler_impl.h). The scheduler's thread
  * counts each step's routes and, every 200 ms or when it goes idle, reads
  * where every expert lives and the tiers' counters; HTTP threads only copy
  * that state, under the scheduler's lock, so they never touch the engine. */
-#include "sched_impl.h"
+#include "scheduler_impl.h"
 
 #include <errno.h>
 #include <jansson.h>
