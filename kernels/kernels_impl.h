@@ -35,13 +35,12 @@ void kern_rows_generic(const kern_mat *m, const float *x, uint32_t batch,
 /* AVX2 + FMA + F16C (matmul_avx2.c). */
 void kern_rows_avx2(const kern_mat *m, const float *x, uint32_t batch,
 		    float *y, uint32_t r0, uint32_t r1);
-/* AVX-512 F/BW/VL at batches up to KERN_FUSED_BATCH, the AVX2 tiled path
- * above (matmul_avx512.c). */
+/* AVX-512 F/BW/VL, rows of x in groups of KERN_FUSED_BATCH, each row's sums
+ * in the same order at every batch (matmul_avx512.c). */
 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 		      float *y, uint32_t r0, uint32_t r1);
 
-/* int4-g32 at batch 1 … KERN_FUSED_BATCH on the AVX-512 path: like the
- * others, except that it takes xp [batch, cols], x with every group of 32 of
+/* int4-g32 on the AVX-512 path: like the others, except that it takes xp [batch, cols], x with every group of 32 of
  * every row rearranged by kern_i4_pair_split. */
 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, float *y,
 			 uint32_t r0, uint32_t r1);

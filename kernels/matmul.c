@@ -172,8 +172,7 @@ static void mm_run(const kern_mat *m, const float *x, const uint16_t *xh, const 
 	j.rows_per_task = (uint32_t)rpt;
 
 	float xp_stack[XP_STACK], *xp_heap = NULL;
-	if (!xh && !q8 && j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32 &&
-	    batch <= KERN_FUSED_BATCH) {
+	if (!xh && !q8 && j.fn == kern_rows_avx512 && m->format == K2_FORMAT_INT4_G32) {
 		size_t n = (size_t)batch * m->cols;
 		float *xp = n <= XP_STACK ? xp_stack : (xp_heap = malloc(n * sizeof(float)));
 		if (xp) {

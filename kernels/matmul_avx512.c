@@ -1,14 +1,17 @@
-/* matmul_avx512.c — the products at batch 1 (decode) and at batches up to
- * KERN_FUSED_BATCH (an expert's share of a prompt) with 512-bit vectors, for
- * CPUs with AVX-512 F/BW/VL (Xeon since Skylake-SP, Zen 4 and later), where
- * int4 and fp8 are bound by the dequantizing work rather than by memory and
- * twice the width pays. Larger batches use the AVX2 tiled path. Compiled with
- * a target attribute; matmul.c calls it only where the CPU has the features.
+/* matmul_avx512.c — the exact products with 512-bit vectors, for CPUs with
+ * AVX-512 F/BW/VL (Xeon since Skylake-SP, Zen 4 and later), where int4 and fp8
+ * are bound by the dequantizing work rather than by memory and twice the
+ * width pays. Compiled with a target attribute; matmul.c calls it only where
+ * the CPU has the features.
  *
- * Same scheme as matmul_avx2.c: each row in one pass, its weights dequantized
- * once in registers and used for every row of x, a fixed order per output
- * element; column tails by masked loads instead of scalar code. Rows of x go
- * four at a time over a task's rows, whose weights stay in cache between. */
+ * Each row in one pass, its weights dequantized once in registers and used
+ * for every row of x; column tails by masked loads instead of scalar code.
+ * Rows of x go four at a time (KERN_FUSED_BATCH) over a task's rows, whose
+ * weights stay in cache between, at every batch: one kernel per format whose
+ * order of sums does not depend on how many rows of x it takes, so a
+ * sequence's product is the same bits alone or batched with others (the
+ * server decodes several sequences in one step and promises each its own
+ * text). */
 #include "kernels_impl.h"
 #include "matmul_impl.h"
 
@@ -87,78 +90,6 @@ A512_INLINE __m512 ld_w16_masked(const kern_mat *m, uint32_t f, size_t i, __mmas
 	}
 }
 
-/* A bf16, int8 or f32 matrix (format F) at batch 1: four accumulators over 64
- * columns a step, then 16 columns, then the rest masked; int8's row scale
- * applied to the sum. */
-A512_INLINE void mv_plain(const kern_mat *m, const float *x, float *y, uint32_t r0,
-			  uint32_t r1, const uint32_t F)
-{
-	const uint32_t cols = m->cols;
-
-	for (uint32_t r = r0; r < r1; r++) {
-		const size_t row = (size_t)r * cols;
-		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		uint32_t k = 0;
-		for (; k + 64 <= cols; k += 64) {
-			a0 = _mm512_fmadd_ps(ld_w16(m, F, row + k), _mm512_loadu_ps(x + k), a0);
-			a1 = _mm512_fmadd_ps(ld_w16(m, F, row + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-			a2 = _mm512_fmadd_ps(ld_w16(m, F, row + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-			a3 = _mm512_fmadd_ps(ld_w16(m, F, row + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-		}
-		for (; k + 16 <= cols; k += 16)
-			a0 = _mm512_fmadd_ps(ld_w16(m, F, row + k), _mm512_loadu_ps(x + k), a0);
-		if (k < cols) {
-			__mmask16 mk = m16(cols - k);
-			a1 = _mm512_fmadd_ps(ld_w16_masked(m, F, row + k, mk),
-					     _mm512_maskz_loadu_ps(mk, x + k), a1);
-		}
-		float s = kern_hsum16(sum4(a0, a1, a2, a3));
-		y[r] = F == K2_FORMAT_INT8 ? s * ((const float *)m->s)[r] : s;
-	}
-}
-
-A512 static void mv_fp8(const kern_mat *m, const float *x, float *y, uint32_t r0, uint32_t r1)
-{
-	const uint32_t cols = m->cols, ncb = (cols + 127) / 128;
-
-	for (uint32_t r = r0; r < r1; r++) {
-		const uint8_t *w = (const uint8_t *)m->w + (size_t)r * cols;
-		const float *srow = (const float *)m->s + (size_t)(r / 128) * ncb;
-		__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		__m256i nan = _mm256_setzero_si256();
-		for (uint32_t cb = 0; cb < ncb; cb++) {
-			uint32_t k = cb * 128, c1 = k + 128 < cols ? k + 128 : cols;
-			__m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0, lo, hi;
-			if (c1 - k == 128) {
-				for (int i = 0; i < 4; i += 2, k += 64) {
-					fp8x32(_mm256_loadu_si256((const __m256i *)(w + k)), &lo, &hi, &nan);
-					b0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + k), b0);
-					b1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + k + 16), b1);
-					fp8x32(_mm256_loadu_si256((const __m256i *)(w + k + 32)), &lo, &hi, &nan);
-					b2 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + k + 32), b2);
-					b3 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + k + 48), b3);
-				}
-			} else {
-				/* the partial last block: 32 columns a step, masked */
-				for (; k < c1; k += 32) {
-					uint32_t n = c1 - k;
-					fp8x32(_mm256_maskz_loadu_epi8(m32(n), w + k), &lo, &hi, &nan);
-					b0 = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(n >= 16 ? 0xffff : m16(n), x + k), b0);
-					if (n > 16)
-						b1 = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(n >= 32 ? 0xffff : m16(n - 16),
-												x + k + 16), b1);
-				}
-			}
-			__m512 s = _mm512_set1_ps(srow[cb] * 256.0f);
-			a0 = _mm512_fmadd_ps(b0, s, a0);
-			a1 = _mm512_fmadd_ps(b1, s, a1);
-			a2 = _mm512_fmadd_ps(b2, s, a2);
-			a3 = _mm512_fmadd_ps(b3, s, a3);
-		}
-		y[r] = fp8_nan_seen(nan) ? NAN : kern_hsum16(sum4(a0, a1, a2, a3));
-	}
-}
-
 /* int4 takes x with each group of 32 rearranged, evens first
  * (kern_i4_pair_split): then one byte widened to a 32-bit lane holds element
  * 2i in its low nibble and 2i+1 in the next, and vpermps, which reads only the
@@ -182,47 +113,34 @@ A512_INLINE void i4_rows(const kern_mat *m, const float *xp, float *y, uint32_t 
 		for (int b = 0; b < 4; b++)
 			a[b][0] = a[b][1] = _mm512_setzero_ps();
 		uint32_t g = 0;
-#define I4_GROUP(G, SG, PAR)                                                                 \
+#define I4_GROUP(G, SG)                                                                      \
 	do {                                                                                 \
 		__m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + (size_t)(G) * 16))); \
 		__m512 t = _mm512_mul_ps(q, SG);                                             \
 		__m512 we = _mm512_permutexvar_ps(d, t);                                     \
 		__m512 wo = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), t);               \
 		const float *xg = xp + (size_t)(G) * 32;                                     \
-		if (B == 1) {                                                                \
-			a[PAR][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xg), a[PAR][0]);      \
-			a[PAR][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xg + 16), a[PAR][1]); \
-		} else {                                                                     \
-			_Pragma("GCC unroll 4") for (int b = 0; b < B; b++) {                \
-				a[b][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xg + b * xs), a[b][0]); \
-				a[b][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xg + b * xs + 16), a[b][1]); \
-			}                                                                    \
+		_Pragma("GCC unroll 4") for (int b = 0; b < B; b++) {                        \
+			a[b][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xg + b * xs), a[b][0]);  \
+			a[b][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xg + b * xs + 16), a[b][1]); \
 		}                                                                            \
 	} while (0)
 		/* Sixteen groups a step, their scales converted together. */
 		for (; g + 16 <= ng; g += 16) {
 			__m512 sv = kern_bf16x16(_mm256_loadu_si256((const __m256i *)(s + g)));
-#define I4_STEP(J) I4_GROUP(g + (J), _mm512_permutexvar_ps(_mm512_set1_epi32(J), sv), (J) & 1)
+#define I4_STEP(J) I4_GROUP(g + (J), _mm512_permutexvar_ps(_mm512_set1_epi32(J), sv))
 			I4_STEP(0); I4_STEP(1); I4_STEP(2); I4_STEP(3);
 			I4_STEP(4); I4_STEP(5); I4_STEP(6); I4_STEP(7);
 			I4_STEP(8); I4_STEP(9); I4_STEP(10); I4_STEP(11);
 			I4_STEP(12); I4_STEP(13); I4_STEP(14); I4_STEP(15);
 #undef I4_STEP
 		}
-		for (; g < ng; g++) {
-			__m512 sg = _mm512_set1_ps(kern_bf16(s[g]));
-			if (g & 1)
-				I4_GROUP(g, sg, 1);
-			else
-				I4_GROUP(g, sg, 0);
-		}
+		for (; g < ng; g++)
+			I4_GROUP(g, _mm512_set1_ps(kern_bf16(s[g])));
 #undef I4_GROUP
-		if (B == 1)
-			y[r] = kern_hsum16(sum4(a[0][0], a[0][1], a[1][0], a[1][1]));
-		else
 #pragma GCC unroll 4
-			for (int b = 0; b < B; b++)
-				y[(size_t)b * rows + r] = kern_hsum16(_mm512_add_ps(a[b][0], a[b][1]));
+		for (int b = 0; b < B; b++)
+			y[(size_t)b * rows + r] = kern_hsum16(_mm512_add_ps(a[b][0], a[b][1]));
 	}
 }
 
@@ -237,11 +155,13 @@ A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch
 	kern_rows_fused(i4, m, xp, batch, y, r0, r1);
 }
 
-/* ---------------------------------------------------------------- batches 2 … 4 */
+/* ---------------------------------------------------------------- the other formats */
 
-/* The other formats at batches 2 … 4 (more in fours): each weight vector
- * dequantized once in registers and multiplied into B rows of x, two accumulators per row of x
- * (fp8: two per block, folded into two with the block's scale). */
+/* bf16, fp8, int8 and f32 at batches 1 … 4 (more in fours): each weight
+ * vector dequantized once in registers and multiplied into B rows of x, two
+ * accumulators per row of x (fp8: two per block, folded into two with the
+ * block's scale). The order of every sum is the same at every B, so a row of
+ * x gets the same bits alone or in a batch. */
 A512_INLINE void mvb_plain(const kern_mat *m, const float *x, float *y, uint32_t r0,
 			   uint32_t r1, const int B)
 {
@@ -335,10 +255,8 @@ A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, float *y, uint32_t r
 	}
 }
 
-KERN_MV_DEFINE(A512, mv_bf16, mv_plain, K2_FORMAT_BF16)
-KERN_MV_DEFINE(A512, mv_i8, mv_plain, K2_FORMAT_INT8)
-KERN_MV_DEFINE(A512, mv_f32, mv_plain, KERN_FORMAT_F32)
 #define MVB_BATCHES(FN)                            \
+	KERN_MV_DEFINE(A512, FN##_1, FN, 1)        \
 	KERN_MV_DEFINE(A512, FN##_2, FN, 2)        \
 	KERN_MV_DEFINE(A512, FN##_3, FN, 3)        \
 	KERN_MV_DEFINE(A512, FN##_4, FN, 4)
@@ -347,18 +265,19 @@ MVB_BATCHES(mvb_plain) MVB_BATCHES(mvb_fp8)
 
 /* [kern_format_slot][batch - 1]; int4 goes through kern_rows_avx512_i4. */
 static const kern_mv_fn fused_avx512[KERN_FORMAT_SLOTS][4] = {
-	{mv_bf16, mvb_plain_2, mvb_plain_3, mvb_plain_4},
-	{mv_fp8, mvb_fp8_2, mvb_fp8_3, mvb_fp8_4},
-	{mv_i8, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mvb_plain_1, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mvb_fp8_1, mvb_fp8_2, mvb_fp8_3, mvb_fp8_4},
+	{mvb_plain_1, mvb_plain_2, mvb_plain_3, mvb_plain_4},
 	{NULL, NULL, NULL, NULL},
-	{mv_f32, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mvb_plain_1, mvb_plain_2, mvb_plain_3, mvb_plain_4},
 };
 
 A512 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
 			   float *y, uint32_t r0, uint32_t r1)
 {
-	/* int4 gets here only when kern_matmul could not rearrange x */
-	if (batch > KERN_FUSED_BATCH || m->format == K2_FORMAT_INT4_G32)
+	/* int4 gets here only when kern_matmul could not rearrange x; every
+	 * other batch goes in fours through the same kernels (batch invariance) */
+	if (m->format == K2_FORMAT_INT4_G32)
 		kern_rows_avx2(m, x, batch, y, r0, r1);
 	else
 		kern_rows_fused(fused_avx512[kern_format_slot(m->format)], m, x, batch, y, r0,

@@ -46,23 +46,20 @@ ABF void dot_rows(const kern_mat *m, const uint16_t *xh, float *y, uint32_t r0, 
 #pragma GCC unroll 4
 		for (int b = 0; b < 4; b++)
 			a[b][0] = a[b][1] = a[b][2] = a[b][3] = _mm512_setzero_ps();
+		/* one accumulation order for every B (4 sums of 32 columns, 128 a
+		 * step), so a row's result does not depend on how many rows share
+		 * its group: a sequence decodes the same alone or in a batch */
 		uint32_t k = 0;
-		if (B == 1) {
-			for (; k + 128 <= cols; k += 128) {
-				a[0][0] = _mm512_dpbf16_ps(a[0][0], ld32(w + k), ld32(xh + k));
-				a[0][1] = _mm512_dpbf16_ps(a[0][1], ld32(w + k + 32), ld32(xh + k + 32));
-				a[0][2] = _mm512_dpbf16_ps(a[0][2], ld32(w + k + 64), ld32(xh + k + 64));
-				a[0][3] = _mm512_dpbf16_ps(a[0][3], ld32(w + k + 96), ld32(xh + k + 96));
-			}
-		} else {
-			for (; k + 64 <= cols; k += 64) {
-				const __m512bh v0 = ld32(w + k), v1 = ld32(w + k + 32);
+		for (; k + 128 <= cols; k += 128) {
+			const __m512bh v0 = ld32(w + k), v1 = ld32(w + k + 32), v2 = ld32(w + k + 64),
+				       v3 = ld32(w + k + 96);
 #pragma GCC unroll 4
-				for (int b = 0; b < B; b++) {
-					const uint16_t *xb = xh + (size_t)b * cols + k;
-					a[b][0] = _mm512_dpbf16_ps(a[b][0], v0, ld32(xb));
-					a[b][1] = _mm512_dpbf16_ps(a[b][1], v1, ld32(xb + 32));
-				}
+			for (int b = 0; b < B; b++) {
+				const uint16_t *xb = xh + (size_t)b * cols + k;
+				a[b][0] = _mm512_dpbf16_ps(a[b][0], v0, ld32(xb));
+				a[b][1] = _mm512_dpbf16_ps(a[b][1], v1, ld32(xb + 32));
+				a[b][2] = _mm512_dpbf16_ps(a[b][2], v2, ld32(xb + 64));
+				a[b][3] = _mm512_dpbf16_ps(a[b][3], v3, ld32(xb + 96));
 			}
 		}
 		for (; k < cols; k += 32) {

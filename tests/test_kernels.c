@@ -306,6 +306,53 @@ START_TEST(test_matmul_threads_identical)
 }
 END_TEST
 
+/* A vector's product does not depend on the batch it is in: row b of a batch
+ * of n equals the same vector alone, bit for bit, on every ISA, exact and
+ * fast. The server decodes several sequences in one step and promises each
+ * the text it would get alone. */
+START_TEST(test_matmul_batch_invariant)
+{
+	rng_state = 9;
+	static const uint32_t cols[] = {64, 416, 1056};
+	for (size_t f = 0; f < N_FORMATS; f++)
+		for (size_t ci = 0; ci < 3; ci++) {
+			tmat t = tmat_make(all_formats[f], 37, cols[ci]);
+			const uint32_t R = t.m.rows, C = t.m.cols, N = 9;
+			float *x = random_vec((size_t)N * C);
+			for (int isa = 0; isa <= kern_isa_best(); isa++)
+				for (int fast = 0; fast <= 1; fast++) {
+					kern_isa_limit(isa);
+					float *alone = nan_vec((size_t)N * R);
+					for (uint32_t b = 0; b < N; b++)
+						ck_assert_int_eq((fast ? kern_matmul_fast : kern_matmul)(
+									 &t.m, x + (size_t)b * C, 1,
+									 alone + (size_t)b * R),
+								 0);
+					for (uint32_t n = 2; n <= N; n++) {
+						float *y = nan_vec((size_t)n * R);
+						ck_assert_int_eq((fast ? kern_matmul_fast : kern_matmul)(
+									 &t.m, x, n, y),
+								 0);
+						for (uint32_t b = 0; b < n; b++)
+							ck_assert_msg(memcmp(y + (size_t)b * R,
+									     alone + (size_t)b * R,
+									     R * sizeof(float)) == 0,
+								      "%s cols %u %s %s: row %u of a "
+								      "batch of %u differs from alone",
+								      fmt_name(t.m.format), C,
+								      isa_names[isa],
+								      fast ? "fast" : "exact", b, n);
+						free(y);
+					}
+					free(alone);
+				}
+			free(x);
+			tmat_free(&t);
+		}
+	kern_isa_limit(-1);
+}
+END_TEST
+
 /* The paths agree with each other closely (they sum in other orders). */
 START_TEST(test_matmul_paths_agree)
 {
@@ -747,6 +794,7 @@ static Suite *kernels_suite(void)
 	tcase_add_test(tc, test_matmul_odd_shapes);
 	tcase_add_test(tc, test_matmul_threads_identical);
 	tcase_add_test(tc, test_matmul_paths_agree);
+	tcase_add_test(tc, test_matmul_batch_invariant);
 	tcase_add_test(tc, test_matmul_fp8_all_codes);
 	tcase_add_test(tc, test_matmul_fast);
 	tcase_add_test(tc, test_matmul_fast_int4);
