@@ -319,8 +319,9 @@ enum api_status_class {
  * counters half-updated, as Prometheus allows. */
 struct api_metrics {
 	uint64_t requests[API_ENDPOINT_COUNT][API_STATUS_COUNT]; /* (add) replies sent */
-	uint64_t prompt_tokens;       /* (add) tokens of prompts processed */
-	uint64_t generated_tokens;    /* (add) tokens generated */
+	uint64_t prompt_tokens;       /* (add) tokens of prompts processed, or (set)
+	                                 from a running total kept elsewhere */
+	uint64_t generated_tokens;    /* (add) tokens generated, or (set) likewise */
 	uint64_t decode_ns;           /* (add) time in decode steps, nanoseconds */
 	uint64_t ttft_bucket[API_TTFT_BUCKETS + 1]; /* (add) per bucket, not cumulative;
 	                                  the last is (bounds[11], +Inf); their sum is

@@ -75,10 +75,12 @@ static void log_request(const struct srv_server *s, const struct api_request *q,
 		st->prompt_tokens, st->completion_tokens, st->ttft_s, rate);
 }
 
+/* A finished request's decode time and time to first token (the token
+ * counters are the scheduler's running totals, srv_sched_metrics). Also for
+ * requests whose client went away. */
 static void count_tokens(struct srv_server *s, const struct srv_job_status *st)
 {
-	api_metrics_tokens(&s->metrics, st->prompt_tokens, st->completion_tokens,
-			   (uint64_t)(st->decode_s * 1e9));
+	api_metrics_tokens(&s->metrics, 0, 0, (uint64_t)(st->decode_s * 1e9));
 	if (st->completion_tokens)
 		api_metrics_ttft(&s->metrics, st->ttft_s);
 }
@@ -126,6 +128,7 @@ static enum MHD_Result reply_whole(struct srv_server *s, struct MHD_Connection *
 			break;
 		if (srv_client_gone(c)) {
 			srv_job_cancel(job);
+			count_tokens(s, &st);
 			log_request(s, q, 499, &st, "client gone");
 			free(text);
 			return MHD_NO;
@@ -244,6 +247,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			size_t n;
 			srv_job_poll(t->job, 0, &x, &n, &st);
 			free(x);
+			count_tokens(t->s, &st);
 			log_request(t->s, &t->q, 499, &st, "client gone");
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		}

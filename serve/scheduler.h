@@ -126,7 +126,9 @@ void srv_sched_stats(srv_sched *s, struct srv_sched_stats *out);
 char *srv_sched_experts_json(srv_sched *s, const char *model, size_t *len);
 
 /* Fills the (set) fields of m from the engine's counters as of the last
- * refresh (tiers, prefetch, bytes read, active and queued jobs). */
+ * refresh (tiers, prefetch, bytes read, active and queued jobs) and stores
+ * the running totals of prompt and generated tokens (which then are not
+ * added with api_metrics_tokens). */
 void srv_sched_metrics(srv_sched *s, struct api_metrics *m);
 
 #endif

@@ -201,6 +201,8 @@ void srv_sched_metrics(srv_sched *s, struct api_metrics *out)
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		active += s->slot[i] != NULL;
 	__atomic_store_n(&out->n_tiers, n, __ATOMIC_RELAXED);
+	__atomic_store_n(&out->prompt_tokens, s->st.prompt_tokens, __ATOMIC_RELAXED);
+	__atomic_store_n(&out->generated_tokens, s->st.generated_tokens, __ATOMIC_RELAXED);
 	__atomic_store_n(&out->prefetch_issued, m->prefetch.predicted, __ATOMIC_RELAXED);
 	__atomic_store_n(&out->prefetch_useful, m->prefetch.correct, __ATOMIC_RELAXED);
 	__atomic_store_n(&out->bytes_read, bytes, __ATOMIC_RELAXED);
