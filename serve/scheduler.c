@@ -176,9 +176,11 @@ int srv_job_poll(srv_job *j, int timeout_ms, char **text, size_t *len, struct sr
 		until.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&s->mu);
-	while (j->out_len == 0 && !srv_job_ended(j->state) && timeout_ms > 0)
+	while (j->out_len == 0 && j->generated == j->polled && !srv_job_ended(j->state) &&
+	       timeout_ms > 0)
 		if (pthread_cond_timedwait(&s->news, &s->mu, &until) == ETIMEDOUT)
 			break;
+	j->polled = j->generated;
 	int rc = 0;
 	if (j->out_len) {
 		char *t = malloc(j->out_len + 1);
@@ -366,7 +368,12 @@ static void step(srv_sched *s)
 	double t0 = k2_now();
 	int rc = inf_engine_step(s->e, s->segs, n_segs, s->ids, s->logits, &err);
 	double now = k2_now();
-	uint64_t used_bytes = rc == 0 ? inf_engine_expert_bytes_used(s->e) : 0;
+	uint64_t used_bytes = rc == 0 ? inf_engine_expert_bytes_used(s->e) : 0, bytes_read = 0;
+	for (int t = 0; t < INF_TIERS; t++) {
+		inf_tier_stats ts;
+		inf_engine_tier_stats(s->e, t, &ts);
+		bytes_read += ts.bytes_read;
+	}
 	/* sampling needs no lock: the samplers belong to this thread */
 	int32_t *next = s->ids; /* reused: one id per segment */
 	for (uint32_t i = 0; rc == 0 && i < n_segs; i++) {
@@ -388,6 +395,7 @@ static void step(srv_sched *s)
 		return;
 	}
 	s->st.expert_bytes_used += used_bytes;
+	s->st.bytes_read = bytes_read;
 	sched_map_count_routes(s);
 	bool decoded = false;
 	for (uint32_t i = 0; i < n_segs; i++) {

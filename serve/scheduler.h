@@ -41,7 +41,8 @@ struct srv_sched_opts {
 };
 
 /* Starts the scheduler over e (its inf_engine_n_seqs sequences are the
- * slots) and tok, both borrowed and outliving it. 0 or -errno with err. */
+ * slots) and tok, both borrowed and outliving it. tok may be NULL: jobs then
+ * produce ids only (no text; stop strings never match). 0 or -errno with err. */
 int srv_sched_new(inf_engine *e, inf_tok *tok, const struct srv_sched_opts *o,
 		  srv_sched **out, k2_err *err);
 /* Ends every job (as srv_sched_shutdown), stops the thread, frees. */
@@ -92,8 +93,8 @@ bool srv_job_ended(enum srv_job_state st);
 
 /* Moves the text generated since the last call into *text (malloc'd, the
  * caller frees it; NULL and *len 0 when there is none) and fills *st. When
- * there is no new text and the job has not ended, waits up to timeout_ms for
- * either. 0 or -ENOMEM. */
+ * there is no new text, no new id and the job has not ended, waits up to
+ * timeout_ms for one of them. 0 or -ENOMEM. */
 int srv_job_poll(srv_job *j, int timeout_ms, char **text, size_t *len, struct srv_job_status *st);
 /* The client is gone: the job ends (SRV_JOB_CANCELLED) before its next token
  * and its sequence is freed. */
@@ -109,6 +110,8 @@ struct srv_sched_stats {
 	uint64_t decode_steps;       /* steps that generated at least one id */
 	double step_s;               /* time inside inf_engine_step */
 	uint64_t expert_bytes_used;  /* expert images the steps applied, each once per step */
+	uint64_t bytes_read;         /* expert bytes read from the mount into every tier,
+	                                as of the last step */
 	uint32_t active, queued;     /* jobs now */
 	uint64_t jobs_done, jobs_cancelled, jobs_refused;
 };

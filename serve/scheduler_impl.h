@@ -25,6 +25,7 @@ struct srv_job {
 	enum srv_job_state state;
 	enum api_finish finish;
 	uint32_t generated;
+	uint32_t polled;       /* generated as of the last srv_job_poll */
 	char *out;             /* text not yet taken by srv_job_poll */
 	size_t out_len, out_cap;
 	int out_failed;        /* appending ran out of memory: the job fails */

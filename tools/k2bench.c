@@ -3,6 +3,7 @@
  *   k2bench fs [options]     filesystem throughput (tools/lib/bench_fs.c)
  *   k2bench infer [options]  CPU decode speed vs memory copy rate (tools/lib/bench_infer.c)
  *   k2bench tok [options]    tokenizer encode speed, Kimi-K2 vs DeepSeek-V3 (tools/lib/bench_tok.c)
+ *   k2bench serve [options]  concurrent decode through k2serve's scheduler (tools/lib/bench_serve.c)
  *
  * Benchmarks measure and print; they are not tests and assert nothing. The
  * command table below is the only place a new subcommand is registered (its
@@ -25,6 +26,9 @@ static const struct bench_cmd commands[] = {
 	{"infer", bench_infer_main,
 	 "decode tokens/s of the CPU engine on a Kimi-K2-shaped int4 model, weight bytes "
 	 "touched per token, vs a memory copy rate"},
+	{"serve", bench_serve_main,
+	 "aggregate decode tokens/s of k2serve's scheduler with 1, 2, 4, 8 concurrent "
+	 "streams vs one, and expert bytes per generated token"},
 	{"tok", bench_tok_main,
 	 "tokenizer encode MB/s, Kimi-K2 (tiktoken.model) vs DeepSeek-V3 (tokenizer.json) "
 	 "on the same texts"},

@@ -5,7 +5,8 @@
  * The model is a `k2gen --preset k2` checkpoint cut to a few MoE layers
  * (default 2 layers × 64 experts, int4 experts, every layer MoE), imported
  * with the k2pack importer and laid out like the k2fs mount in a work
- * directory (reused by later runs), unless --model names a mount. The run:
+ * directory (reused by later runs; tools/lib/bench_model.c), unless --model
+ * names a mount. The run:
  *   1. the read rate: kern_read_pass over a 1 GiB buffer (larger than every
  *      cache), allocated as the weights are — the ceiling a decode that reads
  *      every weight once can reach. This machine's memory rate moves with its
@@ -20,20 +21,13 @@
  *      the read rate (goal for the fast path ≥ 0.85). */
 #include "bench.h"
 #include "cli.h"
-#include "import.h"
-#include "gen.h"
 #include "infer.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/xattr.h>
-#include <unistd.h>
 
 static const char usage_text[] =
 	"usage: k2bench infer [options]\n"
@@ -43,13 +37,7 @@ static const char usage_text[] =
 	"bytes of weights each token reads, and the memory read rate measured in the\n"
 	"same run (goal: the fast path reads its bytes at >= 0.85 x the read rate).\n"
 	"\n"
-	"  --model DIR     a mount (or a directory laid out like one) to run on;\n"
-	"                  default: generate one into the work directory\n"
-	"  --work DIR      work directory (default /tmp/k2bench-infer); the generated\n"
-	"                  model is kept there and reused\n"
-	"  --layers N      MoE layers of the generated model (default 2)\n"
-	"  --experts N     routed experts per layer (default 64)\n"
-	"  --vocab N       vocabulary of the generated model (default: Kimi-K2's 163840)\n"
+	BENCH_MODEL_USAGE
 	"  --tokens N      decode tokens timed per run (default 16)\n"
 	"  --runs N        runs per path; medians are reported (default 3)\n"
 	"  --threads N     kernel threads (default: online cores)\n"
@@ -113,161 +101,6 @@ static double copy_rate(char *dst, const char *src, size_t n, int threads, int r
 	return best;
 }
 
-static int write_all(const char *path, const void *p, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -errno;
-	size_t done = 0;
-	while (done < n) {
-		ssize_t w = write(fd, (const char *)p + done, n - done);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			close(fd);
-			return -e;
-		}
-		done += (size_t)w;
-	}
-	return close(fd) < 0 ? -errno : 0;
-}
-
-static int mkdirs(const char *path)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++)
-		if (*p == '/') {
-			*p = 0;
-			if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-				return -errno;
-			*p = '/';
-		}
-	if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
-/* Writes every entry of the pack under dir as the mount shows it, with the
- * dense xattrs where the file system takes them. */
-static int extract_pack(const char *pack_path, const char *dir, k2_err *err)
-{
-	k2p_pack *pack;
-	int rc = k2p_pack_open(pack_path, &pack, err);
-	if (rc < 0)
-		return rc;
-	size_t cap = 0;
-	char *buf = NULL;
-	for (size_t i = 0; i < k2p_entry_count(pack) && rc == 0; i++) {
-		const k2p_entry *e = k2p_entry_at(pack, i);
-		char path[4096], parent[sizeof(path)];
-		if (snprintf(path, sizeof(path), "%s/%s", dir, e->path) >= (int)sizeof(path)) {
-			rc = k2_err_set(err, -ENAMETOOLONG, "%s/%s: path too long", dir, e->path);
-			break;
-		}
-		memcpy(parent, path, sizeof(parent));
-		char *slash = strrchr(parent, '/');
-		if (slash) {
-			*slash = 0;
-			if ((rc = mkdirs(parent)) < 0) {
-				k2_err_set(err, rc, "%s: mkdir: %s", parent, strerror(-rc));
-				break;
-			}
-		}
-		if (e->raw_bytes > cap) {
-			free(buf);
-			cap = e->raw_bytes;
-			if (!(buf = malloc(cap))) {
-				rc = k2_err_set(err, -ENOMEM, "out of memory");
-				break;
-			}
-		}
-		long got = k2p_entry_read(pack, e, 0, buf, e->raw_bytes, err);
-		if (got < 0) {
-			rc = (int)got;
-			break;
-		}
-		if ((rc = write_all(path, buf, (size_t)got)) < 0) {
-			k2_err_set(err, rc, "%s: write: %s", path, strerror(-rc));
-			break;
-		}
-		if (e->kind == K2P_KIND_DENSE) {
-			char shape[256];
-			size_t o = 0;
-			shape[0] = 0;
-			for (uint32_t d = 0; d < e->ndim && o < sizeof(shape); d++)
-				o += (size_t)snprintf(shape + o, sizeof(shape) - o, "%s%" PRIu64,
-						      d ? "," : "", e->shape[d]);
-			const char *dt = k2_dtype_name(e->dtype);
-			(void)setxattr(path, "user.k2.dtype", dt, strlen(dt), 0);
-			(void)setxattr(path, "user.k2.shape", shape, strlen(shape), 0);
-		}
-	}
-	free(buf);
-	k2p_pack_close(pack);
-	return rc;
-}
-
-/* Generates, imports and lays out the model (once per work dir and shape). */
-static int prepare_model(const char *work, long layers, long experts, long vocab,
-			 char *model_dir, size_t n, k2_err *err)
-{
-	char stamp[4200], want[256], ckpt[4200], pack[4200];
-	snprintf(model_dir, n, "%s/model-k2-L%ld-E%ld-V%ld-int4", work, layers, experts, vocab);
-	snprintf(stamp, sizeof(stamp), "%s/.complete", model_dir);
-	snprintf(want, sizeof(want), "k2gen --preset k2 --layers %ld --experts %ld --format int4 "
-		 "vocab %ld\n", layers, experts, vocab);
-	char *have = NULL;
-	size_t hn = 0;
-	if (k2_read_file(stamp, &have, &hn, NULL) == 0 && strcmp(have, want) == 0) {
-		free(have);
-		return 0;
-	}
-	free(have);
-	int rc = mkdirs(work);
-	if (rc < 0)
-		return k2_err_set(err, rc, "%s: %s", work, strerror(-rc));
-	snprintf(ckpt, sizeof(ckpt), "%s/ckpt", work);
-	snprintf(pack, sizeof(pack), "%s/model.k2", work);
-	char set_dense[64], set_vocab[64];
-	snprintf(set_dense, sizeof(set_dense), "first_k_dense_replace=0");
-	snprintf(set_vocab, sizeof(set_vocab), "vocab_size=%ld", vocab);
-	const char *sets[2] = {set_dense, set_vocab};
-	k2g_opts go;
-	k2g_opts_default(&go);
-	go.preset = "k2";
-	go.layers = layers;
-	go.experts = experts;
-	go.format = K2_FORMAT_INT4_G32;
-	go.sets = sets;
-	go.n_sets = 2;
-	go.progress = 1;
-	fprintf(stderr, "k2bench infer: generating %s\n", ckpt);
-	k2g_stats gs;
-	if ((rc = k2g_generate(ckpt, &go, &gs, err)) < 0)
-		return rc;
-	fprintf(stderr, "k2bench infer: packing %s\n", pack);
-	k2i_opts io;
-	k2i_opts_default(&io);
-	io.codec = K2_CODEC_NONE;
-	io.progress = 1;
-	k2i_stats is;
-	if ((rc = k2i_import(ckpt, pack, &io, &is, err)) < 0)
-		return rc;
-	char cmd[8800];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s'", ckpt, model_dir);
-	if (system(cmd) != 0)
-		return k2_err_set(err, -EIO, "%s: cannot remove", ckpt);
-	fprintf(stderr, "k2bench infer: laying out %s\n", model_dir);
-	if ((rc = extract_pack(pack, model_dir, err)) < 0)
-		return rc;
-	unlink(pack);
-	if ((rc = write_all(stamp, want, strlen(want))) < 0)
-		return k2_err_set(err, rc, "%s: %s", stamp, strerror(-rc));
-	return 0;
-}
-
 /* Timings of one path (fast or exact) over the runs. */
 struct path_result {
 	double pp_tok_s[16], tok_s[16], med_token[16];
@@ -306,8 +139,9 @@ static int run_once(inf_engine *e, const k2_model_config *c, long tokens, float 
 
 int bench_infer_main(int argc, char **argv)
 {
-	const char *model = NULL, *work = "/tmp/k2bench-infer";
-	long layers = 2, experts = 64, vocab = 163840, tokens = 16, threads = 0, runs = 3;
+	struct bench_model_opts model;
+	bench_model_opts_default(&model);
+	long tokens = 16, threads = 0, runs = 3;
 	int bad = 0;
 	k2_err err = {{0}};
 	for (int i = 1; i < argc; i++) {
@@ -317,20 +151,12 @@ int bench_infer_main(int argc, char **argv)
 			return 0;
 		}
 #define OPT(name) ((v = k2cli_opt_value("k2bench infer", argc, argv, &i, name, &bad)) != NULL)
-		if (OPT("--model"))
-			model = v;
-		else if (OPT("--work"))
-			work = v;
-		else if (OPT("--layers")) {
-			if (k2cli_parse_long("k2bench infer", "--layers", v, 1, 61, &layers) < 0)
-				return 2;
-		} else if (OPT("--experts")) {
-			if (k2cli_parse_long("k2bench infer", "--experts", v, 8, 384, &experts) < 0)
-				return 2;
-		} else if (OPT("--vocab")) {
-			if (k2cli_parse_long("k2bench infer", "--vocab", v, 256, 1 << 20, &vocab) < 0)
-				return 2;
-		} else if (OPT("--tokens")) {
+		const int mo = bench_model_opt("k2bench infer", argc, argv, &i, &model, &bad);
+		if (mo < 0)
+			return 2;
+		if (mo > 0)
+			continue;
+		if (OPT("--tokens")) {
 			if (k2cli_parse_long("k2bench infer", "--tokens", v, 1, 4096, &tokens) < 0)
 				return 2;
 		} else if (OPT("--runs")) {
@@ -351,9 +177,7 @@ int bench_infer_main(int argc, char **argv)
 	const int nth = kern_threads();
 
 	char model_dir[4096];
-	if (model)
-		snprintf(model_dir, sizeof(model_dir), "%s", model);
-	else if (prepare_model(work, layers, experts, vocab, model_dir, sizeof(model_dir), &err) < 0) {
+	if (bench_model_dir("k2bench infer", &model, model_dir, sizeof(model_dir), &err) < 0) {
 		fprintf(stderr, "k2bench infer: %s\n", err.msg);
 		return 1;
 	}
