@@ -56,13 +56,14 @@ int kern_matmul(const kern_mat *m, const float *x, uint32_t batch, float *y);
  * product, so that it can run on the processor's dot-product instructions.
  * bf16 weights take x rounded to bf16 (to nearest, ties to even) and use the
  * AVX-512 BF16 dot product where the processor has it, else kern_matmul on
- * the rounded x. int4-g32 weights take
- * x quantized to 8 bits per block of 32 (dx = max |x| / 127, x / dx rounded
- * to nearest) and use the AVX-512 VNNI integer dot product where the processor
- * has it, else kern_matmul on the values the
+ * the rounded x. int4-g32 weights, and int8 weights whose width is whole
+ * blocks of 32, take x quantized to 8 bits per block of 32 (dx = max |x| /
+ * 127, x / dx rounded to nearest) and use the AVX-512 VNNI integer dot
+ * product where the processor has it, else kern_matmul on the values the
  * quantized x stands for. So the rounding, not the instruction set, decides
- * the result, up to the order of the sums. Other formats run kern_matmul as it
- * is. Returns as kern_matmul, or -ENOMEM. */
+ * the result, up to the order of the sums (which, as kern_matmul's, does not
+ * depend on the batch). Other formats run kern_matmul as it is. Returns as
+ * kern_matmul, or -ENOMEM. */
 int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y);
 
 /* The plain single-threaded scalar reference of kern_matmul: dequantize each

@@ -52,8 +52,10 @@ void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch, flo
  * of 4 blocks of bytes or 16 blocks of scales stay inside. */
 typedef struct kern_q8 {
 	uint32_t ng, ng16;
-	int8_t *xe, *xo;   /* [batch][ng16 · 16] */
-	float *dx, *xc;    /* [batch][ng16] */
+	int8_t *xe, *xo;   /* int4: [batch][ng16 · 16], each block's even / odd elements */
+	int8_t *xn;        /* int8: [batch][ng16 · 32], natural order */
+	float *dx, *xc;    /* [batch][ng16]: the block's scale; −bias · dx · Σ xq (bias
+	                      8 for int4, 128 for int8: the weights' offset) */
 } kern_q8;
 
 /* Quantizes row b of x [*, ng · 32] into q with AVX-512 (matmul_i4dot.c). */
@@ -63,7 +65,14 @@ void kern_q8_row_avx512(const float *x, kern_q8 *q, uint32_t b);
  * row tasks are small, so their weights stay in cache across those passes. */
 void kern_rows_i4q8(const kern_mat *m, const kern_q8 *q, uint32_t batch, float *y,
 		    uint32_t r0, uint32_t r1);
-/* 1 when kern_rows_i4q8 may run: AVX-512 VNNI and the AVX-512 path in use. */
+/* Quantizes row b of x into q's xn, dx, xc (bias 128) with AVX-512
+ * (matmul_i8dot.c), and int8 weights times q on the VNNI dot product, as
+ * kern_rows_i4q8. */
+void kern_q8n_row_avx512(const float *x, kern_q8 *q, uint32_t b);
+void kern_rows_i8q8(const kern_mat *m, const kern_q8 *q, uint32_t batch, float *y,
+		    uint32_t r0, uint32_t r1);
+/* 1 when kern_rows_i4q8 and kern_rows_i8q8 may run: AVX-512 VNNI and the
+ * AVX-512 path in use. */
 int kern_has_i4dot(void);
 
 /* bf16 weights times xh, x rounded to bf16 [batch, cols], on the AVX-512 BF16

@@ -109,7 +109,9 @@ struct mm_job {
 
 static void mm_rows(const struct mm_job *j, uint32_t r0, uint32_t r1)
 {
-	if (j->q8)
+	if (j->q8 && j->m->format == K2_FORMAT_INT8)
+		kern_rows_i8q8(j->m, j->q8, j->batch, j->y, r0, r1);
+	else if (j->q8)
 		kern_rows_i4q8(j->m, j->q8, j->batch, j->y, r0, r1);
 	else if (j->xh)
 		kern_rows_bf16dot(j->m, j->xh, j->batch, j->y, r0, r1);
@@ -243,10 +245,12 @@ static void q8_block(const float *x, kern_q8 *q, uint32_t b, uint32_t g, float *
 	q->xc[(size_t)b * q->ng16 + g] = -8.0f * dx * (float)sum;
 }
 
-/* int4-g32 fast: x quantized per block (kern_q8), then the VNNI dot product,
- * or kern_matmul on the values the quantized x stands for. */
-static int matmul_fast_i4(const kern_mat *m, const float *x, uint32_t batch, float *y)
+/* int4-g32 and int8 fast: x quantized per block (kern_q8; in even/odd halves
+ * for int4, in natural order for int8), then the VNNI dot product, or
+ * kern_matmul on the values the quantized x stands for. */
+static int matmul_fast_q8(const kern_mat *m, const float *x, uint32_t batch, float *y)
 {
+	const int i8 = m->format == K2_FORMAT_INT8;
 	const uint32_t ng = m->cols / 32, ng16 = (ng + 15) / 16 * 16;
 	const int dot = kern_has_i4dot();
 	const size_t bytes = (size_t)batch * ng16 * (32 + 2 * sizeof(float)) +
@@ -259,9 +263,12 @@ static int matmul_fast_i4(const kern_mat *m, const float *x, uint32_t batch, flo
 	q.xc = q.dx + (size_t)batch * ng16;
 	q.xe = (int8_t *)(q.xc + (size_t)batch * ng16);
 	q.xo = q.xe + (size_t)batch * ng16 * 16;
+	q.xn = q.xe; /* int8 uses the room of both halves, [batch][ng16 · 32] */
 	float *xr = dot ? NULL : (float *)(q.xo + (size_t)batch * ng16 * 16);
 	for (uint32_t b = 0; b < batch; b++)
-		if (dot)
+		if (dot && i8)
+			kern_q8n_row_avx512(x + (size_t)b * m->cols, &q, b);
+		else if (dot)
 			kern_q8_row_avx512(x + (size_t)b * m->cols, &q, b);
 		else
 			for (uint32_t g = 0; g < ng; g++)
@@ -278,8 +285,8 @@ int kern_matmul_fast(const kern_mat *m, const float *x, uint32_t batch, float *y
 		return -EINVAL;
 	if (batch == 0 || m->rows == 0 || m->cols == 0)
 		return kern_matmul(m, x, batch, y);
-	if (m->format == K2_FORMAT_INT4_G32)
-		return matmul_fast_i4(m, x, batch, y);
+	if (m->format == K2_FORMAT_INT4_G32 || (m->format == K2_FORMAT_INT8 && m->cols % 32 == 0))
+		return matmul_fast_q8(m, x, batch, y);
 	if (m->format != K2_FORMAT_BF16)
 		return kern_matmul(m, x, batch, y);
 	const size_t n = (size_t)batch * m->cols;

@@ -496,8 +496,8 @@ static void check_fast(uint32_t format, const uint32_t *cols, size_t n_cols, uin
 
 /* kern_matmul_fast on bf16 weights: the product of x rounded to bf16, whatever
  * the path — the AVX-512 BF16 dot product where the CPU has it (batches up to
- * 4), kern_matmul on the rounded x otherwise; on odd shapes. Other formats
- * but int4 equal kern_matmul exactly. */
+ * 4), kern_matmul on the rounded x otherwise; on odd shapes. fp8 equals
+ * kern_matmul exactly. */
 START_TEST(test_matmul_fast)
 {
 	static const uint32_t cols[] = {7, 32, 33, 100, 129, 416, 7168};
@@ -529,6 +529,30 @@ START_TEST(test_matmul_fast_int4)
 	rng_state = 91;
 	check_fast(K2_FORMAT_INT4_G32, cols, sizeof(cols) / sizeof(cols[0]), 3, 11, q8_reference, 1,
 		   kern_has_i4dot, ", vnni");
+}
+END_TEST
+
+/* kern_matmul_fast on int8 weights: as int4-g32, x quantized to 8 bits per
+ * block of 32 (the VNNI path with the weights offset by 128), on odd block
+ * counts (the masked second block of a step, the 16-block steps' tails); a
+ * width that is not whole blocks runs kern_matmul as it is. */
+START_TEST(test_matmul_fast_int8)
+{
+	static const uint32_t cols[] = {32, 64, 96, 160, 416, 544, 7168};
+	rng_state = 93;
+	check_fast(K2_FORMAT_INT8, cols, sizeof(cols) / sizeof(cols[0]), 3, 11, q8_reference, 1,
+		   kern_has_i4dot, ", vnni");
+	for (int isa = kern_isa_best(); isa >= KERN_ISA_GENERIC; isa--) {
+		kern_isa_limit(isa);
+		tmat t = tmat_make(K2_FORMAT_INT8, 9, 200);
+		float *x = random_vec(2 * 200), *a = nan_vec(18), *b = nan_vec(18);
+		kern_matmul(&t.m, x, 2, a);
+		ck_assert_int_eq(kern_matmul_fast(&t.m, x, 2, b), 0);
+		ck_assert_mem_eq(a, b, sizeof(float) * 18);
+		free(x), free(a), free(b);
+		tmat_free(&t);
+	}
+	kern_isa_limit(-1);
 }
 END_TEST
 
@@ -798,6 +822,7 @@ static Suite *kernels_suite(void)
 	tcase_add_test(tc, test_matmul_fp8_all_codes);
 	tcase_add_test(tc, test_matmul_fast);
 	tcase_add_test(tc, test_matmul_fast_int4);
+	tcase_add_test(tc, test_matmul_fast_int8);
 	tcase_add_test(tc, test_matmul_degenerate);
 	tcase_add_test(tc, test_mat_get_vs_dequant);
 	tcase_add_test(tc, test_mat_bytes);
