@@ -180,11 +180,16 @@ static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
 	}
 }
 
+/* libmicrohttpd's messages, prefixed; the one it prints when a stream ends
+ * because its client went away is left out (generate.c logs that request). */
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
-	fputs("k2serve: ", stderr);
-	vfprintf(stderr, fmt, ap);
+	char line[512];
+	vsnprintf(line, sizeof(line), fmt, ap);
+	if (strstr(line, "application error generating response"))
+		return;
+	fprintf(stderr, "k2serve: %s", line);
 }
 
 /* ---------------------------------------------------------------- the socket */
