@@ -255,6 +255,7 @@ void inf_engine_destroy(inf_engine *e)
 	free(e->pf_list);
 	free(e->pf_has);
 	free(e->routes);
+	free(e->routes_w);
 	free(e);
 }
 
@@ -340,8 +341,14 @@ static int routes_reset(inf_engine *e, uint32_t n, k2_err *err)
 	if (!r)
 		return k2_err_set(err, -ENOMEM, "out of memory");
 	e->routes = r;
-	for (size_t i = 0; i < (size_t)n * L * k; i++)
+	float *w = realloc(e->routes_w, sizeof(float) * n * L * k);
+	if (!w)
+		return k2_err_set(err, -ENOMEM, "out of memory");
+	e->routes_w = w;
+	for (size_t i = 0; i < (size_t)n * L * k; i++) {
 		r[i] = -1;
+		w[i] = 0;
+	}
 	e->routes_n = 0;
 	e->expert_bytes_used = 0;
 	return 0;
@@ -445,6 +452,11 @@ const int32_t *inf_engine_routes(const inf_engine *e, uint32_t *n_tokens)
 	if (n_tokens)
 		*n_tokens = e->routes_n;
 	return e->routes;
+}
+
+const float *inf_engine_routes_weights(const inf_engine *e)
+{
+	return e->routes_w;
 }
 
 const float *inf_engine_router_logits(const inf_engine *e, uint32_t layer)

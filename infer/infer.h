@@ -297,6 +297,10 @@ void inf_engine_reset(inf_engine *e);
  * routes[(i · num_hidden_layers + l) · top_k + j] is the j-th expert in top-k
  * order (-1 for dense layers). Valid until the next forward. */
 const int32_t *inf_engine_routes(const inf_engine *e, uint32_t *n_tokens);
+/* The route weights of those experts, at the same indices (0 for dense
+ * layers): every chunk's, where inf_engine_route_weights keeps the last's.
+ * Valid until the next forward. */
+const float *inf_engine_routes_weights(const inf_engine *e);
 /* Router outputs of the last forward's last chunk: logits [n, E] and weights
  * [n, top_k] of layer l, or NULL for a dense layer. */
 const float *inf_engine_router_logits(const inf_engine *e, uint32_t layer);
@@ -348,10 +352,23 @@ int32_t inf_argmax(const float *x, uint32_t n);
 
 /* ---------------------------------------------------------------- outputs */
 
-/* Writes the routing of tokens [0, n) at positions pos0… as JSON lines
- * {"pos":P,"token":ID,"experts":{"1":[e,…],…}} to f. */
-void inf_trace_write(FILE *f, const inf_model *m, const int32_t *routes, const int32_t *ids,
-		     uint32_t n, uint32_t pos0);
+/* The routing trace (infer --trace; the format is docs/trace.md): a header
+ * line naming the model's shape and the engine's options, one JSON line per
+ * token position with its step (the engine's forward chunk), each MoE
+ * layer's experts in top-k order and their route weights, and an end line. */
+typedef struct inf_trace inf_trace;
+/* Creates `path` and writes the header for engine e. Returns 0 or -errno with
+ * a message naming the file; *out is owned by the caller (inf_trace_close). */
+int inf_trace_open(const char *path, inf_engine *e, inf_trace **out, k2_err *err);
+/* Writes the routing of e's last inf_engine_forward, of the n tokens ids at
+ * positions pos0 …: one line per token, numbered in steps as the engine
+ * chunked them (max_batch tokens a chunk). Returns 0 or -EIO with a message. */
+int inf_trace_forward(inf_trace *t, const inf_engine *e, const int32_t *ids, uint32_t n,
+		      uint32_t pos0, k2_err *err);
+/* Writes the end line when `complete` (a run that failed leaves the trace
+ * without one, so readers see it as truncated), closes the file and frees t
+ * (NULL: nothing). Returns 0 or -errno with a message (a write error). */
+int inf_trace_close(inf_trace *t, int complete, k2_err *err);
 
 /* Collects logits for --dump-logits: the prompt's [T, V], the step logits
  * [N, V] and the ids [N]; writes a safetensors file with k2st_writer. */

@@ -157,6 +157,7 @@ struct inf_engine {
 	float *router_logits;     /* [L][B, E] of the last chunk */
 	float *route_w;           /* [L][B, k] */
 	int32_t *routes;          /* [n][L][k] of the last forward */
+	float *routes_w;          /* [n][L][k] their route weights (0 for dense layers) */
 	uint32_t routes_n;
 	uint64_t expert_bytes_used;
 	/* a MoE layer's bookkeeping (moe.c), [E] each, start [E + 1] */

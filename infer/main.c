@@ -58,7 +58,9 @@ static const char usage_text[] =
 	"  --top-p P            nucleus sampling mass (default 1)\n"
 	"  --seed S             sampling seed (default 0)\n"
 	"  --ignore-eos         do not stop at eos_token_id\n"
-	"  --trace FILE         routing trace, one JSON line per token position\n"
+	"  --trace FILE         routing trace: a header, one JSON line per token position\n"
+	"                       (step, experts and route weights per MoE layer), an end\n"
+	"                       line (docs/trace.md; bin/k2trace reads it)\n"
 	"  --dump-logits FILE   safetensors: logits [T,V], step_logits [N,V], ids [N]\n"
 	"  --stats              one JSON line of statistics on stderr\n"
 	"  --tokenize TEXT      print the ids of TEXT, comma-separated, and exit\n"
@@ -343,7 +345,7 @@ int main(int argc, char **argv)
 	inf_engine *e = NULL;
 	inf_sampler *smp = NULL;
 	inf_dump *dump = NULL;
-	FILE *trace = NULL;
+	inf_trace *trace = NULL;
 	float *logits = NULL;
 	struct out out = {0};
 	if (inf_model_open(o.model, &m, &err) < 0) {
@@ -388,8 +390,8 @@ int main(int argc, char **argv)
 		fail("%s", "out of memory");
 		goto out;
 	}
-	if (o.trace && !(trace = fopen(o.trace, "w"))) {
-		fprintf(stderr, "infer: %s: %s\n", o.trace, strerror(errno));
+	if (o.trace && inf_trace_open(o.trace, e, &trace, &err) < 0) {
+		fail("%s", err.msg);
 		goto out;
 	}
 	if (o.chat) {
@@ -412,8 +414,10 @@ int main(int argc, char **argv)
 		fail("%s", err.msg);
 		goto out;
 	}
-	if (trace)
-		inf_trace_write(trace, m, inf_engine_routes(e, NULL), prompt, T, 0);
+	if (trace && inf_trace_forward(trace, e, prompt, T, 0, &err) < 0) {
+		fail("%s", err.msg);
+		goto out;
+	}
 	if (dump && inf_dump_prompt(dump, logits, T) < 0) {
 		fail("%s", "out of memory");
 		goto out;
@@ -441,8 +445,10 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		st.expert_bytes_touched += inf_engine_expert_bytes_used(e);
-		if (trace)
-			inf_trace_write(trace, m, inf_engine_routes(e, NULL), &id, 1, pos);
+		if (trace && inf_trace_forward(trace, e, &id, 1, pos, &err) < 0) {
+			fail("%s", err.msg);
+			goto out;
+		}
 		last = logits;
 	}
 	st.decode_s = st.generated ? k2_now() - t_first : 0;
@@ -469,8 +475,9 @@ int main(int argc, char **argv)
 	}
 	rc = 0;
 out:
-	if (trace && fclose(trace) != 0 && rc == 0) {
-		fprintf(stderr, "infer: %s: %s\n", o.trace, strerror(errno));
+	/* a run that failed leaves its trace without the end line */
+	if (inf_trace_close(trace, rc == 0, &err) < 0 && rc == 0) {
+		fail("%s", err.msg);
 		rc = 1;
 	}
 	free(logits);

@@ -254,9 +254,14 @@ int inf_moe_forward(inf_engine *e, uint32_t layer, uint32_t n, float *out, k2_er
 	if ((rc = route(e, layer, n, err)) < 0)
 		return rc;
 	int32_t *routes0 = e->routes + (size_t)e->routes_n * L * k;
-	for (uint32_t t = 0; t < n; t++)
+	float *weights0 = e->routes_w + (size_t)e->routes_n * L * k;
+	const float *w_h = (const float *)(e->route_h + (size_t)n * k);
+	for (uint32_t t = 0; t < n; t++) {
 		memcpy(routes0 + ((size_t)t * L + layer) * k, e->route_h + (size_t)t * k,
 		       sizeof(int32_t) * k);
+		memcpy(weights0 + ((size_t)t * L + layer) * k, w_h + (size_t)t * k,
+		       sizeof(float) * k);
+	}
 	inf_prefetch_account(e, layer, routes0, n);
 
 	const uint32_t n_used = group_rows(e, n);

@@ -31,6 +31,21 @@ mount_pack() {
 	[ -f "$2/config.json" ]
 }
 
+# same_routing A B [--weights]: the token lines of two routing traces
+# (infer --trace, docs/trace.md) agree — positions, tokens, steps, experts,
+# and with --weights the route weights too — whatever their headers (the
+# engine's options) say. Needs $work.
+same_routing() {
+	if [ "${3:-}" = --weights ]; then
+		grep '^{"pos"' "$1" >"$work/routing.a"
+		grep '^{"pos"' "$2" >"$work/routing.b"
+	else
+		grep '^{"pos"' "$1" | sed 's/,"weights":.*$//' >"$work/routing.a"
+		grep '^{"pos"' "$2" | sed 's/,"weights":.*$//' >"$work/routing.b"
+	fi
+	[ -s "$work/routing.a" ] && cmp -s "$work/routing.a" "$work/routing.b"
+}
+
 # umount_pack DIR: unmounts DIR (a failure is a test failure).
 umount_pack() {
 	fusermount3 -u "$1" || fail "unmount $1"

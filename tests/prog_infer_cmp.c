@@ -191,6 +191,11 @@ int main(int argc, char **argv)
 					(unsigned long long)lines, je.text);
 				return 2;
 			}
+			if (!json_object_get(o, "pos") &&
+			    (json_object_get(o, "k2trace") || json_object_get(o, "end"))) {
+				json_decref(o); /* the header and end lines (docs/trace.md) */
+				continue;
+			}
 			json_int_t pos = json_integer_value(json_object_get(o, "pos"));
 			json_t *ex = json_object_get(o, "experts");
 			if (pos < 0 || !json_is_object(ex)) {
