@@ -332,6 +332,26 @@ void inf_engine_stats(inf_engine *e, inf_tier_stats *cache, inf_prefetch_stats *
 void inf_engine_tier_stats(inf_engine *e, int tier, inf_tier_stats *out);
 void inf_engine_device_stats(inf_engine *e, inf_device_stats *out);
 inf_experts *inf_engine_experts(inf_engine *e);
+/* Keeps experts resident: keys[0..n) (layer · n_routed_experts + expert) are
+ * loaded into the compute tier and pinned there for the engine's life (and
+ * marked user.k2.prefetch=pin in the mount, when it takes hints); the tier's
+ * counters are then zeroed, so hits and misses count the run, not the
+ * pinning. They must leave a slot free: else -EINVAL. 0 or -errno with a
+ * message (an expert file that cannot be read). */
+int inf_engine_pin(inf_engine *e, const uint32_t *keys, uint32_t n, k2_err *err);
+/* inf_engine_pin of the experts a profile file lists (inf_profile_read,
+ * checked against the engine's model); *n_pinned (if non-NULL) their number. */
+int inf_engine_pin_profile(inf_engine *e, const char *path, uint32_t *n_pinned, k2_err *err);
+
+/* An expert profile, as `k2trace stats --profile` writes it: one "layer
+ * expert count" line per expert (blank lines and '#' comments allowed), the
+ * experts in file order. Each is checked against the model: a layer
+ * < n_layers with moe[layer] != 0, an expert < n_experts, none twice. *keys
+ * (layer · n_experts + expert) is malloc'd, *n its length. 0 or -errno with
+ * "PATH:LINE: what is wrong". */
+int inf_profile_read(const char *path, uint32_t n_layers, const uint8_t *moe, uint32_t n_experts,
+		     uint32_t **keys, uint32_t *n, k2_err *err);
+
 /* Expert bytes (images) the routed experts of the last forward used. */
 uint64_t inf_engine_expert_bytes_used(const inf_engine *e);
 

@@ -46,6 +46,9 @@ static const char usage_text[] =
 	"                       (default cpu: every expert if they fit in half the RAM,\n"
 	"                       else a quarter of the RAM; GPU: half the free GPU memory)\n"
 	"  --policy lru|lfu     cache replacement policy (default lru)\n"
+	"  --pin PROFILE        keep the experts a profile lists (`k2trace stats\n"
+	"                       --profile`: \"layer expert count\" lines) resident in the\n"
+	"                       expert cache, and pinned in the mount, for the whole run\n"
 	"  --prefetch none|router  router-driven prefetch of the next layer's experts\n"
 	"  --io-threads N       background expert readers (cpu: with --prefetch router,\n"
 	"                       default 2; GPU: staging readers, default 4)\n"
@@ -77,7 +80,7 @@ static void usage(FILE *to)
 
 struct opts {
 	const char *model, *prompt, *tokens, *tokenize, *trace, *dump, *backend;
-	const char *cache, *policy, *prefetch, *cpu_cache;
+	const char *cache, *policy, *prefetch, *cpu_cache, *pin;
 	long n, threads, io_threads, batch, device, ctx;
 	double temperature, top_p;
 	uint64_t seed;
@@ -125,6 +128,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		else if (OPT("--backend")) o->backend = v;
 		else if (OPT("--expert-cache")) o->cache = v;
 		else if (OPT("--policy")) o->policy = v;
+		else if (OPT("--pin")) o->pin = v;
 		else if (OPT("--prefetch")) o->prefetch = v;
 		else if (OPT("--cpu-cache")) o->cpu_cache = v;
 		else if (OPT("--device")) {
@@ -382,6 +386,13 @@ int main(int argc, char **argv)
 		fail("%s", err.msg);
 		goto out;
 	}
+	uint32_t n_pinned = 0;
+	if (o.pin && inf_engine_pin_profile(e, o.pin, &n_pinned, &err) < 0) {
+		fail("--pin: %s", err.msg);
+		goto out;
+	}
+	if (o.pin)
+		fprintf(stderr, "infer: %u experts pinned from %s\n", n_pinned, o.pin);
 	if (inf_sampler_create(V, (float)o.temperature, (float)o.top_p, o.seed, &smp) < 0) {
 		fail("%s", "bad sampling parameters");
 		goto out;

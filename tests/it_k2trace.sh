@@ -10,7 +10,8 @@
 #      the bytes it read; plain `k2trace sim TRACE` takes N and P from the
 #      header; Belady's misses are never above LRU's or LFU's; --per-layer's
 #      layers add up to the run;
-#   2. stats: the text and --json outputs, the profile, and sim --pin with it
+#   2. stats: the text and --json outputs, the profile, and sim --pin with it;
+#      infer --pin PROFILE gives the hits and misses sim --pin predicts
 #      and with hot:PCT (pinned experts hit, never evicted);
 #   3. bad traces: cut mid-line, cut at a line end (no end line), a header
 #      that disagrees with the lines (top_k, n_routed_experts, moe_layers), a
@@ -137,6 +138,26 @@ if "$bin/k2trace" sim "$t" --cache 20 --policy lru,lfu,belady --pin "$work/prof"
 else
 	fail "sim --pin: $(cat "$work/pin.json" "$work/hot.txt")"
 fi
+# the engine's own pinning (infer --pin PROFILE) against the simulator's
+for p in lru lfu; do
+	r=$work/pin-$p
+	if "$bin/infer" --model "$m" --tokens "$ids" -n 13 --ignore-eos --threads 2 --batch 8 \
+		--expert-cache 20experts --policy "$p" --pin "$work/prof" --trace "$r.trace" --stats \
+		>"$r.out" 2>"$r.err" &&
+	   "$bin/k2trace" sim "$r.trace" --cache 20 --policy "$p" --pin "$work/prof" --json \
+		>"$r.sim" 2>"$r.simerr"; then
+		grep -o '"expert_cache":{[^}]*}' "$r.err" >"$r.cache"
+		eh=$(num hits "$r.cache") em=$(num misses "$r.cache")
+		sh=$(num hits "$r.sim") sm=$(num misses "$r.sim")
+		if [ -n "$eh" ] && [ "$eh" = "$sh" ] && [ "$em" = "$sm" ]; then
+			echo "   infer --pin (12 of 20 slots, $p): infer and sim agree: $eh hits, $em misses"
+		else
+			fail "infer --pin $p: infer hits $eh misses $em; sim hits $sh misses $sm"
+		fi
+	else
+		fail "infer --pin $p: $(cat "$r.err" "$r.simerr" 2>/dev/null | tail -3)"
+	fi
+done
 
 # 3. bad traces and profiles: one line naming the file and line, exit 1
 echo "== bad input:"

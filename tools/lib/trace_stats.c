@@ -310,63 +310,14 @@ int k2tr_pins_hot(const k2tr_trace *t, uint32_t n, k2tr_pins *out, k2_err *err)
 int k2tr_pins_read(const char *path, const k2tr_trace *t, k2tr_pins *out, k2_err *err)
 {
 	const k2tr_header *h = &t->h;
-	const size_t n_keys = (size_t)h->n_layers * h->n_experts;
 	memset(out, 0, sizeof(*out));
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		int rc = -errno;
-		return k2_err_set(err, rc, "%s: %s", path, strerror(errno));
-	}
-	uint8_t *seen = calloc(n_keys, 1);
-	uint32_t cap = 0;
-	char *line = NULL;
-	size_t lcap = 0;
-	uint64_t ln = 0;
-	int rc = seen ? 0 : k2_err_set(err, -ENOMEM, "out of memory");
-	while (rc == 0 && getline(&line, &lcap, f) > 0) {
-		ln++;
-		const char *p = line;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p == '#' || *p == '\n' || *p == 0)
-			continue;
-		unsigned long long l, x, c;
-		int used = 0;
-		if (sscanf(p, "%llu %llu %llu %n", &l, &x, &c, &used) != 3 || p[used] != 0) {
-			rc = k2_err_set(err, -EINVAL, "%s:%llu: not \"layer expert count\"", path,
-					(unsigned long long)ln);
-			break;
-		}
-		uint32_t mi = 0;
-		while (mi < h->n_moe && h->moe_layers[mi] != l)
-			mi++;
-		if (mi == h->n_moe || x >= h->n_experts) {
-			rc = k2_err_set(err, -EINVAL, "%s:%llu: layer %llu expert %llu is not a routed "
-					"expert of the trace's model (%u MoE layers of %u experts)", path,
-					(unsigned long long)ln, l, x, h->n_moe, h->n_experts);
-			break;
-		}
-		const uint32_t key = (uint32_t)(l * h->n_experts + x);
-		if (seen[key]) {
-			rc = k2_err_set(err, -EINVAL, "%s:%llu: layer %llu expert %llu listed twice", path,
-					(unsigned long long)ln, l, x);
-			break;
-		}
-		seen[key] = 1;
-		if (out->n == cap) {
-			uint32_t *k = realloc(out->keys, sizeof(uint32_t) * (cap = cap ? cap * 2 : 64));
-			if (!k) {
-				rc = k2_err_set(err, -ENOMEM, "out of memory");
-				break;
-			}
-			out->keys = k;
-		}
-		out->keys[out->n++] = key;
-	}
-	free(line);
-	free(seen);
-	fclose(f);
-	if (rc < 0)
-		k2tr_pins_free(out);
+	uint8_t *moe = calloc(h->n_layers ? h->n_layers : 1, 1);
+	if (!moe)
+		return k2_err_set(err, -ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < h->n_moe; i++)
+		if (h->moe_layers[i] < h->n_layers)
+			moe[h->moe_layers[i]] = 1;
+	int rc = inf_profile_read(path, h->n_layers, moe, h->n_experts, &out->keys, &out->n, err);
+	free(moe);
 	return rc;
 }
