@@ -50,6 +50,7 @@ static const char usage_text[] =
 	"  --expert-cache SIZE  expert cache: bytes (K/M/G) or a count like 64experts\n"
 	"                       (default as infer's)\n"
 	"  --policy lru|lfu     cache replacement policy (default lru)\n"
+	"  --pin PROFILE        keep the experts a profile lists resident (as infer)\n"
 	"  --prefetch none|router  router-driven prefetch of the next layer's experts\n"
 	"  --io-threads N       background expert readers (default as infer's)\n"
 	"  --exact              float32 activations in every product (slower; what the\n"
@@ -61,7 +62,7 @@ static const char usage_text[] =
 	"error event and [DONE], and exits 0.\n";
 
 struct opts {
-	const char *model, *listen, *name, *chat_template, *backend, *cache, *policy, *prefetch;
+	const char *model, *listen, *name, *chat_template, *backend, *cache, *policy, *prefetch, *pin;
 	long parallel, queue, ctx, batch, device, threads, io_threads;
 	int exact, quiet;
 };
@@ -98,6 +99,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		else if (OPT("--expert-cache")) o->cache = v;
 		else if (OPT("--policy")) o->policy = v;
 		else if (OPT("--prefetch")) o->prefetch = v;
+		else if (OPT("--pin")) o->pin = v;
 		else if (LONG("--parallel", 1, 256, &o->parallel)) ;
 		else if (LONG("--queue", 0, 1 << 20, &o->queue)) ;
 		else if (LONG("--ctx", 2, 1 << 24, &o->ctx)) ;
@@ -213,6 +215,13 @@ int main(int argc, char **argv)
 		fail("%s", err.msg);
 		goto out;
 	}
+	uint32_t n_pinned = 0;
+	if (o.pin && inf_engine_pin_profile(e, o.pin, &n_pinned, &err) < 0) {
+		fprintf(stderr, "k2serve: --pin: %s\n", err.msg);
+		goto out;
+	}
+	if (o.pin)
+		fprintf(stderr, "k2serve: %u experts pinned from %s\n", n_pinned, o.pin);
 	/* generation stops at end of sequence and at the chat format's end of turn */
 	struct srv_sched_opts so = {.queue = (uint32_t)o.queue, .stop_ids = {-1, -1, -1, -1}};
 	so.stop_ids[0] = c->eos_token_id >= 0 ? c->eos_token_id : inf_tok_eos_id(tok);
