@@ -4,6 +4,7 @@
 #   make test       build and run every Check suite and integration test
 #   make asan       the same tests under AddressSanitizer + UBSan (build in build-asan/)
 #   make fuzz       build the libFuzzer targets (clang) and run each for FUZZ_SECONDS
+#   make fuzz-long  a fuzzing campaign (FUZZ_SECONDS or FUZZ_RUNS each) -> build/fuzz/campaign.json
 #   make cuemu-asan the CUDA backend on the CPU emulator (tests/cuemu) under ASan + UBSan
 #   make cuemu-tsan the same under ThreadSanitizer (builds in build-asanemu/, build-tsanemu/)
 #   make demo       generate, pack, mount and run a small model end to end
@@ -173,21 +174,41 @@ asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/bin OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" NVCC= test
 
+# make fuzz: each target for FUZZ_SECONDS, one after another (what CI runs);
+# its corpus grows in $(BUILD)/corpus/<target>, a crashing input is saved as
+# $(BUILD)/fuzz/<target>-crash-* and fails the make.
+# make fuzz-long: a campaign, each target for FUZZ_SECONDS (or FUZZ_RUNS
+# inputs), FUZZ_JOBS at a time; writes $(BUILD)/fuzz/campaign.json with each
+# target's runs, seconds, coverage (libFuzzer's cov/ft), corpus size and
+# crashes (tests/fuzz_long.sh).
 FUZZ_SECONDS ?= 60
-FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout -Iinfer -Iserve $(shell pkg-config --cflags $(PKGS)) \
+FUZZ_RUNS ?=
+FUZZ_JOBS ?= 2
+FUZZ_CFLAGS := -std=gnu11 -O1 -g -Ilayout -Iinfer -Iserve -Ik2fs $(shell pkg-config --cflags $(PKGS)) \
                -fsanitize=fuzzer,address,undefined -D_FILE_OFFSET_BITS=64
 # A target that needs more than layout/ names its sources here.
 $(BUILD)/fuzz/fuzz_tok_json: $(wildcard infer/tok_*.c)
 $(BUILD)/fuzz/fuzz_tiktoken: $(wildcard infer/tok_*.c)
 $(BUILD)/fuzz/fuzz_serve_request: $(wildcard serve/api_*.c)
+$(BUILD)/fuzz/fuzz_xattr_value: k2fs/value.c
+$(BUILD)/fuzz/fuzz_tok_config: $(wildcard infer/tok_*.c) \
+  $(filter-out infer/chat_repl.c infer/chat_session.c,$(wildcard infer/chat_*.c))
 $(BUILD)/fuzz/%: tests/%.c $(LAYOUT_SRC)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $^ -o $@ $(LDLIBS)
 fuzz: $(FUZZERS)
 	@for f in $(FUZZERS); do \
-	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; mkdir -p $(BUILD)/corpus/$$(basename $$f); \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 $(BUILD)/corpus/$$(basename $$f) \
-	      tests/corpus/$$(basename $$f) 2>&1 | tail -3 || exit 1; done
+	  n=$$(basename $$f); echo "fuzz: $$f for $(FUZZ_SECONDS) s"; mkdir -p $(BUILD)/corpus/$$n; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -timeout=25 -print_final_stats=0 \
+	      -artifact_prefix=$(BUILD)/fuzz/$$n- $(BUILD)/corpus/$$n tests/corpus/$$n \
+	      >$(BUILD)/fuzz/$$n.log 2>&1; rc=$$?; grep -a -E '^#[0-9]+.DONE|^Done ' $(BUILD)/fuzz/$$n.log; \
+	  [ $$rc -eq 0 ] || { tail -40 $(BUILD)/fuzz/$$n.log; \
+	                     echo "fuzz: $$n failed (exit $$rc), log $(BUILD)/fuzz/$$n.log"; exit 1; }; \
+	done
+.PHONY: fuzz-long
+fuzz-long: $(FUZZERS)
+	bash tests/fuzz_long.sh --seconds $(FUZZ_SECONDS) --runs "$(FUZZ_RUNS)" --jobs $(FUZZ_JOBS) \
+	  --corpus $(BUILD)/corpus --out $(BUILD)/fuzz/campaign.json $(FUZZERS)
 
 # The CUDA backend on the CPU emulator of tests/cuemu under a sanitizer: the
 # libraries built with NVCC= and -DK2_HAVE_CUDA=1 (the backend's C side calls

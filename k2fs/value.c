@@ -21,7 +21,8 @@ static int value_eq(const char *v, size_t n, const char *word)
 int k2fs_value_parse_size(const char *v, size_t n, uint64_t *out)
 {
 	char buf[VALUE_MAX];
-	if (!v || n == 0 || n >= sizeof(buf))
+	/* a NUL inside would end the copy early and accept its prefix */
+	if (!v || n == 0 || n >= sizeof(buf) || memchr(v, '\0', n))
 		return -EINVAL;
 	memcpy(buf, v, n);
 	buf[n] = '\0';

@@ -93,7 +93,8 @@ static int get_f32(const struct cfg_ctx *c, const json_t *obj, const char *prefi
 	if (rc <= 0)
 		return rc;
 	double x = json_number_value(v);
-	if (!isfinite(x) || (lo_open ? x <= lo : x < lo) || x > hi)
+	/* with lo_open, a value that rounds to lo as a float (1e-50) is out too */
+	if (!isfinite(x) || (lo_open ? x <= lo || (float)x <= lo : x < lo) || x > hi)
 		return k2_err_set(c->err, -EINVAL, "%s: key '%s%s' = %g is out of range (%s%g … %g)",
 				  c->what, prefix, key, x, lo_open ? "> " : "", lo, hi);
 	*out = (float)x;

@@ -225,6 +225,8 @@ START_TEST(test_bad_configs)
 	expect_error(with("hidden_size", "2097152"), "'hidden_size'", "out of range");
 	expect_error(with("vocab_size", "8388608"), "'vocab_size'", "out of range");
 	expect_error("{" BASE ", \"rms_norm_eps\": -1}", "'rms_norm_eps'", NULL);
+	/* positive, but 0 as a float (found by fuzz_config) */
+	expect_error("{" BASE ", \"rms_norm_eps\": 1e-50}", "'rms_norm_eps'", "out of range");
 	expect_error("{" BASE ", \"norm_topk_prob\": 1}", "'norm_topk_prob'", "wrong type");
 	expect_error("{" BASE ", \"scoring_func\": \"relu\"}", "'scoring_func'", NULL);
 	expect_error("{" BASE ", \"hidden_act\": \"gelu\"}", "'hidden_act'", NULL);

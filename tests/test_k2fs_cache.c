@@ -166,6 +166,8 @@ START_TEST(test_parse_size)
 	uint64_t v = 0;
 	ck_assert_int_eq(k2fs_value_parse_size("12345", 2, &v), 0);
 	ck_assert_uint_eq(v, 12);
+	/* a NUL inside: the whole value must match, not its prefix (fuzz_xattr_value) */
+	ck_assert_int_eq(k2fs_value_parse_size("64K\0x", 5, &v), -EINVAL);
 }
 END_TEST
 
