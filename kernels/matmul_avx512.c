@@ -158,44 +158,55 @@ A512 void kern_rows_avx512_i4(const kern_mat *m, const float *xp, uint32_t batch
 /* ---------------------------------------------------------------- the other formats */
 
 /* bf16, fp8, int8 and f32 at batches 1 … 4 (more in fours): each weight
- * vector dequantized once in registers and multiplied into B rows of x, two
+ * vector dequantized once in registers and multiplied into B rows of x, four
  * accumulators per row of x (fp8: two per block, folded into two with the
  * block's scale). The order of every sum is the same at every B, so a row of
  * x gets the same bits alone or in a batch. */
 A512_INLINE void mvb_plain(const kern_mat *m, const float *x, float *y, uint32_t r0,
-			   uint32_t r1, const int B)
+			   uint32_t r1, const uint32_t F, const int B)
 {
 	const uint32_t cols = m->cols, rows = m->rows;
 
 	for (uint32_t r = r0; r < r1; r++) {
-		__m512 a[4][2], w0, w1;
+		const size_t row = (size_t)r * cols;
+		/* four accumulators per row of x over 64 columns a step, then 16
+		 * columns into the first, the masked rest into the second */
+		__m512 a[4][4];
 #pragma GCC unroll 4
 		for (int b = 0; b < 4; b++)
-			a[b][0] = a[b][1] = _mm512_setzero_ps();
+			a[b][0] = a[b][1] = a[b][2] = a[b][3] = _mm512_setzero_ps();
 		uint32_t k = 0;
-		for (; k + 32 <= cols; k += 32) {
-			w0 = ld_w16(m, m->format, (size_t)r * cols + k);
-			w1 = ld_w16(m, m->format, (size_t)r * cols + k + 16);
+		for (; k + 64 <= cols; k += 64) {
+			const __m512 w0 = ld_w16(m, F, row + k), w1 = ld_w16(m, F, row + k + 16),
+				     w2 = ld_w16(m, F, row + k + 32), w3 = ld_w16(m, F, row + k + 48);
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++) {
-				a[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + (size_t)b * cols + k), a[b][0]);
-				a[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + (size_t)b * cols + k + 16), a[b][1]);
+				const float *xb = x + (size_t)b * cols + k;
+				a[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), a[b][0]);
+				a[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), a[b][1]);
+				a[b][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xb + 32), a[b][2]);
+				a[b][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xb + 48), a[b][3]);
 			}
 		}
-		for (; k < cols; k += 16) {
-			uint32_t n = cols - k < 16 ? cols - k : 16;
-			__mmask16 mk = n == 16 ? 0xffff : m16(n);
-			w0 = ld_w16_masked(m, m->format, (size_t)r * cols + k, mk);
+		for (; k + 16 <= cols; k += 16) {
+			const __m512 w0 = ld_w16(m, F, row + k);
 #pragma GCC unroll 4
 			for (int b = 0; b < B; b++)
-				a[b][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mk, x + (size_t)b * cols + k),
-							  a[b][0]);
+				a[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + (size_t)b * cols + k), a[b][0]);
 		}
-		float s = m->format == K2_FORMAT_INT8 ? ((const float *)m->s)[r] : 1.0f;
+		if (k < cols) {
+			const __mmask16 mk = m16(cols - k);
+			const __m512 w0 = ld_w16_masked(m, F, row + k, mk);
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++)
+				a[b][1] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mk, x + (size_t)b * cols + k),
+							  a[b][1]);
+		}
+		const float s = F == K2_FORMAT_INT8 ? ((const float *)m->s)[r] : 1.0f;
 #pragma GCC unroll 4
 		for (int b = 0; b < B; b++) {
-			float v = kern_hsum16(_mm512_add_ps(a[b][0], a[b][1]));
-			y[(size_t)b * rows + r] = m->format == K2_FORMAT_INT8 ? v * s : v;
+			float v = kern_hsum16(sum4(a[b][0], a[b][1], a[b][2], a[b][3]));
+			y[(size_t)b * rows + r] = F == K2_FORMAT_INT8 ? v * s : v;
 		}
 	}
 }
@@ -255,21 +266,25 @@ A512_INLINE void mvb_fp8(const kern_mat *m, const float *x, float *y, uint32_t r
 	}
 }
 
-#define MVB_BATCHES(FN)                            \
-	KERN_MV_DEFINE(A512, FN##_1, FN, 1)        \
-	KERN_MV_DEFINE(A512, FN##_2, FN, 2)        \
-	KERN_MV_DEFINE(A512, FN##_3, FN, 3)        \
-	KERN_MV_DEFINE(A512, FN##_4, FN, 4)
-MVB_BATCHES(mvb_plain) MVB_BATCHES(mvb_fp8)
+/* name_<B>: the kernel FN for B rows of x (and format F where FN takes one) */
+#define MVB_BATCHES(NAME, FN, ...)                              \
+	KERN_MV_DEFINE(A512, NAME##_1, FN, __VA_ARGS__ 1)        \
+	KERN_MV_DEFINE(A512, NAME##_2, FN, __VA_ARGS__ 2)        \
+	KERN_MV_DEFINE(A512, NAME##_3, FN, __VA_ARGS__ 3)        \
+	KERN_MV_DEFINE(A512, NAME##_4, FN, __VA_ARGS__ 4)
+MVB_BATCHES(mvb_bf16, mvb_plain, K2_FORMAT_BF16,)
+MVB_BATCHES(mvb_i8, mvb_plain, K2_FORMAT_INT8,)
+MVB_BATCHES(mvb_f32, mvb_plain, KERN_FORMAT_F32,)
+MVB_BATCHES(mvb_fp8, mvb_fp8, )
 #undef MVB_BATCHES
 
 /* [kern_format_slot][batch - 1]; int4 goes through kern_rows_avx512_i4. */
 static const kern_mv_fn fused_avx512[KERN_FORMAT_SLOTS][4] = {
-	{mvb_plain_1, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mvb_bf16_1, mvb_bf16_2, mvb_bf16_3, mvb_bf16_4},
 	{mvb_fp8_1, mvb_fp8_2, mvb_fp8_3, mvb_fp8_4},
-	{mvb_plain_1, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mvb_i8_1, mvb_i8_2, mvb_i8_3, mvb_i8_4},
 	{NULL, NULL, NULL, NULL},
-	{mvb_plain_1, mvb_plain_2, mvb_plain_3, mvb_plain_4},
+	{mvb_f32_1, mvb_f32_2, mvb_f32_3, mvb_f32_4},
 };
 
 A512 void kern_rows_avx512(const kern_mat *m, const float *x, uint32_t batch,
