@@ -239,6 +239,12 @@ typedef struct inf_engine inf_engine;
 int inf_parse_expert_cache(const char *s, uint32_t *count, uint64_t *bytes);
 /* --prefetch's value: "none" or "router" as enum inf_prefetch_mode; -EINVAL. */
 int inf_prefetch_mode(const char *name);
+/* The engine options a command line gives (infer, k2serve), checked and set
+ * in *eo: --backend (NULL: kern_backend_default), --expert-cache (NULL: the
+ * default), --policy (NULL: lru), --prefetch (NULL: none). Returns 0, or
+ * -EINVAL with err naming the option and what it takes. */
+int inf_engine_opts_cli(inf_engine_opts *eo, const char *backend, const char *cache,
+			const char *policy, const char *prefetch, k2_err *err);
 
 int inf_engine_create(inf_model *m, const inf_engine_opts *o, inf_engine **out,
 		      k2_err *err);

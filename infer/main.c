@@ -269,26 +269,12 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return fail("%s", "--model DIR is required");
 	}
-	if (!o.backend)
-		o.backend = kern_backend_default();
-	if (!kern_backend_known(o.backend)) {
-		fprintf(stderr, "infer: --backend: unknown backend '%s' (%s)\n", o.backend,
-			kern_backend_names());
-		return 1;
-	}
+	inf_engine_opts eo = {0};
+	if (inf_engine_opts_cli(&eo, o.backend, o.cache, o.policy, o.prefetch, &err) < 0)
+		return fail("%s", err.msg);
 	uint64_t cpu_cache_bytes = 0;
 	if (o.cpu_cache && (k2_parse_size(o.cpu_cache, &cpu_cache_bytes) < 0 || !cpu_cache_bytes))
 		return fail("--cpu-cache: '%s' is not a size (64M, 2G)", o.cpu_cache);
-	int prefetch = inf_prefetch_mode(o.prefetch);
-	if (prefetch < 0)
-		return fail("--prefetch: unknown mode '%s' (none, router)", o.prefetch);
-	if (!inf_policy_find(o.policy))
-		return fail("--policy: unknown policy '%s' (lru, lfu)", o.policy);
-	uint32_t cache_count = 0;
-	uint64_t cache_bytes = 0;
-	if (o.cache && inf_parse_expert_cache(o.cache, &cache_count, &cache_bytes) < 0)
-		return fail("--expert-cache: '%s' is not a size (64M, 2G) or a count (4experts)",
-			    o.cache);
 
 	/* tokenizer (tokenizer.json or tiktoken.model): optional unless --prompt /
 	 * --tokenize; -ENOENT means neither file is there */
@@ -368,20 +354,13 @@ int main(int argc, char **argv)
 	int32_t eos = c->eos_token_id;
 	if (eos < 0 && tok)
 		eos = inf_tok_eos_id(tok);
-	inf_engine_opts eo = {
-		.max_ctx = o.chat ? (uint32_t)o.ctx : T + (uint32_t)o.n + 1,
-		.max_batch = (uint32_t)o.batch,
-		.cache_experts = cache_count,
-		.cache_bytes = cache_bytes,
-		.policy = o.policy,
-		.prefetch = prefetch,
-		.io_threads = (int)o.io_threads,
-		.backend = o.backend,
-		.device = (int)o.device,
-		.cpu_experts = o.cpu_experts,
-		.exact = o.exact,
-		.cpu_cache_bytes = cpu_cache_bytes,
-	};
+	eo.max_ctx = o.chat ? (uint32_t)o.ctx : T + (uint32_t)o.n + 1;
+	eo.max_batch = (uint32_t)o.batch;
+	eo.io_threads = (int)o.io_threads;
+	eo.device = (int)o.device;
+	eo.cpu_experts = o.cpu_experts;
+	eo.exact = o.exact;
+	eo.cpu_cache_bytes = cpu_cache_bytes;
 	if (inf_engine_create(m, &eo, &e, &err) < 0) {
 		fail("%s", err.msg);
 		goto out;
@@ -419,7 +398,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	inf_run_stats st = {.prompt_tokens = T, .backend = o.backend};
+	inf_run_stats st = {.prompt_tokens = T, .backend = eo.backend};
 	double t0 = k2_now(), t_first = 0;
 	if (inf_engine_forward(e, prompt, T, logits, o.dump != NULL, &err) < 0) {
 		fail("%s", err.msg);

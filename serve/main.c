@@ -137,27 +137,17 @@ static inf_chat_template *open_chat(const struct opts *o, char *why, size_t n)
 int main(int argc, char **argv)
 {
 	struct opts o = {.listen = "127.0.0.1:8080", .parallel = 4, .queue = 16, .ctx = 4096,
-			 .batch = 256, .policy = "lru", .prefetch = "none"};
+			 .batch = 256};
 	if (parse_args(argc, argv, &o) < 0)
 		return 2;
 	if (!o.model) {
 		k2cli_usage(stderr, usage_text);
 		return fail("%s", "--model DIR is required");
 	}
-	if (!o.backend)
-		o.backend = kern_backend_default();
-	if (!kern_backend_known(o.backend))
-		return fail("--backend: unknown backend '%s'", o.backend);
-	int prefetch = inf_prefetch_mode(o.prefetch);
-	if (prefetch < 0)
-		return fail("--prefetch: unknown mode '%s' (none, router)", o.prefetch);
-	if (!inf_policy_find(o.policy))
-		return fail("--policy: unknown policy '%s' (lru, lfu)", o.policy);
-	uint32_t cache_count = 0;
-	uint64_t cache_bytes = 0;
-	if (o.cache && inf_parse_expert_cache(o.cache, &cache_count, &cache_bytes) < 0)
-		return fail("--expert-cache: '%s' is not a size (64M, 2G) or a count (64experts)",
-			    o.cache);
+	k2_err err = {{0}};
+	inf_engine_opts eo = {0};
+	if (inf_engine_opts_cli(&eo, o.backend, o.cache, o.policy, o.prefetch, &err) < 0)
+		return fail("%s", err.msg);
 	if (o.threads)
 		kern_set_threads((int)o.threads);
 
@@ -169,7 +159,6 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	k2_err err = {{0}};
 	int rc = 1;
 	inf_tok *tok = NULL;
 	inf_model *m = NULL;
@@ -198,19 +187,12 @@ int main(int argc, char **argv)
 			inf_tok_vocab_size(tok), c->vocab_size);
 		goto out;
 	}
-	inf_engine_opts eo = {
-		.max_ctx = (uint32_t)o.ctx,
-		.max_batch = (uint32_t)o.batch,
-		.backend = o.backend,
-		.device = (int)o.device,
-		.cache_experts = cache_count,
-		.cache_bytes = cache_bytes,
-		.policy = o.policy,
-		.prefetch = prefetch,
-		.io_threads = (int)o.io_threads,
-		.exact = o.exact,
-		.n_seqs = (uint32_t)o.parallel,
-	};
+	eo.max_ctx = (uint32_t)o.ctx;
+	eo.max_batch = (uint32_t)o.batch;
+	eo.device = (int)o.device;
+	eo.io_threads = (int)o.io_threads;
+	eo.exact = o.exact;
+	eo.n_seqs = (uint32_t)o.parallel;
 	if (inf_engine_create(m, &eo, &e, &err) < 0) {
 		fail("%s", err.msg);
 		goto out;
